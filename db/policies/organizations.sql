@@ -1,0 +1,10 @@
+drop policy if exists "Staff read their organizations" on public.organizations;
+create policy "Staff read their organizations" on public.organizations
+  for select to authenticated
+  using (id = any ((select hidden.staff_org_ids())::uuid[]));
+
+drop policy if exists "Admins update their organization" on public.organizations;
+create policy "Admins update their organization" on public.organizations
+  for update to authenticated
+  using (id = any ((select hidden.staff_org_ids('admin'))::uuid[]))
+  with check (id = any ((select hidden.staff_org_ids('admin'))::uuid[]));

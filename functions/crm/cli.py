@@ -1,0 +1,286 @@
+"""The `crm` command line (SPEC §4).
+
+Exit codes: 0 success, 1 failure, 2 usage error. Errors are one readable line on stderr;
+`org create`, `staff add` and `token` print only the id or token on stdout, for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import NoReturn
+
+import psycopg
+from psycopg.rows import dict_row
+
+from crm import config, queries
+from crm.errors import ConfigError, CrmError
+
+ROLES = ("admin", "manager", "agent", "viewer")
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr with exit code 1."""
+
+
+class UsageError(Exception):
+    """A usage error to report with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+@contextlib.contextmanager
+def database_url() -> Iterator[str]:
+    """`DATABASE_URL`, else the embedded server of `CRM_DATA_DIR` (started if needed)."""
+    url = config.env("DATABASE_URL")
+    if url:
+        yield url
+        return
+    from crm.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def connect(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, row_factory=dict_row, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
+        raise CliError(f"cannot connect to the database: {first}") from exc
+    with conn:
+        yield conn
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        return exc.diag.message_primary
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# -- db ------------------------------------------------------------------------------------------
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from crm.migrate import MigrationError, Migrator
+
+    with database_url() as url, connect(url, autocommit=True) as conn:
+        try:
+            Migrator(conn, log=print).migrate(dry_run=args.dry_run)
+        except MigrationError as exc:
+            raise CliError(str(exc)) from exc
+    return 0
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    from crm.migrate import MigrationError, Migrator, status_lines
+
+    with database_url() as url, connect(url, autocommit=True) as conn:
+        try:
+            entries = Migrator(conn).plan()
+        except MigrationError as exc:
+            raise CliError(str(exc)) from exc
+    for line in status_lines(entries):
+        print(line)
+    broken = [e for e in entries if e.state in ("edited", "missing")]
+    if broken:
+        names = ", ".join(f"{e.name} ({e.state})" for e in broken)
+        print(f"crm: error: applied migrations changed after release: {names}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_db_lint(args: argparse.Namespace) -> int:
+    from crm.lint import run_lint
+
+    with database_url() as url, connect(url, autocommit=True) as conn:
+        findings = run_lint(conn)
+    for finding in findings:
+        print(finding)
+    if findings:
+        print(f"crm: error: {len(findings)} security lint finding(s)", file=sys.stderr)
+        return 1
+    print("lint: no findings")
+    return 0
+
+
+# -- org / staff / token -------------------------------------------------------------------------
+def create_org(conn: psycopg.Connection, slug: str, name: str, country: str) -> str:
+    row = conn.execute(queries.get("create_organization"),
+                       {"slug": slug, "name": name, "country": country.upper()}).fetchone()
+    return str(row["id"])
+
+
+def add_staff(conn: psycopg.Connection, org: str, email: str, role: str) -> str:
+    email = email.strip()
+    if "@" not in email:
+        raise UsageError(f"not an email address: {email!r}")
+    user = conn.execute(queries.get("find_user_by_email"), {"email": email}).fetchone()
+    if user is None:
+        user = conn.execute(queries.get("create_user"), {"email": email.lower()}).fetchone()
+    row = conn.execute(queries.get("add_staff"),
+                       {"org": org, "user_id": user["id"], "role": role}).fetchone()
+    if row is None:
+        raise CliError(f"no organization with slug {org!r}")
+    return str(user["id"])
+
+
+def cmd_org_create(args: argparse.Namespace) -> int:
+    with database_url() as url, connect(url) as conn:
+        try:
+            print(create_org(conn, args.slug, args.name, args.country))
+        except psycopg.errors.UniqueViolation as exc:
+            raise CliError(f"an organization with slug {args.slug!r} already exists") from exc
+        except psycopg.errors.CheckViolation as exc:
+            raise CliError(f"invalid organization: {exc.diag.constraint_name}") from exc
+    return 0
+
+
+def cmd_staff_add(args: argparse.Namespace) -> int:
+    with database_url() as url, connect(url) as conn:
+        print(add_staff(conn, args.org, args.email, args.role))
+    return 0
+
+
+def jwt_secret() -> str:
+    secret = config.env("CRM_JWT_SECRET")
+    if secret:
+        return secret
+    from crm.embedded import dev_secrets
+
+    return dev_secrets()["CRM_JWT_SECRET"]
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from crm.auth import mint_token
+
+    if args.ttl <= 0:
+        raise UsageError("--ttl must be a positive number of seconds")
+    with database_url() as url, connect(url) as conn:
+        try:
+            row = conn.execute(queries.get("user_email"), {"user_id": args.user}).fetchone()
+        except psycopg.errors.InvalidTextRepresentation as exc:
+            raise UsageError(f"--user is not a uuid: {args.user!r}") from exc
+    if row is None:
+        raise CliError(f"no user with id {args.user}")
+    print(mint_token(args.user, row["email"], jwt_secret(), ttl=args.ttl,
+                     issuer=config.env("CRM_JWT_ISSUER")))
+    return 0
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+def cmd_jobs_run(args: argparse.Namespace) -> int:
+    from crm import jobs
+    from crm.db import Database
+
+    registry = jobs.load_all()
+    job = registry.get(args.name)
+    if job is None:
+        known = ", ".join(sorted(registry)) or "none"
+        raise UsageError(f"unknown job {args.name!r} (known: {known})")
+    options = {"apply": args.apply, "limit": args.limit, "report": args.report,
+               "progress": sys.stderr.isatty()}
+    with database_url() as url:
+        db = Database(url, min_size=1, max_size=4)
+        db.open()
+        try:
+            summary = job.fn(db, options)
+        except CrmError as exc:
+            raise CliError(exc.detail) from exc
+        finally:
+            db.close()
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+# -- dev -----------------------------------------------------------------------------------------
+def cmd_dev(args: argparse.Namespace) -> int:
+    from crm.devserver import run_dev
+
+    return run_dev(port=args.port, host=args.host, jobs=not args.no_jobs, demo=not args.no_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="crm", description="Booking → CRM backend on Postgres.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    dev = sub.add_parser("dev", help="run everything locally (embedded Postgres unless DATABASE_URL)")
+    dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--no-jobs", action="store_true", help="do not run the scheduled jobs in-process")
+    dev.add_argument("--no-demo", action="store_true", help="do not create the demo organization")
+    dev.set_defaults(fn=cmd_dev)
+
+    db = sub.add_parser("db", help="migrations and the security lint").add_subparsers(
+        dest="db_command", required=True, parser_class=_Parser)
+    migrate = db.add_parser("migrate", help="apply pending migrations and changed repeatable files")
+    migrate.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    migrate.set_defaults(fn=cmd_db_migrate)
+    db.add_parser("status", help="every file: applied / pending / changed").set_defaults(fn=cmd_db_status)
+    db.add_parser("lint", help="security lint; exit 1 on any finding").set_defaults(fn=cmd_db_lint)
+
+    org = sub.add_parser("org", help="organizations").add_subparsers(
+        dest="org_command", required=True, parser_class=_Parser)
+    org_create = org.add_parser("create", help="create an organization; prints its id")
+    org_create.add_argument("slug")
+    org_create.add_argument("--name", required=True)
+    org_create.add_argument("--country", default="DE", help="ISO 3166 alpha-2 (default DE)")
+    org_create.set_defaults(fn=cmd_org_create)
+
+    staff = sub.add_parser("staff", help="staff members").add_subparsers(
+        dest="staff_command", required=True, parser_class=_Parser)
+    staff_add = staff.add_parser("add", help="add a user (created if needed) to an org; prints the user id")
+    staff_add.add_argument("--org", required=True, help="organization slug")
+    staff_add.add_argument("--email", required=True)
+    staff_add.add_argument("--role", required=True, choices=ROLES)
+    staff_add.set_defaults(fn=cmd_staff_add)
+
+    token = sub.add_parser("token", help="print a Supabase-style access token for a user")
+    token.add_argument("--user", required=True, help="user uuid")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    token.set_defaults(fn=cmd_token)
+
+    jobs = sub.add_parser("jobs", help="scheduled jobs").add_subparsers(
+        dest="jobs_command", required=True, parser_class=_Parser)
+    run = jobs.add_parser("run", help="run one job once and print its JSON summary")
+    run.add_argument("name")
+    run.add_argument("--apply", action="store_true", help="for jobs with a dry run: perform it")
+    run.add_argument("--limit", type=int, default=None, help="at most this many items")
+    run.add_argument("--report", default=None, help="write the JSON report to this file")
+    run.set_defaults(fn=cmd_jobs_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("CRM_LOG_LEVEL", "WARNING").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UsageError as exc:
+        print(f"crm: error: {exc}", file=sys.stderr)
+        return 2
+    except (CliError, ConfigError) as exc:
+        print(f"crm: error: {exc}", file=sys.stderr)
+        return 1
+    except psycopg.Error as exc:
+        print(f"crm: error: database: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("crm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

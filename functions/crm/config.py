@@ -1,0 +1,47 @@
+"""Configuration from environment variables only (SPEC §5).
+
+Deployed functions read what they need lazily and fail with a `ConfigError` naming the missing
+variable; `crm dev` fills every variable before anything reads it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from crm.errors import ConfigError
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value if value else default
+
+
+def require(name: str) -> str:
+    value = env(name)
+    if value is None:
+        raise ConfigError(f"{name} is not set: this setting is required outside `crm dev`")
+    return value
+
+
+def env_int(name: str, default: int) -> int:
+    raw = env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def env_flag(name: str) -> bool:
+    return (env(name) or "").lower() in {"1", "true", "yes", "on"}
+
+
+def data_dir() -> Path:
+    """`CRM_DATA_DIR`: where `crm dev` keeps the embedded database, secrets and local images."""
+    return Path(env("CRM_DATA_DIR", ".crm")).expanduser().resolve()
+
+
+def database_url() -> str:
+    return require("DATABASE_URL")

@@ -1,0 +1,213 @@
+"""The connector: one psycopg_pool pool per process, request transactions as PostgREST runs them.
+
+Domain code depends on `Session` (`execute`, `fetch_one`, `fetch_all` of named queries), never on
+psycopg. `wrap_exceptions()` is the one place where psycopg errors become `crm.errors` types.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from crm import config, queries
+from crm.errors import (
+    Conflict,
+    CrmError,
+    DatabaseUnavailable,
+    FieldError,
+    Forbidden,
+    Unprocessable,
+    error_for_status,
+)
+
+log = logging.getLogger("crm.db")
+
+CONNECT_TIMEOUT = 2  # seconds (libpq minimum): an unreachable database answers 503, never hangs
+POOL_TIMEOUT = 2.5  # seconds a request waits for a connection before answering 503
+API_ROLES = frozenset({"anon", "authenticated", "service_role"})
+
+# SQLSTATE classes that mean "the database is not there right now" rather than "your request is bad".
+_UNAVAILABLE_PREFIXES = ("08", "53", "57P", "58")
+_UNPROCESSABLE = {
+    "23514": "violates a check constraint",
+    "23502": "is required",
+    "23503": "refers to something that does not exist",
+    "22P02": "has an invalid format",
+    "22023": "has an invalid value",
+    "22001": "is too long",
+    "22003": "is out of range",
+    "22007": "is not a valid date or time",
+    "22008": "is not a valid date or time",
+    "22004": "must not be null",
+    "22000": "is invalid",
+    "2201B": "is invalid",
+    "22021": "contains invalid characters",
+    "22P05": "contains invalid characters",
+}
+
+
+def _field_of(diag: psycopg.errors.Diagnostic) -> str:
+    return diag.column_name or diag.constraint_name or "body"
+
+
+def translate(exc: BaseException) -> CrmError:
+    """Map a psycopg/pool exception to the project's error (keyed by SQLSTATE and constraint)."""
+    if isinstance(exc, CrmError):
+        return exc
+    if isinstance(exc, PoolTimeout):
+        return DatabaseUnavailable()
+    if not isinstance(exc, psycopg.Error):
+        return CrmError("unexpected error")
+    state = exc.sqlstate or ""
+    diag = exc.diag
+    message = diag.message_primary or str(exc).strip() or "database error"
+    if state.startswith("PT") and state[2:].isdigit():
+        # PostgREST's convention: `raise sqlstate 'PT409' using message = …, detail = '<code>'`.
+        status = int(state[2:])
+        code = (diag.message_detail or "").strip() or f"pt{status}"
+        headers = {}
+        if status in (429, 503):
+            headers["Retry-After"] = (diag.message_hint or "").strip() or "5"
+        errors = []
+        if status == 422:
+            errors = [FieldError(field=(diag.message_hint or "body").strip(), message=message)]
+        return error_for_status(status, message, code=code, errors=errors, headers=headers)
+    if state == "23505":
+        return Conflict(message, code=diag.constraint_name or "unique_violation")
+    if state in _UNPROCESSABLE or state.startswith("22"):
+        field = _field_of(diag)
+        code = diag.constraint_name or {
+            "23502": "not_null_violation",
+            "23503": "foreign_key_violation",
+        }.get(state, "invalid_input")
+        return Unprocessable(message, code=code,
+                             errors=[FieldError(field, _UNPROCESSABLE.get(state, message))])
+    if state == "42501":
+        return Forbidden(message, code="insufficient_privilege")
+    if state in ("40001", "40P01", "55P03"):
+        return Conflict("The request collided with a concurrent change; retry it.",
+                        code="concurrent_update", headers={"Retry-After": "1"})
+    if state == "57014":
+        return DatabaseUnavailable("The database took too long to answer.", code="statement_timeout")
+    if isinstance(exc, psycopg.OperationalError) or state.startswith(_UNAVAILABLE_PREFIXES):
+        return DatabaseUnavailable()
+    return CrmError("unexpected database error")
+
+
+@contextmanager
+def wrap_exceptions() -> Iterator[None]:
+    try:
+        yield
+    except CrmError:
+        raise
+    except (psycopg.Error, PoolTimeout) as exc:
+        err = translate(exc)
+        if err.status >= 500 and not isinstance(err, DatabaseUnavailable):
+            log.exception("unexpected database error")
+        raise err from exc
+
+
+class Session:
+    """A transaction of one request: named queries only."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self._conn = conn
+
+    def execute(self, name: str, params: Mapping[str, Any] | None = None) -> int:
+        cur = self._conn.execute(queries.get(name), params or {})
+        return cur.rowcount
+
+    def fetch_one(self, name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        return self._conn.execute(queries.get(name), params or {}).fetchone()
+
+    def fetch_all(self, name: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self._conn.execute(queries.get(name), params or {}).fetchall()
+
+
+class Database:
+    """A pool per process. Each `transaction()` sets role and claims exactly as PostgREST does."""
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10,
+                 statement_timeout_ms: int = 15_000):
+        self.url = url
+        self.statement_timeout = f"{statement_timeout_ms}ms"
+        self.pool = ConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT,
+                    "application_name": "crm"},
+            # After a restart the pool's idle connections are dead: check each one on checkout so
+            # the first request after an outage does not fail, and the pool heals by itself.
+            check=ConnectionPool.check_connection,
+            timeout=POOL_TIMEOUT,
+            reconnect_timeout=0,  # never give up trying to refill: the database comes back
+            open=False,
+            name="crm",
+        )
+
+    def open(self) -> None:
+        self.pool.open(wait=False)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    @contextmanager
+    def transaction(self, role: str, claims: Mapping[str, Any] | None = None) -> Iterator[Session]:
+        if role not in API_ROLES:
+            raise ValueError(f"not an API role: {role!r}")
+        claims = dict(claims or {})
+        claims.setdefault("role", role)
+        with wrap_exceptions(), self.pool.connection() as conn, conn.transaction():
+            conn.execute(queries.get("begin_request"), {
+                "role": role,
+                "claims": json.dumps(claims, separators=(",", ":")),
+                "statement_timeout": self.statement_timeout,
+            })
+            yield Session(conn)
+
+    @contextmanager
+    def owner(self) -> Iterator[Session]:
+        """A transaction as the connecting user (migrations owner): for jobs and the CLI only."""
+        with wrap_exceptions(), self.pool.connection() as conn, conn.transaction():
+            yield Session(conn)
+
+    def ping(self) -> bool:
+        try:
+            with wrap_exceptions(), self.pool.connection() as conn:
+                conn.execute(queries.get("health"))
+            return True
+        except DatabaseUnavailable:
+            return False
+
+
+_default: Database | None = None
+_default_lock = threading.Lock()
+
+
+def get_database() -> Database:
+    """The process-wide database, created on first use from `DATABASE_URL`."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            db = Database(config.database_url(),
+                          max_size=config.env_int("CRM_DB_POOL_SIZE", 10))
+            db.open()
+            _default = db
+        return _default
+
+
+def set_database(db: Database | None) -> None:
+    """Install (or clear) the process-wide database; used by `crm dev` and tests."""
+    global _default
+    with _default_lock:
+        _default = db

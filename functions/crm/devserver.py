@@ -1,0 +1,219 @@
+"""`crm dev`: database, migrations, every function on one port, the jobs, a demo org (SPEC §3).
+
+Each function is mounted exactly as functions-framework would deploy it (`create_app(target,
+source)`) under its own path prefix, so what runs here is what runs alone in production.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import flask
+import functions_framework
+import psycopg
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.serving import make_server
+
+from crm import ROOT, config, jobs
+from crm.db import Database, set_database
+from crm.errors import NotFound
+from crm.http import endpoint, problem_response
+
+log = logging.getLogger("crm.dev")
+
+#: path prefix -> (folder under functions/, functions-framework target)
+FUNCTIONS = {
+    "/booking": ("booking", "booking"),
+    "/leads": ("leads", "leads"),
+    "/webhooks": ("webhooks", "webhooks"),
+    "/reconcile": ("reconcile", "reconcile"),
+}
+
+DEMO_ORG = "demo"
+DEMO_MANAGER = "manager@demo.test"
+
+
+def function_apps() -> dict[str, flask.Flask]:
+    apps = {}
+    for prefix, (folder, target) in FUNCTIONS.items():
+        source = ROOT / "functions" / folder / "main.py"
+        if source.exists():
+            apps[prefix] = functions_framework.create_app(target=target, source=str(source))
+    return apps
+
+
+def root_app(media_dir: Path | None) -> flask.Flask:
+    """`/healthz`, `/media/…` (the local image store) and problem+json 404s for everything else."""
+    app = flask.Flask("crm-dev")
+
+    @app.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
+    @app.route("/<path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
+    def fallback(path: str) -> flask.Response:
+        return _root(flask.request)
+
+    @endpoint
+    def _root(request: flask.Request) -> flask.Response:
+        if request.path.startswith("/media/") and media_dir is not None and request.method in ("GET", "HEAD"):
+            return _media(media_dir, request.path.removeprefix("/media/"))
+        raise NotFound(f"No route for {request.method} {request.path}.")
+
+    return app
+
+
+def _media(media_dir: Path, name: str) -> flask.Response:
+    base = media_dir.resolve()
+    target = (base / name).resolve()
+    if not target.is_relative_to(base) or not target.is_file():
+        return problem_response(NotFound("No such image."))
+    mimetype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    resp = flask.send_file(target, mimetype=mimetype, max_age=31_536_000, conditional=True)
+    resp.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    return resp
+
+
+def build_app(media_dir: Path | None = None):
+    return DispatcherMiddleware(root_app(media_dir), function_apps())
+
+
+def ensure_demo(url: str) -> tuple[str, str] | None:
+    """On an empty database: org `demo` (DE) and a demo manager. Returns (org id, user id)."""
+    from crm.cli import add_staff, create_org
+
+    with psycopg.connect(url) as conn:
+        if conn.execute("select exists (select from public.organizations)").fetchone()[0]:
+            return None
+        from psycopg.rows import dict_row
+
+        conn.row_factory = dict_row
+        org_id = create_org(conn, DEMO_ORG, "Demo Bikes", "DE")
+        user_id = add_staff(conn, DEMO_ORG, DEMO_MANAGER, "manager")
+        return org_id, user_id
+
+
+class JobRunner(threading.Thread):
+    """Runs the periodic jobs in-process; one failing run is logged and retried next tick."""
+
+    def __init__(self, db: Database):
+        super().__init__(name="crm-jobs", daemon=True)
+        self.db = db
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        schedule = {name: 0.0 for name, job in jobs.load_all().items() if job.every_seconds}
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            for name, due in schedule.items():
+                if now < due or self.stopping.is_set():
+                    continue
+                job = jobs.REGISTRY[name]
+                try:
+                    summary = job.fn(self.db, {"apply": True, "progress": False})
+                    if any(v for k, v in summary.items() if k != "job" and isinstance(v, int)):
+                        log.info("job %s: %s", name, summary)
+                except Exception:
+                    log.exception("job %s failed; retrying on the next tick", name)
+                schedule[name] = time.monotonic() + (job.every_seconds or 60)
+            self.stopping.wait(1.0)
+
+
+def try_it_text(base: str, demo: tuple[str, str] | None) -> str:
+    lines = [
+        "",
+        f"  crm dev is running on {base}",
+        "",
+        "  Try it:",
+        f"    curl -s {base}/healthz",
+    ]
+    booking = ROOT / "functions" / "booking" / "main.py"
+    if booking.exists():
+        lines += [
+            f"    curl -s -X POST {base}/booking -H 'Content-Type: application/json' \\",
+            "      -d '{\"org\":\"demo\",\"customer\":{\"full_name\":\"Anna Schmidt\",\"phone\":\"0151 2345 6789\"},"
+            "\"item\":{\"external_ref\":\"listing-4711\",\"title\":\"Canyon Spectral 29\",\"price\":2450,"
+            "\"currency\":\"EUR\"}}'",
+        ]
+    lines += [
+        "",
+        "  As the demo manager (second terminal, same directory):",
+        f"    crm staff add --org {DEMO_ORG} --email {DEMO_MANAGER} --role manager   # prints the user id",
+        "    crm token --user <that id>                                          # prints a JWT",
+        "",
+        "  Ctrl-C stops the server (and the embedded database).",
+        "",
+    ]
+    if demo:
+        lines.insert(2, f"  Created organization '{DEMO_ORG}' ({demo[0]}) and manager {DEMO_MANAGER} ({demo[1]}).")
+    return "\n".join(lines)
+
+
+def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
+    from crm.cli import CliError, connect
+    from crm.embedded import EmbeddedPostgres, dev_secrets
+    from crm.migrate import MigrationError, Migrator
+
+    data_dir = config.data_dir()
+    for key, value in dev_secrets(data_dir).items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("CRM_STORAGE_DIR", str(data_dir / "media"))
+    os.environ.setdefault("CRM_PUBLIC_URL", f"http://{host}:{port}")
+
+    embedded = None
+    url = config.env("DATABASE_URL")
+    if not url:
+        print(f"crm dev: starting embedded PostgreSQL in {data_dir / 'pgdata'} …", flush=True)
+        embedded = EmbeddedPostgres(data_dir)
+        url = embedded.start()
+        os.environ["DATABASE_URL"] = url
+
+    db: Database | None = None
+    server = None
+    runner = None
+    try:
+        with connect(url, autocommit=True) as conn:
+            try:
+                Migrator(conn, log=lambda m: print(f"crm dev: {m}", flush=True)).migrate()
+            except MigrationError as exc:
+                raise CliError(str(exc)) from exc
+        created = ensure_demo(url) if demo else None
+
+        db = Database(url, max_size=config.env_int("CRM_DB_POOL_SIZE", 10))
+        db.open()
+        set_database(db)
+
+        try:
+            server = make_server(host, port, build_app(Path(os.environ["CRM_STORAGE_DIR"])), threaded=True)
+        except OSError as exc:
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+        if jobs:
+            runner = JobRunner(db)
+            runner.start()
+
+        def stop(signum, frame):  # noqa: ARG001
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        print(try_it_text(f"http://{host}:{server.server_port}", created), flush=True)
+        server.serve_forever()
+        print("crm dev: stopping", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        if runner is not None:
+            runner.stopping.set()
+            runner.join(timeout=10)
+        if server is not None:
+            server.server_close()
+        if db is not None:
+            set_database(None)
+            db.close()
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,113 @@
+"""HTTP plumbing shared by every function: problem responses, request ids, bounded JSON bodies.
+
+Handlers are plain `def fn(request) -> Response` wrapped by `endpoint`, which turns every
+`CrmError` into RFC 9457 problem+json, stamps `X-Request-Id`, and answers `/healthz`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import flask
+
+from crm.db import get_database
+from crm.errors import (
+    BadRequest,
+    CrmError,
+    DatabaseUnavailable,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    Problem,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger("crm.http")
+
+MAX_BODY_BYTES = 64 * 1024
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+
+Handler = Callable[[flask.Request], flask.Response]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> flask.Response:
+    resp = flask.Response(json.dumps(body, default=str, ensure_ascii=False), status=status,
+                          mimetype="application/json")
+    for key, value in (headers or {}).items():
+        resp.headers[key] = value
+    return resp
+
+
+def problem_response(err: CrmError) -> flask.Response:
+    problem = Problem(status=err.status, title=err.title, detail=err.detail, code=err.code,
+                      errors=err.errors)
+    resp = json_response(problem.as_dict(), status=err.status, headers=err.headers)
+    resp.mimetype = "application/problem+json"
+    return resp
+
+
+def request_id(request: flask.Request) -> str:
+    """Keep a caller's well-formed `X-Request-Id` (for tracing across hops), else make one."""
+    incoming = request.headers.get("X-Request-Id", "")
+    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def health() -> flask.Response:
+    if get_database().ping():
+        return json_response({"status": "ok", "database": "up"})
+    return problem_response(DatabaseUnavailable())
+
+
+def endpoint(handler: Handler) -> Handler:
+    """Wrap a function's handler: problems for errors, `X-Request-Id` always, `/healthz`."""
+
+    @functools.wraps(handler)
+    def wrapper(request: flask.Request) -> flask.Response:
+        rid = request_id(request)
+        try:
+            if request.path.rstrip("/").endswith("/healthz"):
+                resp = health() if request.method in ("GET", "HEAD") else problem_response(
+                    MethodNotAllowed("Use GET."))
+            else:
+                resp = handler(request)
+        except CrmError as err:
+            if err.status >= 500 and not isinstance(err, DatabaseUnavailable):
+                log.error("request %s failed: %s", rid, err.detail)
+            resp = problem_response(err)
+        except Exception:
+            log.exception("request %s crashed", rid)
+            resp = problem_response(CrmError("An unexpected error occurred; it has been logged."))
+        resp.headers["X-Request-Id"] = rid
+        return resp
+
+    return wrapper
+
+
+def require_method(request: flask.Request, *methods: str) -> None:
+    if request.method not in methods:
+        raise MethodNotAllowed(f"Use {' or '.join(methods)}.", headers={"Allow": ", ".join(methods)})
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_json(request: flask.Request, *, max_bytes: int = MAX_BODY_BYTES) -> Any:
+    """The request's JSON body: 415 unless JSON, 413 over the cap, 400 if malformed."""
+    mimetype = (request.mimetype or "").lower()
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType("Send the body as application/json.")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"The body is larger than {max_bytes // 1024} KiB.")
+    raw = request.stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"The body is larger than {max_bytes // 1024} KiB.")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}", code="malformed_json") from None

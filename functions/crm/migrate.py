@@ -1,0 +1,256 @@
+"""The migration runner behind `crm db migrate` and `crm db status`.
+
+- Versioned files `db/migrations/NNNN_snake_name.sql`: applied once, in order, each in its own
+  transaction, recorded with a SHA-256 checksum in `private.schema_migrations`. Editing one after
+  it was applied is refused (`migrate`) and reported (`status`, exit 1).
+- Repeatable files `db/policies/*.sql`, then `db/triggers/*.sql`, in name order: applied after the
+  versioned ones and re-applied whenever their checksum changes (`private.schema_repeatables`).
+- A session advisory lock serialises concurrent migrators: the second waits, then finds nothing.
+- A failing file rolls back whole; the error names the file, line and statement.
+
+`db/load.sql` lists the same files in the same order for DBAs applying them with psql alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg.rows import tuple_row
+
+from crm import ROOT
+from crm.sqlsplit import split
+
+DB_DIR = ROOT / "db"
+REPEATABLE_DIRS = ("policies", "triggers")
+VERSIONED_NAME = re.compile(r"^(\d{4})_[a-z0-9]+(?:_[a-z0-9]+)*\.sql$")
+REPEATABLE_NAME = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*\.sql$")
+LOCK_KEY = 4_242_001  # pg_advisory_lock key for migrations
+
+_TRACKING_DDL = """
+create schema if not exists private;
+revoke all on schema private from public;
+create table if not exists private.schema_migrations (
+  version integer primary key,
+  name text not null,
+  checksum text not null,
+  applied_at timestamptz not null default now(),
+  duration_ms integer not null
+);
+create table if not exists private.schema_repeatables (
+  path text primary key,
+  checksum text not null,
+  applied_at timestamptz not null default now(),
+  duration_ms integer not null
+);
+"""
+
+
+class MigrationError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class SqlFile:
+    path: Path
+    name: str  # versioned: file name; repeatable: "policies/x.sql"
+    version: int | None
+
+    @property
+    def text(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    file: SqlFile | None
+    name: str
+    kind: str  # "migration" | "repeatable"
+    state: str  # applied | pending | changed | edited | missing
+    checksum: str
+    recorded_checksum: str | None
+
+    @property
+    def needs_apply(self) -> bool:
+        return self.state in ("pending", "changed")
+
+
+def versioned_files(db_dir: Path = DB_DIR) -> list[SqlFile]:
+    files: list[SqlFile] = []
+    seen: dict[int, str] = {}
+    for path in sorted((db_dir / "migrations").glob("*.sql")):
+        m = VERSIONED_NAME.match(path.name)
+        if not m:
+            raise MigrationError(f"{path.name}: migration files are named NNNN_snake_case_name.sql")
+        version = int(m.group(1))
+        if version in seen:
+            raise MigrationError(f"{path.name}: version {version:04d} is also used by {seen[version]}")
+        seen[version] = path.name
+        files.append(SqlFile(path, path.name, version))
+    return files
+
+
+def repeatable_files(db_dir: Path = DB_DIR) -> list[SqlFile]:
+    files: list[SqlFile] = []
+    for sub in REPEATABLE_DIRS:
+        for path in sorted((db_dir / sub).glob("*.sql")):
+            if not REPEATABLE_NAME.match(path.name):
+                raise MigrationError(f"{sub}/{path.name}: repeatable files are named snake_case.sql")
+            files.append(SqlFile(path, f"{sub}/{path.name}", None))
+    return files
+
+
+def all_files(db_dir: Path = DB_DIR) -> list[SqlFile]:
+    """Every file in the order it is applied (also the order of `db/load.sql`)."""
+    return versioned_files(db_dir) + repeatable_files(db_dir)
+
+
+def _short(checksum: str | None) -> str:
+    return checksum[:12] if checksum else "-"
+
+
+class Migrator:
+    def __init__(self, conn: psycopg.Connection, db_dir: Path = DB_DIR,
+                 log: Callable[[str], None] = lambda _msg: None):
+        if not conn.autocommit:
+            raise ValueError("the migrator needs an autocommit connection")
+        self.conn = conn
+        self.db_dir = db_dir
+        self.log = log
+
+    def _q(self, sql: str, params: tuple | None = None) -> psycopg.Cursor:
+        return self.conn.cursor(row_factory=tuple_row).execute(sql, params)
+
+    # -- state ---------------------------------------------------------------------------------
+    def _tracking_exists(self) -> bool:
+        row = self._q(
+            "select to_regclass('private.schema_migrations') is not null"
+            " and to_regclass('private.schema_repeatables') is not null").fetchone()
+        return bool(row and row[0])
+
+    def _ensure_tracking(self) -> None:
+        with self.conn.transaction():
+            for stmt in split(_TRACKING_DDL):
+                self.conn.execute(stmt.sql)
+
+    def plan(self) -> list[Entry]:
+        applied: dict[int, tuple[str, str]] = {}
+        repeat: dict[str, str] = {}
+        if self._tracking_exists():
+            for version, name, checksum in self._q(
+                    "select version, name, checksum from private.schema_migrations order by version"):
+                applied[version] = (name, checksum)
+            for path, checksum in self._q(
+                    "select path, checksum from private.schema_repeatables"):
+                repeat[path] = checksum
+
+        entries: list[Entry] = []
+        files = versioned_files(self.db_dir)
+        on_disk = {f.version for f in files}
+        for version, (name, checksum) in sorted(applied.items()):
+            if version not in on_disk:
+                entries.append(Entry(None, name, "migration", "missing", "", checksum))
+        for f in files:
+            checksum = f.checksum
+            if f.version in applied:
+                recorded_name, recorded = applied[f.version]
+                state = "applied" if recorded == checksum and recorded_name == f.name else "edited"
+                entries.append(Entry(f, f.name, "migration", state, checksum, recorded))
+            else:
+                entries.append(Entry(f, f.name, "migration", "pending", checksum, None))
+        for f in repeatable_files(self.db_dir):
+            checksum = f.checksum
+            recorded = repeat.get(f.name)
+            state = "pending" if recorded is None else ("applied" if recorded == checksum else "changed")
+            entries.append(Entry(f, f.name, "repeatable", state, checksum, recorded))
+        return entries
+
+    # -- actions -------------------------------------------------------------------------------
+    def migrate(self, *, dry_run: bool = False) -> list[Entry]:
+        """Apply what is pending; returns the entries applied (or, with dry_run, to be applied)."""
+        self._q("select pg_advisory_lock(%s)", (LOCK_KEY,))
+        try:
+            if not dry_run:
+                self._ensure_tracking()
+            entries = self.plan()
+            broken = [e for e in entries if e.state in ("edited", "missing")]
+            if broken:
+                names = ", ".join(f"{e.name} ({e.state})" for e in broken)
+                raise MigrationError(
+                    f"refusing to migrate: applied migrations were changed after release: {names}; "
+                    "add a new migration instead")
+            todo = [e for e in entries if e.needs_apply]
+            for entry in todo:
+                verb = "re-apply" if entry.state == "changed" else "apply"
+                if dry_run:
+                    self.log(f"would {verb} {entry.kind} {entry.name} ({_short(entry.checksum)})")
+                    continue
+                ms = self._apply(entry)
+                self.log(f"{verb.replace('apply', 'applied')} {entry.kind} {entry.name} in {ms} ms")
+            if not todo:
+                self.log("nothing to apply: the database is up to date")
+            return todo
+        finally:
+            self._q("select pg_advisory_unlock(%s)", (LOCK_KEY,))
+
+    def _apply(self, entry: Entry) -> int:
+        assert entry.file is not None
+        text = entry.file.text
+        try:
+            statements = split(text)
+        except ValueError as exc:
+            raise MigrationError(f"{entry.name}: {exc}") from exc
+        started = self._q("select clock_timestamp()").fetchone()[0]
+        try:
+            with self.conn.transaction():
+                for stmt in statements:
+                    try:
+                        self.conn.execute(stmt.sql)
+                    except psycopg.Error as exc:
+                        message = (exc.diag.message_primary or str(exc)).strip()
+                        raise MigrationError(
+                            f"{entry.name}, line {stmt.line}: {message} (statement: {stmt.summary})"
+                        ) from exc
+                ms = self._q(
+                    "select (extract(epoch from clock_timestamp() - %s) * 1000)::int", (started,)
+                ).fetchone()[0]
+                if entry.kind == "migration":
+                    self._q(
+                        "insert into private.schema_migrations (version, name, checksum, duration_ms)"
+                        " values (%s, %s, %s, %s)",
+                        (entry.file.version, entry.name, entry.checksum, ms))
+                else:
+                    self._q(
+                        "insert into private.schema_repeatables (path, checksum, duration_ms)"
+                        " values (%s, %s, %s) on conflict (path) do update"
+                        " set checksum = excluded.checksum, applied_at = now(),"
+                        " duration_ms = excluded.duration_ms",
+                        (entry.name, entry.checksum, ms))
+        except MigrationError:
+            raise
+        except psycopg.Error as exc:
+            raise MigrationError(f"{entry.name}: {exc}") from exc
+        return ms
+
+
+def status_lines(entries: list[Entry]) -> list[str]:
+    lines = []
+    for e in entries:
+        detail = f"sha256:{_short(e.checksum)}"
+        if e.recorded_checksum and e.recorded_checksum != e.checksum:
+            detail += f" (applied as sha256:{_short(e.recorded_checksum)})"
+        lines.append(f"{e.state:<8} {e.kind:<10} {e.name:<48} {detail}")
+    return lines
+
+
+def load_sql_lines(db_dir: Path = DB_DIR) -> list[str]:
+    """The `\\ir` lines `db/load.sql` must contain, in order."""
+    return [f"\\ir {f.path.relative_to(db_dir).as_posix()}" for f in all_files(db_dir)]

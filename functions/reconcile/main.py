@@ -1,0 +1,38 @@
+"""`POST /reconcile/{name}`: run one scheduled job (SPEC §8), for an external scheduler.
+
+Authenticated by `X-Cron-Secret` (constant-time comparison); the job runs as the migrations owner
+through the same registry as `crm jobs run NAME` and returns its JSON summary.
+"""
+
+import hmac
+
+import flask
+import functions_framework
+
+from crm import config, jobs
+from crm.db import get_database
+from crm.errors import BadRequest, NotFound, Unauthorized
+from crm.http import endpoint, json_response, require_method
+
+config.database_url()  # fail at startup, naming the variable, rather than on the first request
+CRON_SECRET = config.require("CRM_CRON_SECRET")
+
+
+@functions_framework.http
+@endpoint
+def reconcile(request: flask.Request) -> flask.Response:
+    require_method(request, "POST")
+    given = request.headers.get("X-Cron-Secret", "")
+    if not hmac.compare_digest(given.encode(), CRON_SECRET.encode()):
+        raise Unauthorized("A valid X-Cron-Secret header is required.", headers={})
+    name = request.path.rstrip("/").rsplit("/", 1)[-1]
+    job = jobs.load_all().get(name)
+    if job is None:
+        raise NotFound(f"No job named {name!r}.")
+    try:
+        limit = int(request.args["limit"]) if "limit" in request.args else None
+    except ValueError:
+        raise BadRequest("limit must be a whole number.") from None
+    options = {"apply": request.args.get("apply", "").lower() in ("1", "true", "yes"),
+               "limit": limit, "progress": False}
+    return json_response(job.fn(get_database(), options))
