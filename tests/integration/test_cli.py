@@ -28,9 +28,10 @@ def test_org_staff_token_round_trip(db_url, conn):
     assert uuid.UUID(again.stdout.strip()) == user_id
     assert conn.execute("select role::text from staff where user_id = %s", (user_id,)).fetchone()["role"] == "admin"
 
-    token = crm("token", "--user", str(user_id), "--ttl", "120", url=db_url, CRM_JWT_SECRET="s3cret-for-tests-at-least-32-bytes-long")
+    secret = "s3cret-for-tests-at-least-32-bytes-long"
+    token = crm("token", "--user", str(user_id), "--ttl", "120", url=db_url, CRM_JWT_SECRET=secret)
     assert token.returncode == 0, token.stderr
-    claims = jwt.decode(token.stdout.strip(), "s3cret-for-tests-at-least-32-bytes-long", algorithms=["HS256"], audience="authenticated")
+    claims = jwt.decode(token.stdout.strip(), secret, algorithms=["HS256"], audience="authenticated")
     assert claims["sub"] == str(user_id)
     assert claims["role"] == "authenticated" and claims["email"] == "boss@acme.test"
     assert 100 <= claims["exp"] - claims["iat"] <= 120
