@@ -254,3 +254,23 @@ def status_lines(entries: list[Entry]) -> list[str]:
 def load_sql_lines(db_dir: Path = DB_DIR) -> list[str]:
     """The `\\ir` lines `db/load.sql` must contain, in order."""
     return [f"\\ir {f.path.relative_to(db_dir).as_posix()}" for f in all_files(db_dir)]
+
+
+LOAD_SQL_HEADER = """\
+-- Apply the whole schema with psql alone, in the order `crm db migrate` uses:
+--   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 --single-transaction -f db/load.sql
+-- Versioned migrations first (in number order), then the repeatable files: db/policies/ then
+-- db/triggers/, each in name order. Regenerate with `python -m crm.migrate`;
+-- tests/migration/test_load_sql.py keeps it in step.
+\\set ON_ERROR_STOP on
+"""
+
+
+def write_load_sql(db_dir: Path = DB_DIR) -> Path:
+    path = db_dir / "load.sql"
+    path.write_text(LOAD_SQL_HEADER + "\n".join(load_sql_lines(db_dir)) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_load_sql()}")

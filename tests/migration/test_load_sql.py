@@ -53,7 +53,7 @@ def fingerprint(url: str) -> list[tuple[str, str]]:
 def test_load_sql_lists_every_file_in_runner_order():
     text = (DB_DIR / "load.sql").read_text()
     lines = [line.strip() for line in text.splitlines() if line.startswith("\\ir")]
-    assert lines == load_sql_lines(), "db/load.sql is out of step with db/: regenerate its \\ir lines"
+    assert lines == load_sql_lines(), "db/load.sql is out of step with db/: run `python -m crm.migrate`"
     assert "\\set ON_ERROR_STOP on" in text
 
 

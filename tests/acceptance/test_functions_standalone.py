@@ -1,0 +1,76 @@
+"""Each deployable function runs alone under functions-framework, as it would be deployed."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from crm import ROOT
+
+FUNCTIONS = sorted(p.parent.name for p in (ROOT / "functions").glob("*/main.py"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(folder: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    exe = Path(sys.executable).with_name("functions-framework")
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(exe), "--source", str(ROOT / "functions" / folder / "main.py"), "--target", folder,
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def function_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CRM_"))}
+    env.update({"CRM_JWT_SECRET": "standalone-test-secret-of-32-bytes!!", "CRM_CRON_SECRET": "cron-secret"})
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize("folder", FUNCTIONS)
+def test_function_runs_alone_and_answers_healthz(folder, db_url, tmp_path):
+    log = tmp_path / "ff.log"
+    proc, url = serve(folder, function_env(DATABASE_URL=db_url), log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{folder} exited:\n{log.read_text()}")
+            try:
+                resp = httpx.get(f"{url}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{folder} did not listen:\n{log.read_text()}")
+                time.sleep(0.2)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["X-Request-Id"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+@pytest.mark.parametrize("folder", FUNCTIONS)
+def test_missing_database_url_is_a_startup_error_naming_it(folder, tmp_path):
+    log = tmp_path / "ff.log"
+    proc, _ = serve(folder, function_env(), log)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"{folder} started without DATABASE_URL:\n{log.read_text()}")
+    assert proc.returncode != 0
+    assert "DATABASE_URL" in log.read_text()
