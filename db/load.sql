@@ -6,7 +6,22 @@
 \set ON_ERROR_STOP on
 \ir migrations/0001_supabase_bootstrap.sql
 \ir migrations/0002_organizations_staff.sql
+\ir migrations/0003_crm_core.sql
+\ir migrations/0004_crm_rpcs.sql
 \ir policies/000_access_helpers.sql
+\ir policies/customers.sql
+\ir policies/lead_status_events.sql
+\ir policies/leads.sql
+\ir policies/order_status_events.sql
+\ir policies/orders.sql
 \ir policies/organizations.sql
+\ir policies/shipments.sql
 \ir policies/staff.sql
+\ir policies/tasks.sql
 \ir triggers/000_timestamps.sql
+\ir triggers/001_crm_common.sql
+\ir triggers/customers.sql
+\ir triggers/leads.sql
+\ir triggers/orders.sql
+\ir triggers/shipments.sql
+\ir triggers/tasks.sql
