@@ -40,12 +40,23 @@ DEMO_ORG = "demo"
 DEMO_MANAGER = "manager@demo.test"
 
 
-def function_apps() -> dict[str, flask.Flask]:
+def _at_root_when_bare(app):
+    """`POST /booking` reaches the function as `/`, as on Cloud Run / Cloud Functions (no 308)."""
+
+    def wsgi(environ, start_response):
+        if not environ.get("PATH_INFO"):
+            environ["PATH_INFO"] = "/"
+        return app(environ, start_response)
+
+    return wsgi
+
+
+def function_apps() -> dict:
     apps = {}
     for prefix, (folder, target) in FUNCTIONS.items():
         source = ROOT / "functions" / folder / "main.py"
         if source.exists():
-            apps[prefix] = functions_framework.create_app(target=target, source=str(source))
+            apps[prefix] = _at_root_when_bare(functions_framework.create_app(target=target, source=str(source)))
     return apps
 
 

