@@ -1,0 +1,28 @@
+"""`PATCH /leads/{id}` (SPEC §7.3): staff change a lead's status, note or assignee.
+
+Deployed alone (`functions-framework --source functions/leads/main.py --target leads`) the path
+may arrive as `/<id>` or `/leads/<id>`; `crm dev` mounts it under `/leads`. The id is always the
+last path segment.
+"""
+
+import flask
+import functions_framework
+
+from crm import auth, config
+from crm.db import get_database
+from crm.http import endpoint, json_response, read_json, require_method
+from crm.leads import lead_ref, parse_patch, patch_lead
+
+# Fail at startup, naming the variable, rather than on the first request.
+config.database_url()
+auth.get_verifier()
+
+
+@functions_framework.http
+@endpoint
+def leads(request: flask.Request) -> flask.Response:
+    require_method(request, "PATCH")
+    claims = auth.authenticate(request.headers.get("Authorization"))
+    ref = lead_ref(request.path.rstrip("/").rsplit("/", 1)[-1])
+    patch = parse_patch(read_json(request))
+    return json_response(patch_lead(get_database(), claims, ref, patch))
