@@ -9,6 +9,7 @@
 \ir migrations/0003_crm_core.sql
 \ir migrations/0004_crm_rpcs.sql
 \ir migrations/0005_booking.sql
+\ir migrations/0006_image_cache.sql
 \ir policies/000_access_helpers.sql
 \ir policies/customers.sql
 \ir policies/lead_status_events.sql

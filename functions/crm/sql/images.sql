@@ -1,0 +1,150 @@
+-- The image cache jobs (cache-images, backfill-images). They run as the migrations owner.
+
+-- images_has_work --
+select exists (
+         select from public.orders o
+          where (o.item_snapshot ->> 'images_state') = 'pending'
+            and not exists (select from private.image_cache_queue q where q.order_id = o.id))
+    or exists (select from private.image_cache_queue q where q.available_at <= now()) as has_work
+
+-- images_enqueue_pending --
+-- New pending orders join the queue (the partial index orders_images_pending_idx finds them).
+insert into private.image_cache_queue (order_id, org_id)
+select o.id, o.org_id
+  from public.orders o
+ where (o.item_snapshot ->> 'images_state') = 'pending'
+   and not exists (select from private.image_cache_queue q where q.order_id = o.id)
+ order by o.created_at, o.id
+ limit %(limit)s
+on conflict (order_id) do nothing
+
+-- images_claim --
+-- SKIP LOCKED passes over rows another worker is claiming; a row claimed and committed meanwhile
+-- fails the re-checked available_at. The lease (available_at in the future) keeps it ours after commit.
+with claimable as (
+  select q.order_id
+    from private.image_cache_queue q
+   where q.available_at <= now()
+   order by q.available_at
+   limit %(limit)s
+   for update skip locked
+)
+update private.image_cache_queue q
+   set available_at = now() + make_interval(secs => %(lease_seconds)s),
+       claim_token = %(token)s,
+       claimed_at = now(),
+       claims = q.claims + 1
+  from claimable c
+ where q.order_id = c.order_id
+returning q.order_id
+
+-- images_claim_order --
+-- Backfill: claim one order by inserting its queue row; nothing returned if someone else has it.
+insert into private.image_cache_queue as q (order_id, org_id, available_at, claim_token, claimed_at, claims)
+select o.id, o.org_id, now() + make_interval(secs => %(lease_seconds)s), %(token)s, now(), 1
+  from public.orders o
+ where o.id = %(order_id)s
+on conflict (order_id) do nothing
+returning q.order_id
+
+-- images_orders_to_cache --
+select o.id as order_id, o.org_id, o.order_code,
+       o.item_snapshot -> 'images' as images,
+       o.item_snapshot -> 'cached_images' as cached_images,
+       o.item_snapshot ->> 'images_state' as images_state
+  from public.orders o
+ where o.id = any (%(order_ids)s::uuid[])
+
+-- images_order_records --
+select position, source_url, state, cached_url, thumb_url, attempts, next_attempt_at
+  from private.image_cache_images
+ where order_id = %(order_id)s
+ order by position
+
+-- images_hold_claim --
+-- The write transaction's first step: still ours? (A lease that ran out may have passed to another worker.)
+select order_id
+  from private.image_cache_queue
+ where order_id = %(order_id)s and claim_token = %(token)s
+   for update
+
+-- images_record --
+insert into private.image_cache_images as i (
+  order_id, org_id, position, source_url, state, cached_url, thumb_url, sha256, width, height,
+  reason, detail, http_status, attempts, next_attempt_at, first_attempt_at, last_attempt_at)
+select %(order_id)s, %(org_id)s, r.position, r.source_url, r.state, r.cached_url, r.thumb_url, r.sha256,
+       r.width, r.height, r.reason, left(r.detail, 2000), r.http_status, r.attempts, r.next_attempt_at,
+       now(), now()
+  from jsonb_to_recordset(%(records)s::jsonb) as r(
+         position smallint, source_url text, state text, cached_url text, thumb_url text, sha256 text,
+         width integer, height integer, reason text, detail text, http_status integer, attempts integer,
+         next_attempt_at timestamptz)
+on conflict (order_id, position) do update
+   set source_url = excluded.source_url, state = excluded.state, cached_url = excluded.cached_url,
+       thumb_url = excluded.thumb_url, sha256 = excluded.sha256, width = excluded.width,
+       height = excluded.height, reason = excluded.reason, detail = excluded.detail,
+       http_status = excluded.http_status, attempts = excluded.attempts,
+       next_attempt_at = excluded.next_attempt_at, last_attempt_at = now()
+
+-- images_write_snapshot --
+-- Only cached_images and images_state change: the orders trigger refuses anything else.
+update public.orders
+   set item_snapshot = item_snapshot || jsonb_build_object('cached_images', %(cached_images)s::jsonb,
+                                                           'images_state', %(images_state)s::text)
+ where id = %(order_id)s
+   and (item_snapshot -> 'cached_images', item_snapshot ->> 'images_state')
+       is distinct from (%(cached_images)s::jsonb, %(images_state)s::text)
+
+-- images_reschedule --
+update private.image_cache_queue
+   set available_at = %(available_at)s, claim_token = null
+ where order_id = %(order_id)s and claim_token = %(token)s
+
+-- images_dequeue --
+delete from private.image_cache_queue
+ where order_id = %(order_id)s and claim_token = %(token)s
+
+-- images_backfill_candidates --
+-- Legacy orders without first-party images: never cached (no images_state, or none with images
+-- to cache), or holding cached_images that are not ours. Pending and failed orders belong to
+-- cache-images; queued ones are in progress. Keyset pages by id, so a rerun resumes cleanly.
+select o.id as order_id, o.org_id, o.order_code, o.item_id, o.external_item_ref, o.archived_item,
+       o.item_snapshot -> 'images' as images,
+       o.item_snapshot -> 'cached_images' as cached_images,
+       o.item_snapshot ->> 'images_state' as images_state
+  from public.orders o
+ where o.id > %(after)s
+   and coalesce(o.item_snapshot ->> 'images_state', 'none') not in ('pending', 'failed')
+   and (case jsonb_typeof(o.item_snapshot -> 'images')
+          when 'array' then jsonb_array_length(o.item_snapshot -> 'images') else 0 end > 0
+        or case jsonb_typeof(o.item_snapshot -> 'cached_images')
+          when 'array' then jsonb_array_length(o.item_snapshot -> 'cached_images') else 0 end > 0)
+   and (case jsonb_typeof(o.item_snapshot -> 'cached_images')
+          when 'array' then jsonb_array_length(o.item_snapshot -> 'cached_images') else 0 end = 0
+        or exists (select from jsonb_array_elements(case jsonb_typeof(o.item_snapshot -> 'cached_images')
+                                                      when 'array' then o.item_snapshot -> 'cached_images'
+                                                      else '[]' end) u
+                    where not starts_with(u #>> '{}', %(first_party)s)))
+   and not exists (select from private.image_cache_queue q where q.order_id = o.id)
+ order by o.id
+ limit %(limit)s
+
+-- images_backfill_count --
+select count(*) as n
+  from public.orders o
+ where coalesce(o.item_snapshot ->> 'images_state', 'none') not in ('pending', 'failed')
+   and (case jsonb_typeof(o.item_snapshot -> 'images')
+          when 'array' then jsonb_array_length(o.item_snapshot -> 'images') else 0 end > 0
+        or case jsonb_typeof(o.item_snapshot -> 'cached_images')
+          when 'array' then jsonb_array_length(o.item_snapshot -> 'cached_images') else 0 end > 0)
+   and (case jsonb_typeof(o.item_snapshot -> 'cached_images')
+          when 'array' then jsonb_array_length(o.item_snapshot -> 'cached_images') else 0 end = 0
+        or exists (select from jsonb_array_elements(case jsonb_typeof(o.item_snapshot -> 'cached_images')
+                                                      when 'array' then o.item_snapshot -> 'cached_images'
+                                                      else '[]' end) u
+                    where not starts_with(u #>> '{}', %(first_party)s)))
+   and not exists (select from private.image_cache_queue q where q.order_id = o.id)
+
+-- images_mark_archived --
+update public.orders set archived_item = true
+ where id = %(order_id)s and not archived_item
