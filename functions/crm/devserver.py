@@ -135,27 +135,37 @@ class JobRunner(threading.Thread):
             self.stopping.wait(1.0)
 
 
-def try_it_text(base: str, demo: tuple[str, str] | None) -> str:
+def demo_manager_id(url: str) -> str | None:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "select s.user_id from public.staff s join public.organizations o on o.id = s.org_id"
+            " join auth.users u on u.id = s.user_id where o.slug = %s and lower(u.email) = %s limit 1",
+            (DEMO_ORG, DEMO_MANAGER)).fetchone()
+    return str(row[0]) if row else None
+
+
+def try_it_text(base: str, demo: tuple[str, str] | None, manager_id: str | None) -> str:
     lines = [
         "",
         f"  crm dev is running on {base}",
         "",
         "  Try it:",
         f"    curl -s {base}/healthz",
-    ]
-    booking = ROOT / "functions" / "booking" / "main.py"
-    if booking.exists():
-        lines += [
-            f"    curl -s -X POST {base}/booking -H 'Content-Type: application/json' \\",
-            "      -d '{\"org\":\"demo\",\"customer\":{\"full_name\":\"Anna Schmidt\",\"phone\":\"0151 2345 6789\"},"
-            "\"item\":{\"external_ref\":\"listing-4711\",\"title\":\"Canyon Spectral 29\",\"price\":2450,"
-            "\"currency\":\"EUR\"}}'",
-        ]
-    lines += [
+        f"    curl -s -X POST {base}/booking -H 'Content-Type: application/json' \\",
+        "      -d '{\"org\":\"demo\",\"customer\":{\"full_name\":\"Anna Schmidt\",\"phone\":\"0151 2345 6789\"},"
+        "\"item\":{\"external_ref\":\"listing-4711\",\"title\":\"Canyon Spectral 29\",\"price\":2450,"
+        "\"currency\":\"EUR\"}}'",
         "",
-        "  As the demo manager (second terminal, same directory):",
-        f"    crm staff add --org {DEMO_ORG} --email {DEMO_MANAGER} --role manager   # prints the user id",
-        "    crm token --user <that id>                                          # prints a JWT",
+        "  As the demo manager (a second terminal in this directory talks to the same database):",
+    ]
+    if manager_id:
+        lines.append(f"    TOKEN=$(crm token --user {manager_id})")
+    else:
+        lines += [f"    crm staff add --org {DEMO_ORG} --email {DEMO_MANAGER} --role manager   # prints the user id",
+                  "    TOKEN=$(crm token --user <that id>)"]
+    lines += [
+        f"    curl -s -X PATCH {base}/leads/<lead_id from the booking> -H \"Authorization: Bearer $TOKEN\" \\",
+        "      -H 'Content-Type: application/json' -d '{\"status\":\"contacted\",\"note\":\"called back\"}'",
         "",
         "  Ctrl-C stops the server (and the embedded database).",
         "",
@@ -213,7 +223,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        print(try_it_text(f"http://{host}:{server.server_port}", created), flush=True)
+        print(try_it_text(f"http://{host}:{server.server_port}", created, demo_manager_id(url)), flush=True)
         server.serve_forever()
         print("crm dev: stopping", file=sys.stderr, flush=True)
         return 0
