@@ -212,7 +212,7 @@ create table public.leads (
   status public.lead_status not null default 'new',
   item_snapshot jsonb,
   external_item_ref text,
-  assigned_to uuid references auth.users (id) on delete set null,
+  assigned_to uuid,
   notes text,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
@@ -230,7 +230,12 @@ comment on column public.leads.external_item_ref is 'Catalog reference of the it
 
 create index leads_org_created_idx on public.leads (org_id, created_at desc);
 create index leads_org_customer_idx on public.leads (org_id, customer_id);
+-- The assignee must be staff of the lead's own organization, for every writer (a direct PostgREST
+-- PATCH included); removing someone from the organization unassigns them.
+alter table public.leads add constraint leads_assigned_to_staff_fkey foreign key (org_id, assigned_to)
+  references public.staff (org_id, user_id) on delete set null (assigned_to);
 create index leads_assigned_to_idx on public.leads (assigned_to);
+create index leads_org_assigned_to_idx on public.leads (org_id, assigned_to) where assigned_to is not null;
 
 -- ---------------------------------------------------------------------------------------------
 -- orders
@@ -272,7 +277,7 @@ create table public.orders (
   item_snapshot jsonb not null,
   archived_item boolean not null default false,
   status public.order_status not null default 'pending_manager',
-  assigned_manager uuid references auth.users (id) on delete set null,
+  assigned_manager uuid,
   price_amount numeric(12, 2),
   currency text,
   booking_amount numeric(12, 2),
@@ -313,7 +318,9 @@ comment on column public.orders.tracking_token_hash is
 create index orders_org_created_idx on public.orders (org_id, created_at desc) include (status);
 create index orders_org_customer_idx on public.orders (org_id, customer_id);
 create index orders_org_lead_idx on public.orders (org_id, lead_id) where lead_id is not null;
-create index orders_assigned_manager_idx on public.orders (assigned_manager) where assigned_manager is not null;
+alter table public.orders add constraint orders_assigned_manager_staff_fkey foreign key (org_id, assigned_manager)
+  references public.staff (org_id, user_id) on delete set null (assigned_manager);
+create index orders_assigned_manager_idx on public.orders (org_id, assigned_manager) where assigned_manager is not null;
 
 -- ---------------------------------------------------------------------------------------------
 -- status events (written by trigger only)
@@ -388,7 +395,7 @@ create table public.tasks (
   description text,
   status text not null default 'open',
   due_at timestamptz,
-  assignee uuid references auth.users (id) on delete set null,
+  assignee uuid,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   constraint tasks_order_fkey foreign key (org_id, order_id)
@@ -404,7 +411,9 @@ comment on table public.tasks is 'To-dos about exactly one order or one lead, op
 create index tasks_org_due_idx on public.tasks (org_id, due_at);
 create index tasks_org_order_idx on public.tasks (org_id, order_id) where order_id is not null;
 create index tasks_org_lead_idx on public.tasks (org_id, lead_id) where lead_id is not null;
-create index tasks_assignee_idx on public.tasks (assignee) where assignee is not null;
+alter table public.tasks add constraint tasks_assignee_staff_fkey foreign key (org_id, assignee)
+  references public.staff (org_id, user_id) on delete set null (assignee);
+create index tasks_assignee_idx on public.tasks (org_id, assignee) where assignee is not null;
 
 -- ---------------------------------------------------------------------------------------------
 -- private.outbox (transactional outbox; rows written by triggers in the changing transaction)

@@ -20,7 +20,9 @@ select o.id,
        o.order_code,
        o.status,
        o.item_snapshot ->> 'title' as title,
-       o.item_snapshot -> 'cached_images' ->> 0 as display_image_url,
+       -- Only what the image cache wrote (state cached/partial): never a third-party URL.
+       case when o.item_snapshot ->> 'images_state' in ('cached', 'partial')
+            then o.item_snapshot -> 'cached_images' ->> 0 end as display_image_url,
        coalesce(o.item_snapshot ->> 'images_state', 'none') as image_state,
        o.archived_item,
        o.customer_id,
@@ -83,8 +85,8 @@ begin
     'order_code', found_order.order_code,
     'status', found_order.status,
     'title', found_order.item_snapshot ->> 'title',
-    'display_image_url', case pg_catalog.jsonb_typeof(found_order.item_snapshot -> 'cached_images' -> 0)
-                           when 'string' then found_order.item_snapshot -> 'cached_images' ->> 0 end,
+    'display_image_url', case when found_order.item_snapshot ->> 'images_state' in ('cached', 'partial')
+                                then found_order.item_snapshot -> 'cached_images' ->> 0 end,
     'history', coalesce((
       select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('status', e.to_status, 'at', e.created_at)
                                   order by e.created_at, e.id)

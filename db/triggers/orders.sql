@@ -104,6 +104,46 @@ comment on function hidden.tg_orders__outbox() is
   'Writes order.created / order.status_changed to private.outbox in the changing transaction.';
 revoke all on function hidden.tg_orders__outbox() from public;
 
+-- cached_images/images_state are written by the image cache only (service jobs): a PostgREST caller
+-- must not be able to put a third-party URL where the CRM and the public tracking page show images.
+create or replace function hidden.tg_orders__image_cache_owned()
+returns trigger
+language plpgsql volatile
+set search_path = ''
+as $$
+begin
+  if tg_op = 'INSERT' then
+    new.item_snapshot := new.item_snapshot || pg_catalog.jsonb_build_object(
+      'cached_images', '[]'::jsonb,
+      'images_state', case when pg_catalog.jsonb_typeof(new.item_snapshot -> 'images') = 'array'
+                            and pg_catalog.jsonb_array_length(new.item_snapshot -> 'images') > 0
+                           then 'pending' else 'none' end);
+    return new;
+  end if;
+  raise sqlstate 'PT422' using
+    message = 'orders.item_snapshot cached_images and images_state are written by the image cache only',
+    detail = 'immutable_column', hint = 'item_snapshot';
+end
+$$;
+comment on function hidden.tg_orders__image_cache_owned() is
+  'For API callers (authenticated, anon): a new order starts with no cached images; changing them is refused.';
+revoke all on function hidden.tg_orders__image_cache_owned() from public;
+
+drop trigger if exists _045_image_cache_owned_insert on public.orders;
+create trigger _045_image_cache_owned_insert
+  before insert on public.orders
+  for each row when (current_user in ('authenticated', 'anon'))
+  execute function hidden.tg_orders__image_cache_owned();
+
+drop trigger if exists _045_image_cache_owned_update on public.orders;
+create trigger _045_image_cache_owned_update
+  before update on public.orders
+  for each row when (
+    current_user in ('authenticated', 'anon')
+    and ((old.item_snapshot -> 'cached_images') is distinct from (new.item_snapshot -> 'cached_images')
+         or (old.item_snapshot -> 'images_state') is distinct from (new.item_snapshot -> 'images_state')))
+  execute function hidden.tg_orders__image_cache_owned();
+
 drop trigger if exists _050_protect on public.orders;
 create trigger _050_protect
   before update on public.orders
