@@ -195,6 +195,8 @@ class Verifier:
         except jwt.PyJWTError:
             raise invalid_token("The access token is malformed.") from None
         alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise invalid_token("The access token's algorithm is malformed.")
         key: Any
         if alg == "HS256":
             if not self.settings.secret:

@@ -70,6 +70,10 @@ def translate(exc: BaseException) -> CrmError:
         return DatabaseUnavailable()
     if not isinstance(exc, psycopg.Error):
         return CrmError("unexpected error")
+    if isinstance(exc, psycopg.DataError) and not exc.sqlstate:
+        # Refused by psycopg before it reached the server (e.g. a NUL character in a string).
+        return Unprocessable(str(exc).strip() or "invalid input", code="invalid_input",
+                             errors=[FieldError("body", "contains characters the database cannot store")])
     state = exc.sqlstate or ""
     diag = exc.diag
     message = diag.message_primary or str(exc).strip() or "database error"

@@ -19,6 +19,7 @@ import flask
 from crm.db import get_database
 from crm.errors import (
     BadRequest,
+    ConfigError,
     CrmError,
     DatabaseUnavailable,
     MethodNotAllowed,
@@ -75,6 +76,12 @@ def endpoint(handler: Handler) -> Handler:
                     MethodNotAllowed("Use GET."))
             else:
                 resp = handler(request)
+        except ConfigError as err:
+            # Deployed functions validate settings at import; this is the safety net for one that
+            # is only read later: the operator's mistake, not the caller's, and not a crash.
+            log.error("request %s: misconfigured: %s", rid, err)
+            resp = problem_response(DatabaseUnavailable(
+                "The service is misconfigured; the operator has been told.", code="misconfigured"))
         except CrmError as err:
             if err.status >= 500 and not isinstance(err, DatabaseUnavailable):
                 log.error("request %s failed: %s", rid, err.detail)

@@ -50,6 +50,8 @@ class LeadPatch(pydantic.BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("must not be empty")
+        if any(ord(ch) < 32 and ch not in "\n\t" for ch in value):
+            raise ValueError("must not contain control characters")
         return value
 
 

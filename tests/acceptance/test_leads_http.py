@@ -7,6 +7,8 @@ a subprocess) or `crm.auth.mint_token`, which the CLI uses; fixtures are inserte
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
@@ -278,6 +280,9 @@ def test_bad_tokens_are_401(live, world):
         "anon_role": jwt.encode({**good, "role": "anon"}, SECRET, algorithm="HS256"),
         "alg_none": jwt.encode(good, None, algorithm="none"),
         "sub_not_uuid": jwt.encode({**good, "sub": "manager"}, SECRET, algorithm="HS256"),
+        "alg_not_a_string": ".".join(
+            base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+            for part in ({"alg": ["HS256"], "typ": "JWT"}, good)) + ".c2ln",
     }
     for kind, token in tokens.items():
         resp = live.patch(f"/{lead['id']}", json={"status": "contacted"},
@@ -364,6 +369,7 @@ BAD_FIELDS = [
     ({"note": "x" * 2001}, "note"),
     ({"note": "   "}, "note"),
     ({"note": 5}, "note"),
+    ({"note": "a\u0000b"}, "note"),
     ({"assigned_to": "bob"}, "assigned_to"),
     ({"assigned_to": 12}, "assigned_to"),
     ({"assigned_to": None, "note": "ok"}, "assigned_to"),
