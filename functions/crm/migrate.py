@@ -4,7 +4,8 @@
   transaction, recorded with a SHA-256 checksum in `private.schema_migrations`. Editing one after
   it was applied is refused (`migrate`) and reported (`status`, exit 1).
 - Repeatable files `db/policies/*.sql`, then `db/triggers/*.sql`, in name order: applied after the
-  versioned ones and re-applied whenever their checksum changes (`private.schema_repeatables`).
+  versioned ones and re-applied whenever their checksum changes (`private.schema_repeatables`), and
+  all of them after any versioned migration (which may have dropped what they define).
 - A session advisory lock serialises concurrent migrators: the second waits, then finds nothing.
 - A failing file rolls back whole; the error names the file, line and statement.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
@@ -187,6 +188,11 @@ class Migrator:
                 raise MigrationError(
                     f"refusing to migrate: applied migrations were changed after release: {names}; "
                     "add a new migration instead")
+            if any(e.kind == "migration" and e.state == "pending" for e in entries):
+                # A migration may drop or recreate what a repeatable file defines (a table's
+                # policies and triggers go with it): re-apply them all; they are idempotent.
+                entries = [replace(e, state="changed") if e.kind == "repeatable" and e.state == "applied" else e
+                           for e in entries]
             todo = [e for e in entries if e.needs_apply]
             for entry in todo:
                 verb = "re-apply" if entry.state == "changed" else "apply"

@@ -159,3 +159,16 @@ def test_cli_status_exits_1_naming_an_edited_migration(fresh_database, tmp_path,
     assert "0002_organizations_staff.sql" in status.stderr and len(status.stderr.strip().splitlines()) == 1
     refused = crm("db", "migrate", url=url)
     assert refused.returncode == 1 and "0002_organizations_staff.sql" in refused.stderr
+
+
+def test_new_migration_reapplies_every_repeatable(fresh_database, db_dir):
+    """A migration that recreates a table drops its views/triggers; the repeatables put them back."""
+    url = fresh_database()
+    m, conn = migrator(url, db_dir)
+    with conn:
+        m.migrate()
+        write(db_dir, "migrations/0003_recreate.sql",
+              "drop view v_t1;\ndrop table t2;\ndrop table t1;\ncreate table t1 (id int primary key, extra text);")
+        done = [e.name for e in m.migrate()]
+        assert done == ["0003_recreate.sql", "policies/a.sql", "triggers/t1.sql"]
+        assert conn.execute("select to_regclass('public.v_t1')").fetchone()[0] is not None
