@@ -183,7 +183,9 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_jobs_run(args: argparse.Namespace) -> int:
     from crm import jobs
     from crm.db import Database
+    from crm.embedded import apply_dev_settings
 
+    apply_dev_settings()  # a second terminal next to `crm dev` uses its image store and public URL
     registry = jobs.load_all()
     job = registry.get(args.name)
     if job is None:

@@ -177,7 +177,7 @@ def try_it_text(base: str, demo: tuple[str, str] | None, manager_id: str | None)
 
 def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
     from crm.cli import CliError, connect
-    from crm.embedded import EmbeddedPostgres, dev_secrets
+    from crm.embedded import EmbeddedPostgres, dev_secrets, save_dev_settings
     from crm.migrate import MigrationError, Migrator
 
     data_dir = config.data_dir()
@@ -185,6 +185,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
         os.environ.setdefault(key, value)
     os.environ.setdefault("CRM_STORAGE_DIR", str(data_dir / "media"))
     os.environ.setdefault("CRM_PUBLIC_URL", f"http://{host}:{port}")
+    save_dev_settings({k: os.environ[k] for k in ("CRM_STORAGE_DIR", "CRM_PUBLIC_URL")}, data_dir)
 
     embedded = None
     url = config.env("DATABASE_URL")

@@ -81,3 +81,23 @@ def dev_secrets(data_dir: Path | None = None) -> dict[str, str]:
         with os.fdopen(fd, "w") as fh:
             json.dump(stored, fh, indent=2)
     return stored
+
+
+DEV_SETTINGS = "dev.json"
+
+
+def save_dev_settings(settings: dict[str, str], data_dir: Path | None = None) -> None:
+    """What `crm dev` serves with (public URL, image store), for `crm` commands in a second terminal."""
+    data_dir = data_dir or config.data_dir()
+    (data_dir / DEV_SETTINGS).write_text(json.dumps(settings, indent=2))
+
+
+def apply_dev_settings(data_dir: Path | None = None) -> None:
+    """Default the environment from the last `crm dev` of this data dir (explicit settings win)."""
+    data_dir = data_dir or config.data_dir()
+    path = data_dir / DEV_SETTINGS
+    if not path.exists():
+        return
+    for key, value in json.loads(path.read_text()).items():
+        if not os.environ.get(key):
+            os.environ[key] = value
