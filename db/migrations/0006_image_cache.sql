@@ -1,11 +1,11 @@
 -- The image cache (SPEC 7.4, 8): a work queue of orders and a record of every image it handled.
 --
--- Jobs run as the migrations owner. Workers claim queue rows with FOR UPDATE SKIP LOCKED in a
--- short transaction that also pushes the row's available_at past a lease, then download with no
--- transaction open, then write the result in another short transaction that first re-locks the
--- row by its claim token. So several workers never do one order at once, no row lock is held
--- during a download, and an order whose worker died is claimed again when its lease runs out.
--- Nothing here is granted to anon or authenticated.
+-- The jobs run as service_role (SPEC 6.1), so the grants at the end are all they can use. Workers
+-- claim queue rows with FOR UPDATE SKIP LOCKED in a short transaction that also pushes the row's
+-- available_at past a lease, then download with no transaction open, then write the result in
+-- another short transaction that first re-locks the row by its claim token. So several workers
+-- never do one order at once, no row lock is held during a download, and an order whose worker
+-- died is claimed again when its lease runs out. Nothing here is granted to anon or authenticated.
 
 create table private.image_cache_queue (
   order_id uuid primary key references public.orders (id) on delete cascade,
@@ -85,5 +85,8 @@ alter table private.image_cache_queue enable row level security;
 alter table private.image_cache_images enable row level security;
 revoke all on private.image_cache_queue, private.image_cache_images, private.image_cache_failures
   from public, anon, authenticated, service_role;
-grant select on private.image_cache_queue, private.image_cache_images, private.image_cache_failures
-  to service_role;
+-- What the jobs do: enqueue, claim (FOR UPDATE needs UPDATE), reschedule and dequeue orders; record
+-- and re-record images (upsert). service_role bypasses RLS; operators read the failures view.
+grant select, insert, update, delete on private.image_cache_queue to service_role;
+grant select, insert, update on private.image_cache_images to service_role;
+grant select on private.image_cache_failures to service_role;

@@ -175,6 +175,12 @@ def try_it_text(base: str, demo: tuple[str, str] | None, manager_id: str | None)
     return "\n".join(lines)
 
 
+def public_url(host: str, port: int) -> str:
+    """The URL to print and to link images with: a wildcard bind is reached on loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104 (mapping a wildcard bind to loopback)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
     from crm.cli import CliError, connect
     from crm.embedded import EmbeddedPostgres, dev_secrets, save_dev_settings
@@ -184,7 +190,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
     for key, value in dev_secrets(data_dir).items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("CRM_STORAGE_DIR", str(data_dir / "media"))
-    os.environ.setdefault("CRM_PUBLIC_URL", f"http://{host}:{port}")
+    os.environ.setdefault("CRM_PUBLIC_URL", public_url(host, port))
     save_dev_settings({k: os.environ[k] for k in ("CRM_STORAGE_DIR", "CRM_PUBLIC_URL")}, data_dir)
 
     embedded = None
@@ -224,7 +230,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        print(try_it_text(f"http://{host}:{server.server_port}", created, demo_manager_id(url)), flush=True)
+        print(try_it_text(public_url(host, server.server_port), created, demo_manager_id(url)), flush=True)
         server.serve_forever()
         print("crm dev: stopping", file=sys.stderr, flush=True)
         return 0

@@ -1,7 +1,9 @@
 """`POST /reconcile/{name}`: run one scheduled job (SPEC §8), for an external scheduler.
 
-Authenticated by `X-Cron-Secret` (constant-time comparison); the job runs as the migrations owner
-through the same registry as `crm jobs run NAME` and returns its JSON summary.
+Authenticated by `X-Cron-Secret` (constant-time comparison); the job runs through the same
+registry as `crm jobs run NAME` (its transactions as service_role, SPEC §6.1) and returns its JSON
+summary. Every setting a job reads is checked at import, so a misconfigured deployment refuses to
+start with a message naming the variable instead of answering 500 on each run.
 """
 
 import hmac
@@ -13,9 +15,12 @@ from crm import config, jobs
 from crm.db import get_database
 from crm.errors import BadRequest, NotFound, Unauthorized
 from crm.http import endpoint, json_response, require_method
+from crm.images import jobs as image_jobs
 
 config.database_url()  # fail at startup, naming the variable, rather than on the first request
 CRON_SECRET = config.require("CRM_CRON_SECRET")
+image_jobs.check_config()
+JOBS = jobs.load_all()
 
 
 @functions_framework.http
@@ -26,7 +31,7 @@ def reconcile(request: flask.Request) -> flask.Response:
     if not hmac.compare_digest(given.encode(), CRON_SECRET.encode()):
         raise Unauthorized("A valid X-Cron-Secret header is required.", headers={})
     name = request.path.rstrip("/").rsplit("/", 1)[-1]
-    job = jobs.load_all().get(name)
+    job = JOBS.get(name)
     if job is None:
         raise NotFound(f"No job named {name!r}.")
     try:

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +35,9 @@ def serve(folder: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen
 
 def function_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CRM_"))}
-    env.update({"CRM_JWT_SECRET": "standalone-test-secret-of-32-bytes!!", "CRM_CRON_SECRET": "cron-secret"})
+    env.update({"CRM_JWT_SECRET": "standalone-test-secret-of-32-bytes!!", "CRM_CRON_SECRET": "cron-secret",
+                "CRM_PUBLIC_URL": "https://crm.example.com",
+                "CRM_STORAGE_DIR": str(Path(tempfile.gettempdir()) / "crm-standalone-media")})
     env.update(extra)
     return env
 

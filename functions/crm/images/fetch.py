@@ -163,14 +163,23 @@ class FetchPolicy:
             try:
                 ports = frozenset(int(p) for p in raw.replace(" ", "").split(",") if p)
             except ValueError:
-                raise ConfigError(f"CRM_IMAGE_ALLOWED_PORTS must list port numbers, got {raw!r}") from None
+                ports = frozenset()  # refused just below
+            if not ports or not all(0 < p < 65536 for p in ports):
+                raise ConfigError(f"CRM_IMAGE_ALLOWED_PORTS must list port numbers (1-65535), got {raw!r}")
         return cls(
             allow_loopback=config.env_flag("CRM_IMAGE_ALLOW_LOOPBACK"),
             allowed_ports=ports,
-            max_bytes=config.env_int("CRM_IMAGE_MAX_BYTES", 10 * MiB),
-            connect_timeout=config.env_int("CRM_IMAGE_CONNECT_TIMEOUT", 5),
-            total_timeout=config.env_int("CRM_IMAGE_TIMEOUT", 20),
+            max_bytes=_positive("CRM_IMAGE_MAX_BYTES", 10 * MiB),
+            connect_timeout=_positive("CRM_IMAGE_CONNECT_TIMEOUT", 5),
+            total_timeout=_positive("CRM_IMAGE_TIMEOUT", 20),
         )
+
+
+def _positive(name: str, default: int) -> int:
+    value = config.env_int(name, default)
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, got {value}")
+    return value
 
 
 @dataclass

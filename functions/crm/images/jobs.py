@@ -1,4 +1,5 @@
-"""Jobs `cache-images` and `backfill-images` (SPEC §7.4, §8). Service jobs: they run as the owner.
+"""Jobs `cache-images` and `backfill-images` (SPEC §7.4, §8). Scheduled jobs run as service_role
+(SPEC §6.1), in transactions set up exactly as PostgREST sets them up.
 
 A worker claims queued orders in one short transaction (FOR UPDATE SKIP LOCKED plus a lease, see
 db/migrations/0006_image_cache.sql), downloads and re-encodes with no transaction open, then
@@ -55,16 +56,30 @@ class Settings:
             raise ConfigError(f"CRM_IMAGE_MAX_PER_ORDER must be between 0 and 20, got {max_per_order}")
         max_attempts = config.env_int("CRM_IMAGE_MAX_ATTEMPTS", 4)
         if max_attempts < 1:
-            raise ConfigError("CRM_IMAGE_MAX_ATTEMPTS must be at least 1")
+            raise ConfigError(f"CRM_IMAGE_MAX_ATTEMPTS must be at least 1, got {max_attempts}")
+        retry_seconds = config.env_int("CRM_IMAGE_RETRY_SECONDS", 60)
+        if retry_seconds < 0:
+            raise ConfigError(f"CRM_IMAGE_RETRY_SECONDS must not be negative, got {retry_seconds}")
         # The lease outlives the slowest possible order: every image taking the whole time limit.
         lease = int(max_per_order * (policy.total_timeout + 10) + 60)
-        return cls(max_per_order=max_per_order, max_attempts=max_attempts,
-                   retry_base_seconds=max(0, config.env_int("CRM_IMAGE_RETRY_SECONDS", 60)),
+        return cls(max_per_order=max_per_order, max_attempts=max_attempts, retry_base_seconds=retry_seconds,
                    lease_seconds=lease)
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt `attempts + 1`: base, 4x base, 16x base, … capped at 6 hours."""
         return min(self.retry_base_seconds * 4 ** (attempts - 1), MAX_BACKOFF_SECONDS)
+
+
+def check_config() -> None:
+    """Read every setting the image jobs use, so a deployed function refuses to start (naming the
+    variable) rather than failing each run."""
+    Settings.from_env()
+    ProcessOptions.from_env()
+    Catalog.from_env()
+    storage = storage_from_env()
+    close = getattr(storage, "close", None)
+    if close is not None:
+        close()
 
 
 # -- one order ------------------------------------------------------------------------------------
@@ -89,7 +104,7 @@ def cache_order(db: Database, cache: ImageCache, order: dict[str, Any], token: u
                 settings: Settings) -> dict[str, Any]:
     """Cache one claimed order's images and write the result while the claim is still ours."""
     order_id = order["order_id"]
-    with db.owner() as s:
+    with db.transaction("service_role") as s:
         records = {r["position"]: r for r in s.fetch_all("images_order_records", {"order_id": order_id})}
     sources = sources_of(order, records, settings, cache.storage.url_prefix)
     now = datetime.now(UTC)
@@ -120,7 +135,7 @@ def cache_order(db: Database, cache: ImageCache, order: dict[str, Any], token: u
     else:
         state = "partial" if cached else "failed"
 
-    with db.owner() as s:
+    with db.transaction("service_role") as s:
         if s.fetch_one("images_hold_claim", {"order_id": order_id, "token": token}) is None:
             log.warning("image cache: lost the claim on order %s; its result is dropped", order_id)
             return {"order_id": str(order_id), "result": "lost_claim"}
@@ -194,7 +209,7 @@ class Progress:
      description="Cache the images of pending orders to first-party storage (retries with backoff).")
 def cache_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
     summary: Counter[str] = Counter()
-    with db.owner() as s:
+    with db.transaction("service_role") as s:
         if not s.fetch_one("images_has_work")["has_work"]:
             return {"job": "cache-images", "orders": 0}
     settings = Settings.from_env()
@@ -204,7 +219,7 @@ def cache_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
     try:
         while summary["orders"] < limit:
             token = uuid.uuid4()
-            with db.owner() as s:
+            with db.transaction("service_role") as s:
                 s.execute("images_enqueue_pending", {"limit": 500})
                 claimed = [r["order_id"] for r in s.fetch_all("images_claim", {
                     "limit": min(settings.batch, limit - summary["orders"]), "token": token,
@@ -309,7 +324,7 @@ def backfill_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
     report_path = Path(options.get("report") or config.data_dir() / "reports" / (
         f"backfill-images-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{'apply' if apply else 'dry-run'}.json"))
 
-    with db.owner() as s:
+    with db.transaction("service_role") as s:
         total = s.fetch_one("images_backfill_count", {"first_party": first_party})["n"]
     if limit is not None:
         total = min(total, limit)
@@ -321,7 +336,7 @@ def backfill_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
     try:
         while limit is None or len(entries) < limit:
             page = 100 if limit is None else min(100, limit - len(entries))
-            with db.owner() as s:
+            with db.transaction("service_role") as s:
                 rows = s.fetch_all("images_backfill_candidates",
                                    {"after": after, "first_party": first_party, "limit": page})
             if not rows:
@@ -358,7 +373,7 @@ def backfill_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
 def _apply_order(db: Database, cache: ImageCache, order: dict[str, Any], entry: dict[str, Any],
                  settings: Settings, catalog: Catalog | None, summary: Counter[str]) -> None:
     token = uuid.uuid4()
-    with db.owner() as s:
+    with db.transaction("service_role") as s:
         claimed = s.fetch_one("images_claim_order", {"order_id": order["order_id"], "token": token,
                                                      "lease_seconds": settings.lease_seconds})
     if claimed is None:
@@ -376,7 +391,7 @@ def _apply_order(db: Database, cache: ImageCache, order: dict[str, Any], entry: 
         verdict = Catalog.check(cache.fetcher, entry["catalog_url"])
         entry["catalog"] = verdict
         if verdict == "gone" and not order["archived_item"]:
-            with db.owner() as s:
+            with db.transaction("service_role") as s:
                 if s.execute("images_mark_archived", {"order_id": order["order_id"]}):
                     entry["archived_item"] = True
                     summary["archived"] += 1

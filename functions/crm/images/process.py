@@ -38,7 +38,10 @@ class ProcessOptions:
         output = (config.env("CRM_IMAGE_FORMAT", "webp") or "webp").lower()
         if output not in OUTPUT_FORMATS:
             raise ConfigError(f"CRM_IMAGE_FORMAT must be webp or jpeg, got {output!r}")
-        return cls(max_pixels=config.env_int("CRM_IMAGE_MAX_PIXELS", 50_000_000), output=output)
+        max_pixels = config.env_int("CRM_IMAGE_MAX_PIXELS", 50_000_000)
+        if max_pixels < 1:
+            raise ConfigError(f"CRM_IMAGE_MAX_PIXELS must be at least 1, got {max_pixels}")
+        return cls(max_pixels=max_pixels, output=output)
 
 
 @dataclass(frozen=True)

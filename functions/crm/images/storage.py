@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Protocol
 
 import httpx
 
 from crm import config
+from crm.errors import ConfigError
 from crm.images.errors import StorageError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -121,11 +123,23 @@ class SupabaseStorage:
         return self.url(name)
 
 
+def _http_url(name: str) -> str:
+    value = config.require(name)
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"{name} must be an http(s) base URL like https://crm.example.com, got {value!r}")
+    return value
+
+
 def storage_from_env() -> Storage:
     """Supabase Storage when `SUPABASE_URL` is set, else the local directory (SPEC §5)."""
-    supabase_url = config.env("SUPABASE_URL")
-    if supabase_url:
-        return SupabaseStorage(supabase_url, config.require("SUPABASE_SERVICE_ROLE_KEY"),
-                               config.require("CRM_STORAGE_BUCKET"))
+    if config.env("SUPABASE_URL"):
+        supabase_url = _http_url("SUPABASE_URL")
+        key = config.require("SUPABASE_SERVICE_ROLE_KEY")
+        bucket = config.require("CRM_STORAGE_BUCKET")
+        try:
+            return SupabaseStorage(supabase_url, key, bucket)
+        except StorageError as exc:
+            raise ConfigError(f"SUPABASE_URL / SUPABASE_SERVICE_ROLE_KEY: {exc.detail}") from None
     directory = config.env("CRM_STORAGE_DIR") or str(config.data_dir() / "media")
-    return LocalStorage(directory, config.require("CRM_PUBLIC_URL"))
+    return LocalStorage(directory, _http_url("CRM_PUBLIC_URL"))

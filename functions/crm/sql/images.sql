@@ -1,4 +1,4 @@
--- The image cache jobs (cache-images, backfill-images). They run as the migrations owner.
+-- The image cache jobs (cache-images, backfill-images). They run as service_role (SPEC 6.1).
 
 -- images_has_work --
 select exists (
