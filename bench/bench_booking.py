@@ -161,7 +161,7 @@ def sql_params(org: intake.Org, n: int, client_no: int) -> dict:
     req = intake.validate(doc, org.default_country)
     key = f"bench-{n}-{uuid.uuid4().hex}"
     return intake.create_booking_params(
-        req, org, token=intake.tracking_token(org, key), key=key, body_hash=intake.request_hash(doc),
+        req, org, order_id=uuid.uuid4(), key=key, body_hash=intake.request_hash(doc),
         client=f"10.{client_no // 250}.{client_no % 250}.1/32", limit=intake.RateLimit(RATE_LIMIT, 600))
 
 
@@ -172,6 +172,7 @@ def booking_params(template: dict, n: int) -> dict:
         "full_name": f"Bench Client {n}", "phone": f"+49151{n % 10**8:08d}",
         "email": f"client{n}@bench.example", "preferred_channel": "whatsapp", "city": "Berlin"})
     params["idempotency_key"] = f"bench-{n}-{uuid.uuid4().hex}"
+    params["order_id"] = uuid.uuid4()
     params["tracking_token_hash"] = hashlib.sha256(secrets.token_bytes(16)).digest()
     params["request_hash"] = hashlib.sha256(params["idempotency_key"].encode()).digest()
     return params

@@ -15,7 +15,7 @@ create table private.booking_secrets (
   constraint booking_secrets_secret_length check (octet_length(secret) >= 32)
 );
 comment on table private.booking_secrets is
-  'Server-side secrets of booking intake. tracking_token: HMAC key deriving the tracking token of a booking made with an Idempotency-Key, so a replay answers the same token while only its hash is stored.';
+  'Server-side secrets of booking intake. tracking_token: HMAC key deriving a booking''s tracking token from its order id, so a replay answers the same token while only its hash is stored.';
 
 -- 32 bytes from three gen_random_uuid() (a CSPRNG, 122 random bits each); pgcrypto is not available.
 insert into private.booking_secrets (name, secret)
@@ -87,6 +87,7 @@ grant execute on function private.booking_org(uuid, text) to service_role;
 -- the validation in front of it or the abuse limits inside it.
 create function public.create_booking(
   p_org text,
+  p_order_id uuid,
   p_customer jsonb,
   p_item_snapshot jsonb,
   p_tracking_token_hash bytea,
@@ -130,6 +131,10 @@ begin
   end if;
   if v_org is null then
     raise sqlstate 'PT404' using message = 'No such organization.', detail = 'org_not_found';
+  end if;
+  if p_order_id is null or p_tracking_token_hash is null then
+    raise sqlstate 'PT422' using message = 'A booking needs its order id and tracking token hash.',
+      detail = 'order_id_missing', hint = 'order_id';
   end if;
   -- The function checks the code's shape; the list of codes in use lives here, with the constraint.
   if p_currency is not null and not hidden.is_currency_code(p_currency) then
@@ -214,10 +219,10 @@ begin
 
   -- new_order_code() skips codes in use; ON CONFLICT covers the race between two new codes.
   for attempt in 1..5 loop
-    insert into public.orders as o (org_id, order_code, customer_id, lead_id, item_id, external_item_ref,
+    insert into public.orders as o (id, org_id, order_code, customer_id, lead_id, item_id, external_item_ref,
                                     item_snapshot, price_amount, currency, booking_amount, delivery_method,
                                     booking_meta, tracking_token_hash)
-    values (v_org, hidden.new_order_code(), v_customer, v_lead, p_item_snapshot ->> 'item_id',
+    values (p_order_id, v_org, hidden.new_order_code(), v_customer, v_lead, p_item_snapshot ->> 'item_id',
             p_item_snapshot ->> 'external_ref', p_item_snapshot, p_price_amount, p_currency, p_booking_amount,
             p_delivery_method, coalesce(p_booking_meta, '{}'), p_tracking_token_hash)
     on conflict on constraint orders_order_code_key do nothing
@@ -253,22 +258,24 @@ begin
   return query select v_order, v_code, 'pending_manager'::public.order_status, v_lead, v_customer, false;
 end
 $$;
-comment on function public.create_booking(text, jsonb, jsonb, bytea, numeric, text, numeric, text, text, jsonb,
-                                          text, bytea, inet, integer, integer) is
-  'POST /booking in one transaction (SPEC 7.1): resolves the org (PT404), replays or claims the Idempotency-Key (PT422 on another body), applies the abuse limit (PT429, hint = Retry-After), finds or creates the customer, creates the lead (website_booking, new) and the order (pending_manager). service_role only; p_customer/p_item_snapshot arrive normalised by the booking function.';
-revoke all on function public.create_booking(text, jsonb, jsonb, bytea, numeric, text, numeric, text, text,
+comment on function public.create_booking(text, uuid, jsonb, jsonb, bytea, numeric, text, numeric, text, text,
+                                          jsonb, text, bytea, inet, integer, integer) is
+  'POST /booking in one transaction (SPEC 7.1): resolves the org (PT404), replays or claims the Idempotency-Key (PT422 on another body), applies the abuse limit (PT429, hint = Retry-After), finds or creates the customer, creates the lead (website_booking, new) and the order (pending_manager) with id p_order_id and tracking_token_hash p_tracking_token_hash (the token is derived from that id, so each order has its own). A replay returns the earlier order''s ids. service_role only; p_customer/p_item_snapshot arrive normalised by the booking function.';
+revoke all on function public.create_booking(text, uuid, jsonb, jsonb, bytea, numeric, text, numeric, text, text,
                                              jsonb, text, bytea, inet, integer, integer)
   from public, anon, authenticated;
-grant execute on function public.create_booking(text, jsonb, jsonb, bytea, numeric, text, numeric, text, text,
+grant execute on function public.create_booking(text, uuid, jsonb, jsonb, bytea, numeric, text, numeric, text, text,
                                                 jsonb, text, bytea, inet, integer, integer)
   to service_role;
 
 -- ---------------------------------------------------------------------------------------------
--- housekeeping (the purge-booking-state job, run as the owner)
+-- housekeeping (the purge-booking-state job)
 -- ---------------------------------------------------------------------------------------------
+-- Jobs run as service_role (SPEC 6.1), which may not touch the private tables; SECURITY DEFINER
+-- with an empty search_path lets it do exactly this delete and nothing else.
 create function private.purge_booking_state()
 returns table (idempotency_keys bigint, rate_counters bigint)
-language plpgsql volatile
+language plpgsql volatile security definer
 set search_path = ''
 as $$
 declare
@@ -284,5 +291,6 @@ begin
 end
 $$;
 comment on function private.purge_booking_state() is
-  'Deletes idempotency keys past their 24 hours and abuse counters of windows long closed.';
-revoke all on function private.purge_booking_state() from public, anon, authenticated, service_role;
+  'Deletes idempotency keys past their 24 hours and abuse counters of windows long closed. service_role only (the purge-booking-state job).';
+revoke all on function private.purge_booking_state() from public, anon, authenticated;
+grant execute on function private.purge_booking_state() to service_role;

@@ -14,7 +14,11 @@ from crm.db import get_database
 from crm.errors import NotFound
 from crm.http import endpoint, json_response, read_json, require_method
 
-config.database_url()  # fail at startup, naming the variable, rather than on the first request
+# Fail at startup, naming the variable, rather than with a 500 on every request. The values are still
+# read per request (cheap), so these calls only prove they parse.
+config.database_url()
+intake.RateLimit.from_env()
+intake.trusted_proxies()
 
 
 @functions_framework.http

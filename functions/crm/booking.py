@@ -15,7 +15,6 @@ import hmac
 import ipaddress
 import json
 import re
-import secrets
 import threading
 import time
 import unicodedata
@@ -40,7 +39,7 @@ from pydantic_core import PydanticCustomError
 
 from crm import config
 from crm.db import Database
-from crm.errors import BadRequest, CrmError, FieldError, NotFound, Unprocessable
+from crm.errors import BadRequest, ConfigError, CrmError, FieldError, NotFound, Unprocessable
 from crm.jobs import job
 
 MAX_IMAGES = 20
@@ -510,17 +509,15 @@ ORGS = OrgCache()
 
 
 # -- tokens, hashes, client addresses -------------------------------------------------------------
-def tracking_token(org: Org, idempotency_key: str | None) -> str:
-    """The token shown once in the 201; only `sha256(token)` is stored.
+def tracking_token(org: Org, order_id: uuid.UUID) -> str:
+    """The token shown in the 201; only `sha256(token)` is stored.
 
-    With an `Idempotency-Key` the token is HMAC(org's server secret, org id + key), so a replay
-    answers the very same token without anything secret being stored per booking; the secret never
-    leaves the database and this process. Without a key it is 256 random bits. Either way it is 43
-    URL-safe characters.
+    HMAC(server secret, label | org id | order id): unique because the order id is, so a key reused
+    after its 24 hours makes a new order with a new token, and a replay re-derives the very token
+    of the order it answers without anything secret being stored per booking. The secret never
+    leaves the database and this process. 43 URL-safe characters.
     """
-    if idempotency_key is None:
-        return secrets.token_urlsafe(32)
-    message = TOKEN_LABEL + b"\x00" + str(org.id).encode() + b"\x00" + idempotency_key.encode()
+    message = b"\x00".join((TOKEN_LABEL, str(org.id).encode(), str(order_id).encode()))
     digest = hmac.new(org.token_secret, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
@@ -544,6 +541,14 @@ def idempotency_key(raw: str | None) -> str | None:
     return raw
 
 
+def trusted_proxies() -> int:
+    """`CRM_TRUSTED_PROXIES`: how many proxies in front of the function append to X-Forwarded-For."""
+    hops = config.env_int("CRM_TRUSTED_PROXIES", 0)
+    if hops < 0:
+        raise ConfigError(f"CRM_TRUSTED_PROXIES must be 0 or more, got {hops}")
+    return hops
+
+
 def client_network(remote_addr: str | None, forwarded_for: str | None) -> str:
     """The address abuse limits count, as a network: an IPv4 address, or an IPv6 /64.
 
@@ -552,7 +557,7 @@ def client_network(remote_addr: str | None, forwarded_for: str | None) -> str:
     left were written by the client and prove nothing. An IPv6 client controls its whole /64.
     """
     candidate = remote_addr
-    hops = config.env_int("CRM_TRUSTED_PROXIES", 0)
+    hops = trusted_proxies()
     if hops > 0 and forwarded_for:
         entries = [part.strip() for part in forwarded_for.split(",") if part.strip()]
         if len(entries) >= hops:
@@ -610,9 +615,12 @@ def validate(body: Any, country: str | None, *, org_valid: bool = True) -> Booki
                         f"{errors[0].field} {errors[0].message}.", errors=errors)
 
 
-def create_booking_params(req: BookingRequest, org: Org, *, token: str, key: str | None,
+def create_booking_params(req: BookingRequest, org: Org, *, order_id: uuid.UUID, key: str | None,
                           body_hash: bytes, client: str, limit: RateLimit) -> dict[str, Any]:
-    """Parameters of the `create_booking` query (also what bench/bench_booking.py sends directly)."""
+    """Parameters of the `create_booking` query (also what bench/bench_booking.py sends directly).
+
+    `order_id` is the id the new order gets; its token's hash goes with it, so the two cannot diverge.
+    """
     customer = req.customer.model_dump()
     booking = req.booking
     meta = {
@@ -624,6 +632,7 @@ def create_booking_params(req: BookingRequest, org: Org, *, token: str, key: str
     }
     return {
         "org": str(org.id),
+        "order_id": order_id,
         "customer": json.dumps(customer, ensure_ascii=False),
         "snapshot": json.dumps(req.snapshot(), ensure_ascii=False),
         "price_amount": req.item.price,
@@ -632,7 +641,7 @@ def create_booking_params(req: BookingRequest, org: Org, *, token: str, key: str
         "delivery_method": booking.delivery_method,
         "notes": booking.notes,
         "booking_meta": json.dumps({k: v for k, v in meta.items() if v is not None}, ensure_ascii=False),
-        "tracking_token_hash": token_hash(token),
+        "tracking_token_hash": token_hash(tracking_token(org, order_id)),
         "idempotency_key": key,
         "request_hash": body_hash,
         "client": client,
@@ -651,18 +660,18 @@ def submit(db: Database, body: Any, *, idempotency_key: str | None, client: str,
         raise NotFound("No such organization.", code="org_not_found")
     req = validate(body, org.default_country if org else None, org_valid=org is not None)
     org = cast(Org, org)  # validate() refused the request unless the org was found
-    token = tracking_token(org, idempotency_key)
-    params = create_booking_params(req, org, token=token, key=idempotency_key,
+    params = create_booking_params(req, org, order_id=uuid.uuid4(), key=idempotency_key,
                                    body_hash=request_hash(body), client=client,
                                    limit=limit or RateLimit.from_env())
     with db.transaction("service_role") as s:
         row = s.fetch_one("create_booking", params)
     if row is None:
         raise CrmError("create_booking returned no row")
+    # A replay answers an earlier order: its token comes from that order's id, not the one sent.
     return Result({
         "order_id": str(row["order_id"]),
         "order_code": row["order_code"],
-        "tracking_token": token,
+        "tracking_token": tracking_token(org, row["order_id"]),
         "status": row["status"],
         "lead_id": str(row["lead_id"]),
         "customer_id": str(row["customer_id"]),
@@ -672,7 +681,8 @@ def submit(db: Database, body: Any, *, idempotency_key: str | None, client: str,
 @job("purge-booking-state", description="Delete expired idempotency keys and stale abuse counters.",
      every_seconds=3600)
 def purge_booking_state(db: Database, options: dict[str, Any]) -> dict[str, Any]:
-    with db.owner() as s:
+    # As service_role (SPEC 6.1); private.purge_booking_state is the one door to that state.
+    with db.transaction("service_role") as s:
         row = s.fetch_one("purge_booking_state") or {}
     return {"job": "purge-booking-state", "idempotency_keys": row["idempotency_keys"],
             "rate_counters": row["rate_counters"]}

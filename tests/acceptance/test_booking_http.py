@@ -2,12 +2,18 @@
 
 import copy
 import json
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
+from crm import ROOT
+from crm import booking as intake
 from crm.devserver import build_app
 from tests.helpers import LiveServer, acting_as, function_app, make_org
 
@@ -143,6 +149,77 @@ def test_idempotent_replay(http, conn, org, slug):
     assert third.status_code == 201 and "Idempotent-Replayed" not in third.headers
 
 
+def orders_of(conn, org) -> int:
+    return conn.execute("select count(*) as n from public.orders where org_id = %s", (org,)).fetchone()["n"]
+
+
+@pytest.mark.parametrize("expire", ["purge_job", "age_only"])
+@pytest.mark.parametrize("same_body", [True, False])
+def test_key_reused_after_expiry_is_a_new_booking(http, conn, database, org, slug, expire, same_body):
+    headers = {"Idempotency-Key": "form-submit-1"}
+    first = http.post("/", json=booking_body(slug), headers=headers)
+    assert first.status_code == 201, first.text
+    conn.execute("update private.idempotency_keys set created_at = now() - interval '25 hours' where org_id = %s",
+                 (org,))
+    if expire == "purge_job":
+        assert intake.purge_booking_state(database, {})["idempotency_keys"] == 1
+        assert conn.execute("select count(*) as n from private.idempotency_keys").fetchone()["n"] == 0
+
+    doc = booking_body(slug) if same_body else booking_body(slug, city="Hamburg")
+    second = http.post("/", json=doc, headers=headers)
+    assert second.status_code == 201, second.text
+    assert "Idempotent-Replayed" not in second.headers
+    a, b = first.json(), second.json()
+    assert b["order_id"] != a["order_id"] and b["order_code"] != a["order_code"]
+    assert b["tracking_token"] != a["tracking_token"]
+    assert orders_of(conn, org) == 2
+    # Each token still finds its own order; the key now replays the new one.
+    assert track(conn, a["tracking_token"])["order_code"] == a["order_code"]
+    assert track(conn, b["tracking_token"])["order_code"] == b["order_code"]
+    replay = http.post("/", json=doc, headers=headers)
+    assert replay.headers["Idempotent-Replayed"] == "true" and replay.json() == b
+    assert orders_of(conn, org) == 2
+
+
+def test_replayed_token_is_the_orders_and_tracks_it(http, conn, org, slug):
+    headers = {"Idempotency-Key": f"form-{uuid.uuid4()}"}
+    first = http.post("/", json=booking_body(slug), headers=headers).json()
+    replays = [http.post("/", json=booking_body(slug), headers=headers) for _ in range(2)]
+    assert all(r.status_code == 201 and r.headers["Idempotent-Replayed"] == "true" for r in replays)
+    assert all(r.json() == first for r in replays)
+    tracked = track(conn, replays[-1].json()["tracking_token"])
+    assert tracked["order_code"] == first["order_code"] and tracked["status"] == "pending_manager"
+    stored = conn.execute("select tracking_token_hash from public.orders where id = %s",
+                          (first["order_id"],)).fetchone()["tracking_token_hash"]
+    assert bytes(stored) == intake.token_hash(first["tracking_token"])
+    # Nothing but the hash is kept: not in the order, not with the key.
+    key_row = conn.execute("select * from private.idempotency_keys where org_id = %s", (org,)).fetchone()
+    assert first["tracking_token"] not in json.dumps({k: str(v) for k, v in key_row.items()})
+
+
+@pytest.mark.parametrize(("name", "value"), [("CRM_TRUSTED_PROXIES", "two"), ("CRM_TRUSTED_PROXIES", "-1"),
+                                             ("CRM_BOOKING_RATE_LIMIT", "30/min"),
+                                             ("CRM_BOOKING_RATE_WINDOW", "10m")])
+def test_malformed_abuse_setting_is_a_startup_error_naming_it(db_url, tmp_path, name, value):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CRM_"))}
+    env.update({"DATABASE_URL": db_url, name: value})
+    exe = Path(sys.executable).with_name("functions-framework")
+    log = tmp_path / "ff.log"
+    with log.open("w") as out:
+        # Port 0 would make a server that does start unreachable, but it must not start at all.
+        proc = subprocess.Popen([str(exe), "--source", str(ROOT / "functions/booking/main.py"), "--target",
+                                 "booking", "--host", "127.0.0.1", "--port", "0"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"booking started with {name}={value}:\n{log.read_text()}")
+    assert proc.returncode != 0
+    assert name in log.read_text()
+
+
 def test_malformed_json_is_400(http, slug):
     resp = http.post("/", content=b'{"org": "x",', headers={"Content-Type": "application/json"})
     assert resp.status_code == 400
@@ -224,6 +301,7 @@ def test_crm_dev_mounts_booking(database, slug, monkeypatch):
     # `crm dev` fills every function's settings before mounting them all.
     monkeypatch.setenv("CRM_JWT_SECRET", "dev-secret-" + "x" * 32)
     monkeypatch.setenv("CRM_CRON_SECRET", "cron-secret")
+    monkeypatch.setenv("CRM_PUBLIC_URL", "http://127.0.0.1:8000")
     with LiveServer(build_app()) as live, httpx.Client(base_url=live.url, timeout=15) as client:
         resp = client.post("/booking", json=booking_body(slug))
         assert resp.status_code == 201, resp.text

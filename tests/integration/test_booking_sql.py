@@ -14,7 +14,8 @@ from tests.helpers import acting_as, make_org
 
 CALL = """
 select * from public.create_booking(
-  p_org => %(org)s, p_customer => %(customer)s::jsonb, p_item_snapshot => %(snapshot)s::jsonb,
+  p_org => %(org)s, p_order_id => %(order_id)s, p_customer => %(customer)s::jsonb,
+  p_item_snapshot => %(snapshot)s::jsonb,
   p_tracking_token_hash => %(hash)s, p_idempotency_key => %(key)s, p_request_hash => %(request_hash)s,
   p_client => %(client)s::inet, p_rate_limit => %(limit)s, p_rate_window_seconds => %(window)s)
 """
@@ -23,7 +24,7 @@ select * from public.create_booking(
 def call(conn, org, *, phone="+4915123456789", email=None, key=None, request=b"r", client="192.0.2.1/32",
          limit=0, window=600, role="service_role"):
     params = {
-        "org": str(org),
+        "org": str(org), "order_id": uuid.uuid4(),
         "customer": json.dumps({"full_name": "Anna", "phone": phone, "email": email}),
         "snapshot": json.dumps({"external_ref": "ref-1", "title": "Bike", "images": [], "cached_images": [],
                                 "images_state": "none"}),
@@ -41,11 +42,11 @@ def commit_call(conn, org, **kw):
     with conn.transaction():
         conn.execute("set local role service_role")
         params = {
-            "org": str(org),
+            "org": str(org), "order_id": kw.get("order_id", uuid.uuid4()),
             "customer": json.dumps({"full_name": "Anna", "phone": kw.get("phone", "+4915123456789"),
                                     "email": kw.get("email")}),
             "snapshot": json.dumps({"external_ref": "ref-1", "title": "Bike"}),
-            "hash": hashlib.sha256(secrets.token_bytes(16)).digest(),
+            "hash": kw.get("hash", hashlib.sha256(secrets.token_bytes(16)).digest()),
             "key": kw.get("key"),
             "request_hash": hashlib.sha256(kw.get("request", b"r")).digest(),
             "client": kw.get("client", "192.0.2.1/32"), "limit": kw.get("limit", 0),
@@ -85,8 +86,29 @@ def test_functions_are_pinned_and_definer_only_where_needed(conn):
          where (n.nspname, p.proname) in (('public', 'create_booking'), ('private', 'booking_org'),
                                           ('private', 'purge_booking_state'))""").fetchall()
     assert {r["proname"]: r["prosecdef"] for r in rows} == {
-        "create_booking": True, "booking_org": True, "purge_booking_state": False}
+        "create_booking": True, "booking_org": True, "purge_booking_state": True}
     assert all(r["proconfig"] == ["search_path=\"\""] or r["proconfig"] == ["search_path=''"] for r in rows), rows
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_only_service_role_may_purge(conn, role):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_as(conn, role) as c:
+        c.execute("select * from private.purge_booking_state()")
+    with acting_as(conn, "service_role") as c:
+        assert c.execute("select * from private.purge_booking_state()").fetchone() == {
+            "idempotency_keys": 0, "rate_counters": 0}
+
+
+def test_the_order_gets_the_given_id_and_token_hash(conn):
+    org = make_org(conn)
+    order = uuid.uuid4()
+    row = commit_call(conn, org, order_id=order, hash=b"h" * 32)
+    assert row["order_id"] == order
+    assert bytes(conn.execute("select tracking_token_hash from public.orders where id = %s",
+                              (order,)).fetchone()["tracking_token_hash"]) == b"h" * 32
+    with pytest.raises(psycopg.Error) as exc:
+        commit_call(conn, org, order_id=None)
+    assert exc.value.sqlstate == "PT422" and exc.value.diag.message_detail == "order_id_missing"
 
 
 def test_unknown_org_is_pt404(conn):

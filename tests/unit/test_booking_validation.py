@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crm import booking as b
-from crm.errors import BadRequest, Unprocessable
+from crm.errors import BadRequest, ConfigError, Unprocessable
 
 EXAMPLE = {
     "org": "demo",
@@ -205,14 +205,25 @@ def test_extra_fields_are_ignored():
     assert req.customer.full_name == "Anna Schmidt"
 
 
-def test_tracking_token_is_derived_from_the_key_and_random_without_one():
-    one = b.tracking_token(ORG, "key-1")
-    assert one == b.tracking_token(ORG, "key-1")
-    assert one != b.tracking_token(ORG, "key-2")
-    assert one != b.tracking_token(b.Org(ORG.id, "DE", b"x" * 32), "key-1")
-    assert b.tracking_token(ORG, None) != b.tracking_token(ORG, None)
-    assert len(one) == 43 and len(b.tracking_token(ORG, None)) == 43
+def test_tracking_token_is_derived_from_the_order_id():
+    order, other = uuid.uuid4(), uuid.uuid4()
+    one = b.tracking_token(ORG, order)
+    assert one == b.tracking_token(ORG, order)
+    assert one != b.tracking_token(ORG, other)
+    assert one != b.tracking_token(b.Org(ORG.id, "DE", b"x" * 32), order)
+    assert one != b.tracking_token(b.Org(uuid.uuid4(), "DE", ORG.token_secret), order)
+    assert len(one) == 43 and set(one) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
     assert len(b.token_hash(one)) == 32
+
+
+def test_params_carry_the_order_id_and_its_token_hash():
+    doc = body()
+    req = b.validate(doc, "DE")
+    order = uuid.uuid4()
+    params = b.create_booking_params(req, ORG, order_id=order, key="k", body_hash=b.request_hash(doc),
+                                     client="127.0.0.1/32", limit=b.RateLimit(0, 600))
+    assert params["order_id"] == order
+    assert params["tracking_token_hash"] == b.token_hash(b.tracking_token(ORG, order))
 
 
 def test_request_hash_ignores_key_order_and_spacing_only():
@@ -248,6 +259,16 @@ def test_client_network(monkeypatch):
     assert b.client_network("10.0.0.2", "198.51.100.7") == "10.0.0.2/32"
 
 
+@pytest.mark.parametrize(("name", "value"), [("CRM_TRUSTED_PROXIES", "one"), ("CRM_TRUSTED_PROXIES", "-1"),
+                                             ("CRM_BOOKING_RATE_LIMIT", "30/min"),
+                                             ("CRM_BOOKING_RATE_WINDOW", "10m")])
+def test_malformed_abuse_settings_are_config_errors_naming_them(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        b.trusted_proxies()
+        b.RateLimit.from_env()
+
+
 def test_rate_limit_settings(monkeypatch):
     monkeypatch.delenv("CRM_BOOKING_RATE_LIMIT", raising=False)
     monkeypatch.delenv("CRM_BOOKING_RATE_WINDOW", raising=False)
@@ -279,5 +300,5 @@ def test_arbitrary_json_is_accepted_or_refused_with_fields(doc):
     except Unprocessable as exc:
         assert exc.errors and all(e.field and e.message for e in exc.errors)
         return
-    b.create_booking_params(req, ORG, token="t", key=None, body_hash=b.request_hash(doc), client="127.0.0.1/32",
-                            limit=b.RateLimit(0, 600))
+    b.create_booking_params(req, ORG, order_id=uuid.uuid4(), key=None, body_hash=b.request_hash(doc),
+                            client="127.0.0.1/32", limit=b.RateLimit(0, 600))

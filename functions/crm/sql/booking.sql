@@ -10,6 +10,7 @@ select id, default_country, token_secret
 select b.order_id, b.order_code, b.status::text as status, b.lead_id, b.customer_id, b.replayed
   from public.create_booking(
          p_org => %(org)s::text,
+         p_order_id => %(order_id)s::uuid,
          p_customer => %(customer)s::jsonb,
          p_item_snapshot => %(snapshot)s::jsonb,
          p_tracking_token_hash => %(tracking_token_hash)s::bytea,
@@ -26,4 +27,5 @@ select b.order_id, b.order_code, b.status::text as status, b.lead_id, b.customer
          p_rate_window_seconds => %(rate_window)s::integer) b
 
 -- purge_booking_state --
+-- The purge-booking-state job (runs as service_role; the function is SECURITY DEFINER).
 select idempotency_keys, rate_counters from private.purge_booking_state()
