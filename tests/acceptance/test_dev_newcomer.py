@@ -4,7 +4,6 @@ the demo org, answers /healthz, lets a second terminal use the same server, and 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,11 +13,7 @@ import httpx
 import jwt
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port
 
 
 def newcomer_env(data_dir: Path) -> dict[str, str]:

