@@ -8,12 +8,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 from werkzeug.serving import make_server
 
@@ -140,3 +142,17 @@ def stoppable_postgres(tmp_path: Path) -> Iterator[tuple[str, Callable[[], None]
         yield server.get_uri(), stop, start
     finally:
         server.cleanup()
+
+
+def first_answer(proc: subprocess.Popen, log: Path, send: Callable[[], Any], timeout: float = 30) -> Any:
+    """`send()` (an HTTP call) retried until the started process listens; fails if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"the process exited:\n{log.read_text()}")
+        try:
+            return send()
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the process did not listen within {timeout}s:\n{log.read_text()}") from None
+            time.sleep(0.2)

@@ -2,14 +2,13 @@
 
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from crm import ROOT
-from tests.helpers import assert_refuses_to_start, start_function
+from tests.helpers import assert_refuses_to_start, first_answer, start_function
 
 FUNCTIONS = sorted(p.parent.name for p in (ROOT / "functions").glob("*/main.py"))
 
@@ -28,17 +27,7 @@ def test_function_runs_alone_and_answers_healthz(folder, db_url, tmp_path):
     log = tmp_path / "ff.log"
     proc, url = start_function(folder, function_env(DATABASE_URL=db_url), log)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"{folder} exited:\n{log.read_text()}")
-            try:
-                resp = httpx.get(f"{url}/healthz", timeout=2)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{folder} did not listen:\n{log.read_text()}")
-                time.sleep(0.2)
+        resp = first_answer(proc, log, lambda: httpx.get(f"{url}/healthz", timeout=2))
         assert resp.status_code == 200, resp.text
         assert resp.headers["X-Request-Id"]
     finally:

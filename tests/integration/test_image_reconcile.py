@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from pathlib import Path
 
@@ -13,7 +12,14 @@ from psycopg.types.json import Jsonb
 
 from crm.errors import ConfigError
 from crm.images import jobs as image_jobs
-from tests.helpers import LiveServer, assert_refuses_to_start, function_app, make_org, start_function
+from tests.helpers import (
+    LiveServer,
+    assert_refuses_to_start,
+    first_answer,
+    function_app,
+    make_org,
+    start_function,
+)
 from tests.integration.image_fixtures import ImageServer, encoded, two_tone
 
 CRON_SECRET = "cron-secret-for-the-image-tests"
@@ -51,17 +57,7 @@ def test_reconcile_starts_with_the_deployed_settings(tmp_path: Path) -> None:
     log = tmp_path / "ff.log"
     proc, url = start_function("reconcile", deployed_env(tmp_path), log)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"reconcile exited:\n{log.read_text()}")
-            try:
-                resp = httpx.post(f"{url}/reconcile/cache-images", timeout=2)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"reconcile did not listen:\n{log.read_text()}")
-                time.sleep(0.2)
+        resp = first_answer(proc, log, lambda: httpx.post(f"{url}/reconcile/cache-images", timeout=2))
         assert resp.status_code == 401  # up, and still asking for the secret
     finally:
         proc.terminate()
