@@ -31,6 +31,7 @@ from crm.errors import (
 log = logging.getLogger("crm.http")
 
 MAX_BODY_BYTES = 64 * 1024
+BODY_CONSUMED = "crm.body_consumed"  # environ key: read_json read the whole body
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
 Handler = Callable[[flask.Request], flask.Response]
@@ -89,6 +90,8 @@ def endpoint(handler: Handler) -> Handler:
         except Exception:
             log.exception("request %s crashed", rid)
             resp = problem_response(CrmError("An unexpected error occurred; it has been logged."))
+        if _has_unread_body(request):
+            resp = _close_without_reading(resp)
         resp.headers["X-Request-Id"] = rid
         return resp
 
@@ -111,10 +114,33 @@ def read_json(request: flask.Request, *, max_bytes: int = MAX_BODY_BYTES) -> Any
         raise UnsupportedMediaType("Send the body as application/json.")
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"The body is larger than {max_bytes // 1024} KiB.")
-    raw = request.stream.read(max_bytes + 1)
+    try:
+        raw = request.stream.read(max_bytes + 1)
+    except Exception:  # noqa: BLE001 — each server raises its own (OSError, gunicorn ParseException, …)
+        raise BadRequest("The body could not be read (malformed chunks or cut short).",
+                         code="malformed_body") from None
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"The body is larger than {max_bytes // 1024} KiB.")
+    request.environ[BODY_CONSUMED] = True
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BadRequest(f"The body is not valid JSON: {exc}", code="malformed_json") from None
+
+
+def _has_unread_body(request: flask.Request) -> bool:
+    if request.environ.get(BODY_CONSUMED):
+        return False
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    return chunked or bool(request.content_length)
+
+
+def _close_without_reading(resp: flask.Response) -> flask.Response:
+    """Answer without draining the rest of the body: functions-framework reads every request body in
+    full after a non-streamed response (unbounded), so a 413 for a 400 MB body would first buffer
+    it. A streamed response skips that, and closing the connection discards what is left."""
+    body = resp.get_data()
+    streamed = flask.Response((chunk for chunk in (body,)), status=resp.status_code, headers=resp.headers)
+    streamed.headers["Connection"] = "close"
+    streamed.headers.pop("Content-Length", None)
+    return streamed
