@@ -48,11 +48,11 @@ MAX_PRICE = Decimal("9999999999.99")  # numeric(12,2)
 CENTS = Decimal("0.01")
 CHANNELS = ("phone", "whatsapp", "telegram", "viber", "sms", "email")
 DELIVERY_METHODS = ("pickup", "shipping", "courier")
-SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-CURRENCY = re.compile(r"^[A-Z]{3}$")
-EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
-DOMAIN_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+CURRENCY = re.compile(r"^[A-Z]{3}\Z")
+EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+\Z")
+DOMAIN_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
 TOKEN_LABEL = b"crm booking tracking token v1"
 
 

@@ -22,8 +22,8 @@ from crm.errors import BadRequest, FieldError, NotFound, Unprocessable
 LeadStatus = Literal["new", "contacted", "qualified", "converted", "lost", "junk"]
 NOTE_MAX_CHARS = 2000
 BIGINT_MAX = 2**63 - 1
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_DIGITS = re.compile(r"^[0-9]{1,19}$")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+_DIGITS = re.compile(r"^[0-9]{1,19}\Z")
 
 
 class LeadPatch(pydantic.BaseModel):

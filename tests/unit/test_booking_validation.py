@@ -148,6 +148,8 @@ def test_parse_org_accepts_slug_any_case_and_uuid():
     (body(customer__phone=["0151"]), "customer.phone"),
     (body(customer__email="a@b"), "customer.email"),
     (body(customer__email="a b@example.com"), "customer.email"),
+    (body(customer__email="a\n@b.com"), "customer.email"),  # `$` would match before a trailing newline
+    (body(customer__email="a@b\n.com"), "customer.email"),
     (body(customer__email="a@" + "b" * 250 + ".de"), "customer.email"),
     (body(customer__full_name="Anna\x00"), "customer.full_name"),
     (body(customer__full_name="Anna\ud800"), "customer.full_name"),
