@@ -212,6 +212,11 @@ begin
   -- A note rides on the status event when there is one; otherwise it is appended to the lead's notes.
   if update_lead.note is not null and not status_changes then
     appended_note := update_lead.note;
+    if pg_catalog.char_length(coalesce(target.notes, '')) + pg_catalog.char_length(appended_note) + 2 > 20000 then
+      raise sqlstate 'PT422' using
+        message = 'the lead''s notes are full (20000 characters); record this note with a status change or a task',
+        detail = 'notes_full', hint = 'note';
+    end if;
   end if;
   perform pg_catalog.set_config('crm.status_note',
                                 case when status_changes then coalesce(update_lead.note, '') else '' end, true);

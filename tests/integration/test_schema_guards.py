@@ -78,3 +78,12 @@ def test_assignee_must_be_staff_of_the_same_org_for_every_writer(conn, shop, tab
     conn.execute(f"update public.{table} set {column} = %s where id = %s", (shop["manager"], row_id))
     conn.execute("delete from public.staff where org_id = %s and user_id = %s", (shop["org"], shop["manager"]))
     assert conn.execute(f"select {column} from public.{table} where id = %s", (row_id,)).fetchone()[column] is None
+
+
+def test_full_notes_refuse_a_new_note_on_the_note_field(conn, shop):
+    lead = conn.execute("insert into public.leads (org_id, customer_id, source, notes) values (%s, %s, 'manual', %s)"
+                        " returning id", (shop["org"], shop["customer"], "x" * 19_990)).fetchone()["id"]
+    with acting_as(conn, "authenticated", shop["manager"]) as c, pytest.raises(psycopg.Error) as refused:
+        c.execute("select public.update_lead(%s, note => %s)", (lead, "n" * 50))
+    assert refused.value.sqlstate == "PT422"
+    assert (refused.value.diag.message_detail, refused.value.diag.message_hint) == ("notes_full", "note")
