@@ -87,6 +87,31 @@ revoke all on private.image_cache_queue, private.image_cache_images, private.ima
   from public, anon, authenticated, service_role;
 -- What the jobs do: enqueue, claim (FOR UPDATE needs UPDATE), reschedule and dequeue orders; record
 -- and re-record images (upsert). service_role bypasses RLS; operators read the failures view.
+-- Which orders backfill-images works on, in one place for its page query and its count.
+create function private.needs_image_backfill(snapshot jsonb, first_party text)
+returns boolean
+language sql immutable parallel safe
+set search_path = ''
+as $$
+  with s as (
+    select case pg_catalog.jsonb_typeof(snapshot -> 'images')
+             when 'array' then snapshot -> 'images' else '[]'::jsonb end as images,
+           case pg_catalog.jsonb_typeof(snapshot -> 'cached_images')
+             when 'array' then snapshot -> 'cached_images' else '[]'::jsonb end as cached)
+  -- Never cached (pending and failed orders belong to cache-images), with something to cache,
+  -- and no cached image yet or one that is not first-party.
+  select coalesce(snapshot ->> 'images_state', 'none') not in ('pending', 'failed')
+     and (pg_catalog.jsonb_array_length(s.images) > 0 or pg_catalog.jsonb_array_length(s.cached) > 0)
+     and (pg_catalog.jsonb_array_length(s.cached) = 0
+          or exists (select from pg_catalog.jsonb_array_elements_text(s.cached) u (url)
+                      where not pg_catalog.starts_with(u.url, first_party)))
+    from s
+$$;
+comment on function private.needs_image_backfill(jsonb, text) is
+  'True for an order snapshot backfill-images should (re)cache: never cached, or cached from a third-party URL.';
+revoke all on function private.needs_image_backfill(jsonb, text) from public;
+grant execute on function private.needs_image_backfill(jsonb, text) to service_role;
+
 grant select, insert, update, delete on private.image_cache_queue to service_role;
 grant select, insert, update on private.image_cache_images to service_role;
 grant select on private.image_cache_failures to service_role;

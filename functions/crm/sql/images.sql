@@ -105,26 +105,15 @@ delete from private.image_cache_queue
  where order_id = %(order_id)s and claim_token = %(token)s
 
 -- images_backfill_candidates --
--- Legacy orders without first-party images: never cached (no images_state, or none with images
--- to cache), or holding cached_images that are not ours. Pending and failed orders belong to
--- cache-images; queued ones are in progress. Keyset pages by id, so a rerun resumes cleanly.
+-- Legacy orders without first-party images (private.needs_image_backfill); queued ones are in
+-- progress. Keyset pages by id, so a rerun resumes cleanly.
 select o.id as order_id, o.org_id, o.order_code, o.item_id, o.external_item_ref, o.archived_item,
        o.item_snapshot -> 'images' as images,
        o.item_snapshot -> 'cached_images' as cached_images,
        o.item_snapshot ->> 'images_state' as images_state
   from public.orders o
  where o.id > %(after)s
-   and coalesce(o.item_snapshot ->> 'images_state', 'none') not in ('pending', 'failed')
-   and (case jsonb_typeof(o.item_snapshot -> 'images')
-          when 'array' then jsonb_array_length(o.item_snapshot -> 'images') else 0 end > 0
-        or case jsonb_typeof(o.item_snapshot -> 'cached_images')
-          when 'array' then jsonb_array_length(o.item_snapshot -> 'cached_images') else 0 end > 0)
-   and (case jsonb_typeof(o.item_snapshot -> 'cached_images')
-          when 'array' then jsonb_array_length(o.item_snapshot -> 'cached_images') else 0 end = 0
-        or exists (select from jsonb_array_elements(case jsonb_typeof(o.item_snapshot -> 'cached_images')
-                                                      when 'array' then o.item_snapshot -> 'cached_images'
-                                                      else '[]' end) u
-                    where not starts_with(u #>> '{}', %(first_party)s)))
+   and private.needs_image_backfill(o.item_snapshot, %(first_party)s)
    and not exists (select from private.image_cache_queue q where q.order_id = o.id)
  order by o.id
  limit %(limit)s
@@ -132,17 +121,7 @@ select o.id as order_id, o.org_id, o.order_code, o.item_id, o.external_item_ref,
 -- images_backfill_count --
 select count(*) as n
   from public.orders o
- where coalesce(o.item_snapshot ->> 'images_state', 'none') not in ('pending', 'failed')
-   and (case jsonb_typeof(o.item_snapshot -> 'images')
-          when 'array' then jsonb_array_length(o.item_snapshot -> 'images') else 0 end > 0
-        or case jsonb_typeof(o.item_snapshot -> 'cached_images')
-          when 'array' then jsonb_array_length(o.item_snapshot -> 'cached_images') else 0 end > 0)
-   and (case jsonb_typeof(o.item_snapshot -> 'cached_images')
-          when 'array' then jsonb_array_length(o.item_snapshot -> 'cached_images') else 0 end = 0
-        or exists (select from jsonb_array_elements(case jsonb_typeof(o.item_snapshot -> 'cached_images')
-                                                      when 'array' then o.item_snapshot -> 'cached_images'
-                                                      else '[]' end) u
-                    where not starts_with(u #>> '{}', %(first_party)s)))
+ where private.needs_image_backfill(o.item_snapshot, %(first_party)s)
    and not exists (select from private.image_cache_queue q where q.order_id = o.id)
 
 -- images_mark_archived --
