@@ -50,13 +50,13 @@ language plpgsql immutable
 set search_path = ''
 as $$
 begin
-  if pg_catalog.char_length(note) > 5000 then
-    raise sqlstate 'PT422' using message = 'note must be at most 5000 characters',
+  if pg_catalog.char_length(note) > 2000 then
+    raise sqlstate 'PT422' using message = 'note must be at most 2000 characters',
       detail = 'note_too_long', hint = 'note';
   end if;
 end
 $$;
-comment on function hidden.check_note(text) is 'Refuses notes over 5000 characters (PT422, field note).';
+comment on function hidden.check_note(text) is 'Refuses notes over 2000 characters (PT422, field note): the one limit for PostgREST callers and PATCH /leads.';
 revoke all on function hidden.check_note(text) from public;
 grant execute on function hidden.check_note(text) to authenticated, service_role;
 

@@ -127,7 +127,7 @@ def test_transition_order_refused_transition_is_409_naming_both(world: World) ->
 
 
 def test_transition_order_rejects_huge_notes(world: World) -> None:
-    err = refused(world, "manager", TRANSITION, {"id": world.order, "to": "under_inspection", "note": "x" * 5001})
+    err = refused(world, "manager", TRANSITION, {"id": world.order, "to": "under_inspection", "note": "x" * 2001})
     assert (err.sqlstate, err.diag.message_hint) == ("PT422", "note")
 
 
