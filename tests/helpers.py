@@ -156,3 +156,15 @@ def first_answer(proc: subprocess.Popen, log: Path, send: Callable[[], Any], tim
             if time.monotonic() > deadline:
                 raise AssertionError(f"the process did not listen within {timeout}s:\n{log.read_text()}") from None
             time.sleep(0.2)
+
+
+#: The booking body of SPEC §7.1, as a public form would send it.
+BOOKING_EXAMPLE = {
+    "org": "demo",
+    "customer": {"full_name": "Anna Schmidt", "phone": "0151 2345 6789", "email": "anna@example.com",
+                 "preferred_channel": "whatsapp", "city": "Berlin"},
+    "item": {"item_id": "4711", "url": "https://listings.example/bike/4711", "external_ref": "listing-4711",
+             "title": "Canyon Spectral 29", "brand": "Canyon", "model": "Spectral", "year": 2022, "size": "L",
+             "price": 2450, "currency": "EUR", "images": ["https://img.example/4711/1.jpg"]},
+    "booking": {"amount": 100, "currency": "EUR", "delivery_method": "pickup", "notes": "after 5pm"},
+}

@@ -11,17 +11,8 @@ import pytest
 
 from crm import booking as intake
 from crm.devserver import build_app
+from tests.helpers import BOOKING_EXAMPLE as EXAMPLE
 from tests.helpers import LiveServer, acting_as, assert_refuses_to_start, function_app, make_org, start_function
-
-EXAMPLE = {
-    "org": "demo",
-    "customer": {"full_name": "Anna Schmidt", "phone": "0151 2345 6789", "email": "anna@example.com",
-                 "preferred_channel": "whatsapp", "city": "Berlin"},
-    "item": {"item_id": "4711", "url": "https://listings.example/bike/4711", "external_ref": "listing-4711",
-             "title": "Canyon Spectral 29", "brand": "Canyon", "model": "Spectral", "year": 2022, "size": "L",
-             "price": 2450, "currency": "EUR", "images": ["https://img.example/4711/1.jpg"]},
-    "booking": {"amount": 100, "currency": "EUR", "delivery_method": "pickup", "notes": "after 5pm"},
-}
 
 
 def booking_body(org: str, **customer) -> dict:

@@ -10,16 +10,8 @@ from hypothesis import strategies as st
 
 from crm import booking as b
 from crm.errors import BadRequest, ConfigError, Unprocessable
+from tests.helpers import BOOKING_EXAMPLE as EXAMPLE
 
-EXAMPLE = {
-    "org": "demo",
-    "customer": {"full_name": "Anna Schmidt", "phone": "0151 2345 6789", "email": "anna@example.com",
-                 "preferred_channel": "whatsapp", "city": "Berlin"},
-    "item": {"item_id": "4711", "url": "https://listings.example/bike/4711", "external_ref": "listing-4711",
-             "title": "Canyon Spectral 29", "brand": "Canyon", "model": "Spectral", "year": 2022, "size": "L",
-             "price": 2450, "currency": "EUR", "images": ["https://img.example/4711/1.jpg"]},
-    "booking": {"amount": 100, "currency": "EUR", "delivery_method": "pickup", "notes": "after 5pm"},
-}
 ORG = b.Org(uuid.UUID("00000000-0000-4000-8000-000000000001"), "DE", b"k" * 32)
 
 
