@@ -66,9 +66,8 @@ as $$
    where p.org_id = org and p.order_id = order_paid_amount.order_id and p.status = 'succeeded'
 $$;
 comment on function hidden.order_paid_amount(uuid, uuid) is
-  'Succeeded payments minus succeeded refunds of one order (what the caller may see; all of them inside the definer triggers).';
+  'Succeeded payments minus succeeded refunds of one order; called by the SECURITY DEFINER order triggers (all payments count).';
 revoke all on function hidden.order_paid_amount(uuid, uuid) from public;
-grant execute on function hidden.order_paid_amount(uuid, uuid) to authenticated, service_role;
 
 -- ---------------------------------------------------------------------------------------------
 -- payments
