@@ -121,8 +121,9 @@ GENERATE = [
 ORG1 = "md5('org1')::uuid"
 MANAGER1 = "md5('user1')::uuid"
 PAGE = ("select * from public.order_cards where org_id = {org} order by created_at desc, id desc limit 50")
-# A customer of org #2: ~11 orders with their payments, a lead, a warehouse order.
+# A customer of org #2 (~11 orders with their payments, a lead, a warehouse order), read by its manager.
 PROFILE = "select * from public.customer_profiles where id = md5('cust2-7')::uuid"
+MANAGER2 = "md5('user2')::uuid"
 PROFILE_GOAL_MS = 20.0
 PAGE_NO_FILTER = "select * from public.order_cards order by created_at desc, id desc limit 50"
 
@@ -131,13 +132,14 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def timed(conn: psycopg.Connection, *cases: tuple[str, str | None]) -> list[tuple[float, float, int]]:
+def timed(conn: psycopg.Connection, *cases: tuple[str, str | None],
+          manager: str = MANAGER1) -> list[tuple[float, float, int]]:
     """Median and p95 ms (and row count) of each (query, role) case; role None = superuser.
 
     Each run is its own transaction that first sets role and JWT claims as PostgREST does (not
     timed). Cases are interleaved run by run, so load from other processes hits them alike.
     """
-    claims = json.dumps({"sub": str(conn.execute(f"select {MANAGER1}").fetchone()[0]), "role": "authenticated"})
+    claims = json.dumps({"sub": str(conn.execute(f"select {manager}").fetchone()[0]), "role": "authenticated"})
     samples: list[list[float]] = [[] for _ in cases]
     counts = [0] * len(cases)
     for run_no in range(RUNS + 3):
@@ -199,7 +201,8 @@ def run(conn: psycopg.Connection) -> int:
     rls, plain = timed(conn, (page, auth), (page, None))
     results.append(("order_cards page 1 (50 newest), org filter", "RLS as manager", *rls))
     results.append(("order_cards page 1 (50 newest), org filter", "superuser, no RLS", *plain))
-    profile_rls, profile_plain = timed(conn, (PROFILE, auth), (PROFILE, None))
+    profile_rls, profile_plain = timed(conn, (PROFILE, auth), (PROFILE, None), manager=MANAGER2)
+    assert profile_rls[2] == profile_plain[2] == 1, "the profile's manager must see it"
     results.append(("customer_profiles, one customer (by id)", "RLS as manager", *profile_rls))
     results.append(("customer_profiles, one customer (by id)", "superuser, no RLS", *profile_plain))
     log("measured customer_profiles")
