@@ -200,5 +200,5 @@ grant select, update on public.webhook_endpoints to service_role;
 grant select, insert, update on public.webhook_deliveries to service_role;
 grant select, insert on public.webhook_attempts to service_role;
 grant select on private.outbox to service_role;
-grant select, delete on private.outbox_fanout to service_role;
+grant select, update, delete on private.outbox_fanout to service_role;  -- FOR UPDATE needs UPDATE
 grant select, update (sealed, pending) on private.webhook_secrets to service_role;

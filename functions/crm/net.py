@@ -133,7 +133,8 @@ class SafePoster:
         try:
             request = self.client.build_request("POST", url.strip(), content=content, headers=headers,
                                                 timeout=timeout)
-            with self.client.send(request, stream=True) as response:
+            response = self.client.send(request, stream=True)
+            try:
                 body = bytearray()
                 for chunk in response.iter_raw():
                     body += chunk
@@ -151,6 +152,8 @@ class SafePoster:
                     error = f"timeout: no complete answer within {self.policy.timeout:g} s"
                 return result(status, error, headers={k.lower(): v for k, v in response.headers.items()},
                               body=bytes(body[: self.policy.max_response_bytes]))
+            finally:
+                response.close()
         except FetchError as exc:
             return result(None, f"{exc.reason}: {exc.detail}")
         except httpx.TimeoutException as exc:

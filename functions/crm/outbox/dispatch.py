@@ -260,6 +260,7 @@ class Dispatcher:
 
     def serve(self, stop: threading.Event) -> None:
         """Until `stop`: woken by NOTIFY (or the poll), by finished requests and by due retries."""
+        threading.Thread(target=lambda: (stop.wait(), self.wake.set()), name="crm-outbox-stop", daemon=True).start()
         listener = None
         if self.settings.listen:
             listener = _Listener(self.db.url, self._on_notify, stop)
