@@ -2,7 +2,7 @@
 
 create or replace function hidden.tg_webhook_endpoints__check_url()
 returns trigger
-language plpgsql volatile
+language plpgsql volatile security definer  -- the rules are in private, out of the API roles' reach
 set search_path = ''
 as $$
 declare

@@ -236,7 +236,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _webhook_call(query: str, params: dict) -> dict:
+def _webhook_call(query: str, params: dict, missing: str = "not found") -> dict:
     with database_url() as url, connect(url) as conn:
         try:
             row = conn.execute(queries.get(query), params).fetchone()
@@ -245,16 +245,15 @@ def _webhook_call(query: str, params: dict) -> dict:
         except psycopg.Error as exc:
             raise CliError(_one_line(exc)) from exc
     if row is None:
-        raise CliError("not found")
+        raise CliError(missing)
     return row
 
 
 def cmd_webhooks_add(args: argparse.Namespace) -> int:
     row = _webhook_call("outbox_cli_add_endpoint", {
         "org": args.org, "url": args.url, "event_types": args.event_type or [], "description": args.description,
-        "allow_loopback": "on" if config.env_flag("CRM_WEBHOOK_ALLOW_LOOPBACK") else "off"})
-    if row is None or row.get("endpoint") is None:
-        raise CliError(f"no organization with slug {args.org!r}")
+        "allow_loopback": "on" if config.env_flag("CRM_WEBHOOK_ALLOW_LOOPBACK") else "off"},
+        missing=f"no organization with slug {args.org!r}")
     print(json.dumps(row["endpoint"], indent=2, default=str))
     return 0
 

@@ -484,3 +484,39 @@ def test_sigkill_mid_batch_loses_nothing(conn, db_url, org, admin, tmp_path):
         assert reclaimed["n"] > 0
         left = conn.execute("select status, count(*) as n from public.webhook_deliveries group by 1").fetchall()
         assert [(r["status"], r["n"]) for r in left] == [("succeeded", 1500)]
+
+
+def test_cli_add_then_jobs_run_and_url_rules_for_direct_updates(conn, db_url, org, admin):
+    slug = conn.execute("select slug from public.organizations where id = %s", (org,)).fetchone()["slug"]
+    with Receiver() as rx:
+        env_url = db_url
+        done = crm_cli("webhooks", "add", "--org", slug, "--url", rx.url, "--event-type", "customer.created",
+                       url=env_url)
+        assert done.returncode == 0, done.stderr
+        endpoint = json.loads(done.stdout)
+        assert endpoint["event_types"] == ["customer.created"] and endpoint["secret"].startswith("whsec_")
+        add_customers(conn, org, 2)
+        done = crm_cli("jobs", "run", "dispatch-outbox", url=env_url)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["succeeded"] == 2
+        for r in rx.requests:
+            r.verify(endpoint["secret"])
+        done = crm_cli("webhooks", "add", "--org", slug, "--url", "http://192.168.1.1/", url=env_url)
+        assert done.returncode == 1 and "private" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        done = crm_cli("webhooks", "add", "--org", "no-such-org", "--url", "https://example.com/", url=env_url)
+        assert done.returncode == 1 and "no organization" in done.stderr
+
+    # Admins change endpoints directly (PostgREST): the same URL rules hold for every writer.
+    with pytest.raises(psycopg.Error) as err, acting_as(conn, "authenticated", admin):
+        conn.execute("update public.webhook_endpoints set url = 'https://10.0.0.7/x' where id = %s",
+                     (endpoint["id"],))
+    assert err.value.sqlstate == "PT422"
+    with acting_as(conn, "authenticated", admin):
+        n = conn.execute("update public.webhook_endpoints set enabled = false, description = 'paused'"
+                         " where id = %s", (endpoint["id"],)).rowcount
+        assert n == 1
+        e = conn.execute("select enabled, disabled_reason from public.webhook_endpoints").fetchone()
+        assert (e["enabled"], e["disabled_reason"]) == (False, "disabled by an admin")
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("update public.webhook_endpoints set secret_version = 9")
+        assert err.value.sqlstate == "42501"
