@@ -79,7 +79,11 @@ returns text
 language sql volatile
 set search_path = ''
 as $$
-  select 'whsec_' || pg_catalog.encode(extensions.gen_random_bytes(32), 'base64')
+  -- Core only (pgcrypto is not everywhere, e.g. the embedded server): gen_random_uuid() draws 122
+  -- bits from the server's strong random source; SHA-256 of three of them is 32 bytes of full entropy.
+  select 'whsec_' || pg_catalog.encode(pg_catalog.sha256(
+           pg_catalog.uuid_send(pg_catalog.gen_random_uuid()) || pg_catalog.uuid_send(pg_catalog.gen_random_uuid())
+           || pg_catalog.uuid_send(pg_catalog.gen_random_uuid())), 'base64')
 $$;
 comment on function hidden.new_webhook_secret() is 'A Standard Webhooks secret: whsec_ + base64 of 32 random bytes.';
 revoke all on function hidden.new_webhook_secret() from public;

@@ -22,8 +22,6 @@
 -- in WAL (archives, replicas' streams) for their retention. Run a worker (crm dev does) to keep the
 -- first part short; rotate the secret if a WAL archive from that window leaks.
 
-create extension if not exists pgcrypto with schema extensions;
-
 -- ---------------------------------------------------------------------------------------------
 -- public.webhook_endpoints
 -- ---------------------------------------------------------------------------------------------
