@@ -209,16 +209,12 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
 # -- worker and webhooks out ---------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
     import signal
-    import threading
 
     from crm.db import Database
     from crm.embedded import apply_dev_settings
     from crm.worker import Worker
 
     apply_dev_settings()
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     with database_url() as url:
         db = Database(url, min_size=1, max_size=4)
         db.open()
@@ -227,12 +223,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 worker = Worker(db, args.jobs)
             except KeyError as exc:
                 raise UsageError(exc.args[0]) from exc
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: worker.stopping.set())
             worker.start()
             print(f"crm worker: running {', '.join(worker.names)} (SIGTERM stops)", file=sys.stderr, flush=True)
-            stop.wait()
+            worker.wait()
             worker.stop()
         finally:
             db.close()
+    if worker.failure:
+        raise CliError(worker.failure)
     return 0
 
 

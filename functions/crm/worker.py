@@ -15,6 +15,7 @@ import time
 
 from crm import jobs
 from crm.db import Database
+from crm.errors import ConfigError
 
 log = logging.getLogger("crm.worker")
 
@@ -35,6 +36,7 @@ class Worker:
         self.db = db
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.failure: str | None = None  # a setting a job cannot run without: the worker stops
 
     def start(self) -> Worker:
         periodic = []
@@ -66,6 +68,9 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 job.serve(self.db, self.stopping)
+            except ConfigError as exc:
+                self.failure = f"{job.name}: {exc}"
+                self.stopping.set()
             except Exception:
                 log.exception("job %s stopped unexpectedly; restarting in 5 s", job.name)
                 self.stopping.wait(5.0)

@@ -520,3 +520,46 @@ def test_cli_add_then_jobs_run_and_url_rules_for_direct_updates(conn, db_url, or
         with pytest.raises(psycopg.Error) as err:
             conn.execute("update public.webhook_endpoints set secret_version = 9")
         assert err.value.sqlstate == "42501"
+
+
+def test_worker_refuses_to_run_without_its_settings(db_url, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "CRM_SECRETS_KEY"}
+    exe = Path(sys.executable).with_name("crm")
+    done = subprocess.run([str(exe), "worker", "dispatch-outbox"], env={**env, "DATABASE_URL": db_url},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "CRM_SECRETS_KEY" in done.stderr.splitlines()[-1]
+    done = subprocess.run([str(exe), "worker", "no-such-job"], env={**env, "DATABASE_URL": db_url},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown job" in done.stderr
+
+
+def test_lease_outlives_a_slow_receiver_and_polling_without_listen(conn, database, org, admin, monkeypatch):
+    """Two workers, leases of 1 s, a receiver taking 2.5 s: renewals keep the delivery theirs, so it
+    is sent once. Without LISTEN (transaction pooler) the poll finds the work."""
+    monkeypatch.setenv("CRM_DB_POOLER", "transaction")
+    assert DispatchSettings.from_env().listen is False
+
+    def slow(r):
+        time.sleep(2.5)
+        return 200, {}
+
+    with Receiver(slow) as rx:
+        create_endpoint(conn, org, admin, rx.url)
+        stop = threading.Event()
+        workers = [Dispatcher(database, settings(lease_seconds=1.0, listen=False, poll_seconds=0.2),
+                              box=SecretBox(parse_key(KEY))) for _ in range(2)]
+        threads = [threading.Thread(target=w.serve, args=(stop,), daemon=True) for w in workers]
+        for t in threads:
+            t.start()
+        try:
+            add_customers(conn, org, 1)
+            rx.wait_for(lambda r: len(r.requests) == 1, timeout=10)
+            time.sleep(3.5)  # past several lease lengths
+            [d] = conn.execute("select status, attempts from public.webhook_deliveries").fetchall()
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=10)
+            for w in workers:
+                w.close()
+        assert len(rx.requests) == 1 and (d["status"], d["attempts"]) == ("succeeded", 1)
