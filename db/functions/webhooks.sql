@@ -22,6 +22,9 @@ begin
   if m is null then
     return 'must be an http or https URL';
   end if;
+  if pg_catalog.lower(m[1]) = 'http' and not allow_loopback then
+    return 'must be https (http only where loopback receivers are allowed: tests, demos)';
+  end if;
   if pg_catalog.strpos(m[2], '@') > 0 then
     return 'must not contain credentials';
   end if;
@@ -59,7 +62,7 @@ begin
 end
 $$;
 comment on function private.webhook_url_refusal(text, boolean) is
-  'Why an endpoint URL is refused (not http(s), credentials, a loopback/private/link-local/metadata/reserved address written literally), or null. Host names pass: the dispatcher checks every address they resolve to and pins the connection.';
+  'Why an endpoint URL is refused (not https, or http where loopback is not allowed; credentials; a loopback/private/link-local/metadata/reserved address written literally), or null. Host names pass: the dispatcher checks every address they resolve to and pins the connection.';
 revoke all on function private.webhook_url_refusal(text, boolean) from public;
 
 create or replace function hidden.webhook_allow_loopback()

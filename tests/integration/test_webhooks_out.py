@@ -267,7 +267,7 @@ def test_private_addresses_are_refused(conn, org, admin):
     assert connected == []
 
     # The RPC refuses what it can see literally (PT422 on url), without loopback allowed.
-    for url in ("ftp://example.com/x", "http://10.0.0.1/x", "https://169.254.169.254/latest",
+    for url in ("ftp://example.com/x", "http://example.com/x", "http://10.0.0.1/x", "https://169.254.169.254/latest",
                 "https://[fe80::1]/", "https://127.0.0.1/", "https://user:pw@example.com/", "http://2130706433/"):
         with pytest.raises(psycopg.Error) as err, acting_as(conn, "authenticated", admin):
             conn.execute("select public.create_webhook_endpoint(%s, %s)", (org, url))

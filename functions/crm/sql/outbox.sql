@@ -37,7 +37,9 @@ select (select count(*) from batch) as events, (select count(*) from created) as
 -- outbox_claim --
 -- One statement: pick due, unleased deliveries (SKIP LOCKED passes over rows another worker is
 -- claiming right now), lease them to this worker, and return what sending needs. The attempt is
--- counted at claim, so a worker killed mid-send still used one.
+-- counted at claim, so a worker killed mid-send still used one. payload::text is the body: jsonb's
+-- text form is a function of the stored value, so every attempt sends (and signs) the same bytes
+-- unless the event itself was changed (e.g. scrubbed by an erasure).
 with due as (
   select d.id
     from public.webhook_deliveries d
