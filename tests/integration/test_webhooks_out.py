@@ -482,6 +482,9 @@ def test_sigkill_mid_batch_loses_nothing(conn, db_url, org, admin, tmp_path):
         # The killed worker held claims: they were claimed again once its lease ran out.
         reclaimed = conn.execute("select count(*) as n from public.webhook_deliveries where attempts > 1").fetchone()
         assert reclaimed["n"] > 0
+        lost = conn.execute("select count(*) as n from public.webhook_attempts where error like 'lease expired%'"
+                            " and outcome = 'failed'").fetchone()
+        assert lost["n"] == reclaimed["n"]
         left = conn.execute("select status, count(*) as n from public.webhook_deliveries group by 1").fetchall()
         assert [(r["status"], r["n"]) for r in left] == [("succeeded", 1500)]
 

@@ -41,7 +41,7 @@ select (select count(*) from batch) as events, (select count(*) from created) as
 -- text form is a function of the stored value, so every attempt sends (and signs) the same bytes
 -- unless the event itself was changed (e.g. scrubbed by an erasure).
 with due as (
-  select d.id
+  select d.id, d.locked_until as lost_lease
     from public.webhook_deliveries d
    where d.status in ('pending', 'failed')
      and d.next_attempt_at <= now()
@@ -49,16 +49,26 @@ with due as (
    order by d.next_attempt_at
    limit %(limit)s
      for update skip locked
+), claimed as (
+  update public.webhook_deliveries d
+     set locked_until = now() + make_interval(secs => %(lease_seconds)s),
+         lease_token = %(token)s,
+         attempts = d.attempts + 1
+    from due, public.webhook_endpoints e, private.outbox o
+   where d.id = due.id and e.id = d.endpoint_id and e.enabled and o.event_id = d.event_id
+  returning d.id, d.org_id, d.event_id, d.endpoint_id, d.attempts, due.lost_lease, e.url, e.secret_version,
+            o.payload::text as body
+), lost as (
+  -- A lease that ran out: its worker died mid-send. That attempt is recorded now, its outcome unknown.
+  insert into public.webhook_attempts (org_id, delivery_id, endpoint_id, event_id, attempt, started_at,
+                                       duration_ms, error, outcome)
+  select c.org_id, c.id, c.endpoint_id, c.event_id, c.attempts - 1, c.lost_lease, 0,
+         'lease expired at started_at: the worker sending it stopped; whether the receiver got it is unknown',
+         'failed'
+    from claimed c
+   where c.lost_lease is not null
 )
-update public.webhook_deliveries d
-   set locked_until = now() + make_interval(secs => %(lease_seconds)s),
-       lease_token = %(token)s,
-       attempts = d.attempts + 1,
-       last_error = case when d.locked_until is not null
-                         then 'lease expired: the worker sending it stopped' else d.last_error end
-  from due, public.webhook_endpoints e, private.outbox o
- where d.id = due.id and e.id = d.endpoint_id and e.enabled and o.event_id = d.event_id
-returning d.id, d.event_id, d.endpoint_id, d.attempts, e.url, e.secret_version, o.payload::text as body
+select c.id, c.event_id, c.endpoint_id, c.attempts, c.url, c.secret_version, c.body from claimed c
 
 -- outbox_renew_leases --
 update public.webhook_deliveries
