@@ -191,6 +191,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
         os.environ.setdefault(key, value)
     os.environ.setdefault("CRM_STORAGE_DIR", str(data_dir / "media"))
     os.environ.setdefault("CRM_PUBLIC_URL", public_url(host, port))
+    os.environ.setdefault("CRM_WEBHOOK_ALLOW_LOOPBACK", "1")  # a local receiver, as the README shows
     save_dev_settings({k: os.environ[k] for k in ("CRM_STORAGE_DIR", "CRM_PUBLIC_URL")}, data_dir)
 
     embedded = None
@@ -204,6 +205,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
     db: Database | None = None
     server = None
     runner = None
+    continuous = None
     try:
         with connect(url, autocommit=True) as conn:
             try:
@@ -224,6 +226,9 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
         if jobs:
             runner = JobRunner(db)
             runner.start()
+            from crm.worker import start_continuous
+
+            continuous = start_continuous(db)  # dispatch-outbox, woken by NOTIFY
 
         def stop(signum, frame):  # noqa: ARG001
             threading.Thread(target=server.shutdown, daemon=True).start()
@@ -238,6 +243,8 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
         if runner is not None:
             runner.stopping.set()
             runner.join(timeout=10)
+        if continuous is not None:
+            continuous.stop()
         if server is not None:
             server.server_close()
         if db is not None:

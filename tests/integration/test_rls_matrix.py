@@ -58,6 +58,18 @@ MATRIX = {
     ("order_status_events", "update"):    "E    E     E      E      E        E       E     E",
     ("order_status_events", "delete"):    "E    E     E      E      E        E       E     E",
     ("order_cards", "select"):            "E    0     1      1      1        1       1     1",
+    ("webhook_endpoints", "select"):      "E    0     0      0      0        1       1     1",
+    ("webhook_endpoints", "insert"):      "E    E     E      E      E        E       E     E",
+    ("webhook_endpoints", "update"):      "E    0     0      0      0        0       1     1",
+    ("webhook_endpoints", "delete"):      "E    E     E      E      E        E       E     E",
+    ("webhook_deliveries", "select"):     "E    0     0      0      0        0       1     1",
+    ("webhook_deliveries", "insert"):     "E    E     E      E      E        E       E     1",
+    ("webhook_deliveries", "update"):     "E    E     E      E      E        E       E     1",
+    ("webhook_deliveries", "delete"):     "E    E     E      E      E        E       E     E",
+    ("webhook_attempts", "select"):       "E    0     0      0      0        0       1     1",
+    ("webhook_attempts", "insert"):       "E    E     E      E      E        E       E     1",
+    ("webhook_attempts", "update"):       "E    E     E      E      E        E       E     E",
+    ("webhook_attempts", "delete"):       "E    E     E      E      E        E       E     E",
 }
 
 CASES = [(table, action, actor, expected)
@@ -79,6 +91,7 @@ class World:
     shipment: uuid.UUID
     task: uuid.UUID
     agent: uuid.UUID  # the agent the lead and the task are assigned to
+    webhooks: dict[str, uuid.UUID | int]  # webhook_endpoints / webhook_deliveries / webhook_attempts rows
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +124,19 @@ def world(clone_database) -> Iterator[World]:
         task = conn.execute(
             "insert into public.tasks (org_id, lead_id, title, assignee) values (%s, %s, 'Call back', %s)"
             " returning id", (org, lead, agent)).fetchone()["id"]
-        yield World(conn, org, users, customer, lead, order, shipment, task, agent)
+        endpoint = conn.execute(
+            "insert into public.webhook_endpoints (org_id, url) values (%s, 'https://hooks.example.com/in')"
+            " returning id", (org,)).fetchone()["id"]
+        delivery = conn.execute(
+            "insert into public.webhook_deliveries (org_id, endpoint_id, event_id, event_type)"
+            " select org_id, %s, event_id, event_type from private.outbox where org_id = %s limit 1"
+            " returning id", (endpoint, org)).fetchone()["id"]
+        attempt = conn.execute(
+            "insert into public.webhook_attempts (org_id, delivery_id, endpoint_id, event_id, attempt, started_at,"
+            " duration_ms, status_code, outcome) select org_id, id, endpoint_id, event_id, 1, now(), 5, 500,"
+            " 'failed' from public.webhook_deliveries where id = %s returning id", (delivery,)).fetchone()["id"]
+        webhooks = {"webhook_endpoints": endpoint, "webhook_deliveries": delivery, "webhook_attempts": attempt}
+        yield World(conn, org, users, customer, lead, order, shipment, task, agent, webhooks)
 
 
 def _role(actor: str) -> str:
@@ -120,6 +145,8 @@ def _role(actor: str) -> str:
 
 def _statement(w: World, table: str, action: str) -> tuple[str, tuple]:
     """One statement per table and action, always aimed at org A's seeded row (or a new one)."""
+    if table.startswith("webhook_"):
+        return _webhook_statement(w, table, action)
     if action == "select":
         key = {"lead_status_events": "lead_id", "order_status_events": "order_id", "order_cards": "id"}.get(table, "id")
         row_id = {"customers": w.customer, "leads": w.lead, "orders": w.order, "shipments": w.shipment,
@@ -160,6 +187,29 @@ def _statement(w: World, table: str, action: str) -> tuple[str, tuple]:
     row_id = {"customers": w.customer, "leads": w.lead, "orders": w.order, "shipments": w.shipment,
               "tasks": w.task}[table]
     return f"delete from public.{table} where id = %s", (row_id,)
+
+
+def _webhook_statement(w: World, table: str, action: str) -> tuple[str, tuple]:
+    row_id = w.webhooks[table]
+    if action == "select":
+        return f"select 1 from public.{table} where id = %s", (row_id,)
+    if action == "delete":
+        return f"delete from public.{table} where id = %s", (row_id,)
+    if action == "update":
+        column = {"webhook_endpoints": "description", "webhook_deliveries": "last_error",
+                  "webhook_attempts": "error"}[table]
+        return f"update public.{table} set {column} = 'x' where id = %s", (row_id,)
+    return {
+        "webhook_endpoints": ("insert into public.webhook_endpoints (org_id, url)"
+                              " values (%s, 'https://hooks.example.com/2')", (w.org,)),
+        "webhook_deliveries": ("insert into public.webhook_deliveries (org_id, endpoint_id, event_id, event_type)"
+                               " values (%s, %s, gen_random_uuid(), 'lead.created')",
+                               (w.org, w.webhooks["webhook_endpoints"])),
+        "webhook_attempts": ("insert into public.webhook_attempts (org_id, delivery_id, endpoint_id, event_id,"
+                             " attempt, started_at, duration_ms, outcome) select org_id, id, endpoint_id, event_id,"
+                             " 2, now(), 1, 'failed' from public.webhook_deliveries where id = %s",
+                             (w.webhooks["webhook_deliveries"],)),
+    }[table]
 
 
 @pytest.mark.parametrize(("table", "action", "actor", "expected"), CASES,

@@ -1,0 +1,41 @@
+"""`crm dev` runs the webhook worker: an endpoint added from a second terminal receives a booking's
+events, signed with its secret, within a second or two (README "Webhooks out")."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+
+from tests.acceptance.test_dev_newcomer import stop, wait_healthy
+from tests.helpers import BOOKING_EXAMPLE, free_port
+from tests.integration.webhook_receiver import Receiver
+
+
+def test_crm_dev_delivers_a_booking_signed(tmp_path, db_url):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CRM_"))}
+    env.update(DATABASE_URL=db_url, CRM_DATA_DIR=str(tmp_path / "crm-data"))
+    port = free_port()
+    log = tmp_path / "dev.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "crm.cli", "dev", "--port", str(port)], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(proc, f"http://127.0.0.1:{port}", log)
+        with Receiver() as rx:
+            added = subprocess.run([sys.executable, "-m", "crm.cli", "webhooks", "add", "--org", "demo",
+                                    "--url", rx.url + "/hook"], env={**env, "CRM_WEBHOOK_ALLOW_LOOPBACK": "1"},
+                                   capture_output=True, text=True, timeout=60)
+            assert added.returncode == 0, added.stderr
+            secret = json.loads(added.stdout)["secret"]
+            booked = httpx.post(f"http://127.0.0.1:{port}/booking", json=BOOKING_EXAMPLE, timeout=30)
+            assert booked.status_code == 201, booked.text
+            rx.wait_for(lambda r: len(r.requests) >= 3, timeout=15)
+            types = sorted(r.verify(secret)["type"] for r in rx.requests)
+            assert types == ["customer.created", "lead.created", "order.created"]
+    finally:
+        stop(proc, log)
+    assert "CRM_SECRETS_KEY" in (tmp_path / "crm-data" / "secrets.json").read_text()
