@@ -12,10 +12,16 @@
 \ir migrations/0006_image_cache.sql
 \ir migrations/0007_payments.sql
 \ir migrations/0008_webhooks_out.sql
+\ir migrations/0009_webhooks_in.sql
+\ir functions/customers.sql
+\ir functions/inbox.sql
 \ir functions/webhooks.sql
 \ir policies/000_access_helpers.sql
+\ir policies/activities.sql
 \ir policies/customers.sql
 \ir policies/inspections.sql
+\ir policies/integrations.sql
+\ir policies/inventory_items.sql
 \ir policies/lead_status_events.sql
 \ir policies/leads.sql
 \ir policies/order_status_events.sql
@@ -30,6 +36,7 @@
 \ir triggers/000_timestamps.sql
 \ir triggers/001_crm_common.sql
 \ir triggers/customers.sql
+\ir triggers/integrations.sql
 \ir triggers/leads.sql
 \ir triggers/orders.sql
 \ir triggers/outbox.sql
