@@ -13,7 +13,9 @@
 \ir migrations/0007_payments.sql
 \ir migrations/0008_webhooks_out.sql
 \ir migrations/0009_webhooks_in.sql
+\ir migrations/0010_imports.sql
 \ir functions/customers.sql
+\ir functions/imports.sql
 \ir functions/inbox.sql
 \ir functions/webhooks.sql
 \ir policies/000_access_helpers.sql
