@@ -548,6 +548,7 @@ def test_create_integration_rules(conn, org):
         with acting_as(conn, "authenticated", admin) as c, pytest.raises(Exception, match=message):
             c.execute("select public.create_integration(%s, %s, %s, %s)",
                       (org, kind, json.dumps(settings), json.dumps(secrets)))
+    create_integration(conn, org, "wms")  # (the one above was rolled back with its transaction)
     with pytest.raises(Exception, match="already has a wms"):
         create_integration(conn, org, "wms")
     meta = create_integration(conn, org, "meta")
