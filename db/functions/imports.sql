@@ -23,7 +23,7 @@ end
 $$;
 revoke all on function private.import_bigint(text, text) from public;
 
-create or replace function private.import_numeric(value text, field text)
+create or replace function private.import_money(value text, field text)
 returns numeric
 language plpgsql immutable
 set search_path = ''
@@ -34,11 +34,14 @@ begin
   elsif value !~ '^\s*-?[0-9]{1,15}(\.[0-9]+)?\s*$' then
     raise sqlstate 'PT422' using message = 'must be a number (a dot before the decimals)', detail = 'invalid_number',
       hint = field;
+  elsif value ~ '\.[0-9]*[1-9][0-9]*$' and value !~ '\.[0-9]{1,2}0*\s*$' then
+    -- Money is refused beyond cents, never rounded (numeric(12, 2) would round it silently).
+    raise sqlstate 'PT422' using message = 'must not have more than cents', detail = 'invalid_amount', hint = field;
   end if;
   return value::numeric;
 end
 $$;
-revoke all on function private.import_numeric(text, text) from public;
+revoke all on function private.import_money(text, text) from public;
 
 create or replace function private.import_time(value text, field text)
 returns timestamptz
@@ -196,8 +199,8 @@ begin
     values (v_legacy, p_org, p_customer, v_lead, v_snapshot ->> 'item_id', v_snapshot ->> 'external_ref', v_snapshot,
             coalesce((r ->> 'archived_item')::boolean, false),
             coalesce(v_status, 'pending_manager')::public.order_status,
-            private.import_numeric(r ->> 'price_amount', 'price_amount'), r ->> 'currency',
-            private.import_numeric(r ->> 'booking_amount', 'booking_amount'), r ->> 'delivery_method',
+            private.import_money(r ->> 'price_amount', 'price_amount'), r ->> 'currency',
+            private.import_money(r ->> 'booking_amount', 'booking_amount'), r ->> 'delivery_method',
             coalesce(v_created, pg_catalog.now()))
     returning id into v_id;
     insert into public.activities (org_id, customer_id, order_id, lead_id, kind, occurred_at, summary, data,
