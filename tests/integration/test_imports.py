@@ -296,3 +296,34 @@ def test_cli_errors_are_one_line_with_exit_codes(conn, org, tmp_path, db_url):
     ok = run_cli(db_url, "import", "leads", str(good), "--org", org["slug"])
     assert ok.returncode == 0 and ok.stderr == ""  # no progress bar when stderr is not a terminal
     assert json.loads(ok.stdout)["created"] == 1
+
+
+def test_ctrl_c_leaves_whole_batches_and_a_rerun_resumes(conn, org, tmp_path, db_url):
+    import signal
+    import time
+
+    rows = 3000
+    path = tmp_path / "many.csv"
+    path.write_text("legacy_id,full_name,email\n"
+                    + "".join(f"{n},Person {n},p{n}@example.com\n" for n in range(1, rows + 1)))
+    proc = subprocess.Popen([sys.executable, "-m", "crm.cli", "import", "leads", str(path), "--org", org["slug"],
+                             "--apply"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "DATABASE_URL": db_url})
+    deadline = time.monotonic() + 60
+    while conn.execute("select count(*) n from leads").fetchone()["n"] == 0:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert err.strip().count("\n") == 0 and "interrupted" in err and "run the same command again" in err
+    done = conn.execute("select count(*) n from leads").fetchone()["n"]
+    assert 0 < done < rows and done % 500 == 0  # whole batches only
+    # Nothing half-written: every committed lead has its customer and its import activity.
+    assert conn.execute("select count(*) n from customers").fetchone()["n"] == done
+    assert conn.execute("select count(*) n from activities where kind = 'import'").fetchone()["n"] == done
+    rerun = run_cli(db_url, "import", "leads", str(path), "--org", org["slug"], "--apply")
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads(rerun.stdout)
+    assert (report["created"], report["skipped"]) == (rows - done, done)
+    assert conn.execute("select count(*) n from leads").fetchone()["n"] == rows
