@@ -13,6 +13,7 @@
 \ir migrations/0007_payments.sql
 \ir migrations/0008_webhooks_out.sql
 \ir migrations/0009_webhooks_in.sql
+\ir functions/booking.sql
 \ir functions/customers.sql
 \ir functions/inbox.sql
 \ir functions/webhooks.sql
