@@ -19,7 +19,6 @@ DATABASE_URL: a private embedded PostgreSQL instead).
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import secrets
@@ -27,8 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,17 +35,8 @@ from psycopg import conninfo, sql
 from standardwebhooks import Webhook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_booking import (  # noqa: E402 — the booking bench's client and setup helpers, reused
-    ORG,
-    RATE_LIMIT,
-    Counter,
-    free_port,
-    merge,
-    payload,
-    start_embedded,
-    summarise,
-    wait_ready,
-)
+import bench_booking as booking  # noqa: E402 — the booking bench's clients and setup, reused
+from bench_booking import ORG, RATE_LIMIT, Counter, free_port, merge, start_embedded, wait_ready  # noqa: E402
 
 from crm.db import Database  # noqa: E402
 from crm.inbox.jobs import seal_pending  # noqa: E402
@@ -70,10 +58,9 @@ def app():
     return DispatcherMiddleware(root_app(None), apps)
 
 
-def booking_request(n: int, client_no: int) -> tuple[str, bytes, dict]:
-    return "/booking", json.dumps(payload(n)).encode(), {
-        "Content-Type": "application/json", "Idempotency-Key": f"bench-{n}-{uuid.uuid4().hex}",
-        "X-Forwarded-For": f"10.{client_no // 250}.{client_no % 250}.1"}
+def booking_request(n: int, client_no: int) -> tuple[str, bytes, dict[str, str]]:
+    _, body, headers = booking.booking_request(n, client_no)
+    return "/booking", body, headers
 
 
 def wms_request_maker(secret: str, customer: str):
@@ -92,54 +79,9 @@ def wms_request_maker(secret: str, customer: str):
     return make
 
 
-def client(port: int, make, expect: int, client_no: int, counter: Counter, until: float, out: list, errs: list,
-           interval: float | None = None, start_at: float | None = None) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    latencies: list[float] = []
-    errors = 0
-    scheduled = start_at or time.perf_counter()
-    while True:
-        if interval is not None:
-            scheduled += interval
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-        begin = scheduled if interval is not None else time.perf_counter()
-        if time.perf_counter() >= until:
-            break
-        path, body, headers = make(counter.next(), client_no)
-        try:
-            conn.request("POST", path, body=body, headers=headers)
-            resp = conn.getresponse()
-            resp.read()
-            ok = resp.status == expect
-        except (OSError, http.client.HTTPException):
-            conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            ok = False
-        if ok:
-            latencies.append(time.perf_counter() - begin)
-        else:
-            errors += 1
-    conn.close()
-    out.extend(latencies)
-    errs.append(errors)
-
-
 def run(port: int, make, expect: int, clients: int, seconds: float, counter: Counter,
         rate: float | None = None) -> dict:
-    out: list[float] = []
-    errs: list[int] = []
-    start = time.perf_counter()
-    interval = clients / rate if rate else None
-    threads = [threading.Thread(target=client, args=(port, make, expect, i, counter, start + seconds, out, errs,
-                                                     interval, start + i * (interval or 0) / clients))
-               for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return summarise(out, sum(errs), time.perf_counter() - start)
+    return booking.run_http(port, clients, seconds, counter, rate=rate, make=make, expect=expect)
 
 
 def main() -> int:

@@ -14,6 +14,7 @@
 \ir migrations/0008_webhooks_out.sql
 \ir migrations/0009_webhooks_in.sql
 \ir migrations/0010_imports.sql
+\ir functions/booking.sql
 \ir functions/customers.sql
 \ir functions/imports.sql
 \ir functions/inbox.sql
