@@ -276,41 +276,28 @@ language plpgsql volatile security definer
 set search_path = ''
 as $$
 declare
-  integ public.integrations;
-  e jsonb;
-  ev private.inbound_events;
-  outcome text;
-  accepted integer := 0;
-  duplicates integer := 0;
-  processed integer := 0;
-  failed integer := 0;
+  result jsonb;
+  done integer;
+  bad integer;
 begin
-  select i.* into integ from public.integrations i where i.id = p_integration;
-  if not found or not integ.enabled then
-    raise sqlstate 'PT404' using message = 'No such integration, or it is disabled.', detail = 'not_found';
-  end if;
-  for e in select x from pg_catalog.jsonb_array_elements(p_events) x loop
-    -- The webhook's key: whichever of push and pull stores the event first wins, the other inserts nothing.
-    insert into private.inbound_events as ie (org_id, integration_id, source, event_id, event_type, payload,
-                                              next_attempt_at)
-    values (integ.org_id, integ.id, integ.kind, e ->> 'event_id', e ->> 'event_type', e -> 'payload', pg_catalog.now())
-    on conflict on constraint inbound_events_integration_event_key do nothing
-    returning ie.* into ev;
-    if not found then
-      duplicates := duplicates + 1;
-      continue;
-    end if;
-    accepted := accepted + 1;
-    -- The pulled row already carries what process-inbox would fetch (a Meta lead): processed now.
-    outcome := private.inbox_try(ev, e -> 'extra');
-    if outcome in ('failed', 'dead') then failed := failed + 1; else processed := processed + 1; end if;
-  end loop;
-  return pg_catalog.jsonb_build_object('accepted', accepted, 'duplicates', duplicates, 'processed', processed,
-                                       'failed', failed);
+  -- Stored by the webhooks' own function under the webhooks' keys: whichever of push and pull stores
+  -- an event first wins, the other inserts nothing (PT404 for a disabled integration, as there).
+  result := private.inbox_receive(p_integration, p_events);
+  -- Events that wait for a fetch (a Meta lead, stored with process false; also one its webhook
+  -- stored and process-inbox has not fetched yet) are finished with the row as pulled.
+  select count(*) filter (where f.outcome not in ('failed', 'dead')), count(*) filter (where f.outcome in ('failed', 'dead'))
+    into done, bad
+    from (select private.inbox_finish(e.id, x -> 'extra', null) as outcome
+            from pg_catalog.jsonb_array_elements(p_events) x
+            join private.inbound_events e on e.integration_id = p_integration and e.event_id = x ->> 'event_id'
+           where x ? 'extra' and e.status = 'pending'
+           order by e.id) f;
+  return result || pg_catalog.jsonb_build_object('processed', (result ->> 'processed')::integer + done,
+                                                 'failed', (result ->> 'failed')::integer + bad);
 end
 $$;
 comment on function private.pull_receive(uuid, jsonb) is
-  'pull-leads: stores provider rows ([{event_id, event_type, payload, extra}]) in the inbox under the webhooks'' event ids and processes the new ones at once (extra: a Meta lead as fetched). A row already received by webhook changes nothing.';
+  'pull-leads: private.inbox_receive of provider rows ([{event_id, event_type, payload, process, extra}]), then the pending ones that carry extra (a Meta lead as pulled) finished with it instead of a fetch. A row already received by webhook changes nothing.';
 revoke all on function private.pull_receive(uuid, jsonb) from public;
 grant execute on function private.pull_receive(uuid, jsonb) to service_role;
 

@@ -8,13 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from crm.cli import main
 from tests.helpers import make_org
+from tests.integration.json_server import JsonServer
 
 LONG_NAME = "A" * 10_000
 MESSY = [
@@ -179,35 +178,16 @@ def test_map_renames_columns_and_fills_what_a_customer_lacks(conn, org, tmp_path
     assert (again["created"], again["updated"], again["skipped"]) == (0, 0, 2)
 
 
-class Catalog:
+class Catalog(JsonServer):
     """A catalog on loopback: GET /items/{ref} -> the item as JSON, 404 for what it forgot."""
 
     def __init__(self, items: dict[str, dict]):
-        catalog = self
-        self.items, self.requests = items, []
+        self.items = items
+        super().__init__(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                ref = self.path.rsplit("/", 1)[-1]
-                catalog.requests.append(ref)
-                item = catalog.items.get(ref)
-                body = json.dumps(item or {"error": "not found"}).encode()
-                self.send_response(200 if item else 404)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, path: str, query: dict, auth: str | None) -> tuple[int, dict]:
+        item = self.items.get(path.rsplit("/", 1)[-1])
+        return (200, item) if item else (404, {"error": "not found"})
 
 
 ORDERS_CSV = ("legacy_id,full_name,phone,email,external_ref,title,price,currency,status\n"
@@ -267,7 +247,8 @@ def test_orders_from_the_catalog_and_archived_when_it_forgot_the_item(conn, org,
     assert rows[1]["s"]["title"] == "Canyon Spectral 29" and rows[1]["s"]["brand"] == "Canyon"
     assert rows[1]["s"]["external_ref"] == "bike-1" and rows[1]["archived_item"] is False
     assert rows[2]["archived_item"] is True and rows[2]["s"]["title"] == "Old bike"
-    assert sorted(set(catalog.requests)) == ["bike-1", "bike-gone", "bike-gone-too"]
+    assert sorted({path.rsplit("/", 1)[-1] for path, _, _ in catalog.requests}) == [
+        "bike-1", "bike-gone", "bike-gone-too"]
 
 
 def run_cli(db_url, *args):

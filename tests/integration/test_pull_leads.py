@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -17,6 +14,7 @@ from crm.imports.pull import Puller
 from crm.inbox.jobs import Inbox
 from crm.net import PostPolicy, SafePoster
 from crm.sealing import SecretBox, parse_key
+from tests.integration.json_server import JsonServer
 from tests.integration.test_webhooks_in import (
     KEY,
     META_SECRET,
@@ -46,38 +44,14 @@ def rfc2822(when: datetime) -> str:
     return when.strftime("%a, %d %b %Y %H:%M:%S +0000")
 
 
-class Providers:
+class Providers(JsonServer):
     """Twilio's REST API and Meta's Graph API on one loopback port, with pages of two rows."""
 
     def __init__(self):
         self.calls: list[dict] = []  # newest first, as Twilio lists them
         self.form_leads: dict[str, list[dict]] = {}
-        self.requests: list[tuple[str, dict, str | None]] = []
         self.next_override: str | None = None
-        providers = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:  # noqa: N802
-                parsed = urlparse(self.path)
-                query = parse_qs(parsed.query)
-                providers.requests.append((parsed.path, query, self.headers.get("Authorization")))
-                status, body = providers.answer(parsed.path, query, self.headers.get("Authorization"))
-                raw = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_port
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(self.answer)
 
     def answer(self, path: str, query: dict, auth: str | None) -> tuple[int, dict]:
         page = int(query.get("Page", ["0"])[0])
@@ -113,11 +87,6 @@ class Providers:
                     if lead["id"] == parts[1]:
                         return 200, lead
         return 404, {"error": {"message": "Unsupported get request"}}
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch):

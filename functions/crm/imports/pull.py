@@ -219,7 +219,7 @@ class Puller:
                     newest = created
                 leadgen = str(lead["id"])
                 events.append({
-                    "event_id": leadgen, "event_type": "leadgen",
+                    "event_id": leadgen, "event_type": "leadgen", "process": False,
                     "payload": {k: v for k, v in {"leadgen_id": leadgen, "form_id": form_id,
                                                   "created_time": lead.get("created_time"),
                                                   "ad_id": lead.get("ad_id"), "pulled": True}.items()
