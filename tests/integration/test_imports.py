@@ -308,3 +308,49 @@ def test_ctrl_c_leaves_whole_batches_and_a_rerun_resumes(conn, org, tmp_path, db
     report = json.loads(rerun.stdout)
     assert (report["created"], report["skipped"]) == (rows - done, done)
     assert conn.execute("select count(*) n from leads").fetchone()["n"] == rows
+
+
+def test_a_legacy_id_of_another_organization_is_a_bad_row(conn, org, tmp_path, monkeypatch, capsys, db_url):
+    other = conn.execute("select slug from organizations where id = %s", (make_org(conn),)).fetchone()["slug"]
+    path = tmp_path / "a.csv"
+    path.write_text("legacy_id,email\n77,a@example.com\n")
+    crm_import(monkeypatch, capsys, db_url, "leads", str(path), "--org", other, "--apply")
+    report = crm_import(monkeypatch, capsys, db_url, "leads", str(path), "--org", org["slug"], "--apply")
+    assert report["bad_rows"] == [{"line": 2, "column": "legacy_id",
+                                   "reason": "this legacy_id belongs to a lead of another organization"}]
+    # The row's customer was rolled back with it (its savepoint): nothing half-written in this org.
+    assert conn.execute("select count(*) n from customers where org_id = %s", (org["id"],)).fetchone()["n"] == 0
+
+
+def test_progress_bar_on_a_terminal(conn, org, tmp_path, db_url):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    path = tmp_path / "a.csv"
+    path.write_text("legacy_id,email\n" + "".join(f"{n},p{n}@example.com\n" for n in range(1, 21)))
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    try:
+        result = subprocess.run([sys.executable, "-m", "crm.cli", "import", "leads", str(path), "--org", org["slug"]],
+                                stdout=subprocess.PIPE, stderr=secondary, timeout=60,
+                                env={**os.environ, "DATABASE_URL": db_url})
+        os.close(secondary)
+        secondary = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(primary)
+        if secondary != -1:
+            os.close(secondary)
+    assert result.returncode == 0
+    assert b"import leads" in shown and b"20/20" in shown, shown
+    assert json.loads(result.stdout)["created"] == 20  # stdout stays the JSON report

@@ -261,3 +261,13 @@ def test_a_twilio_integration_without_account_sid_is_reported(conn, database, or
     summary = pull(database)
     assert summary["streams"] == 1 and "settings.account_sid" in summary["errors"][0]["error"]
     assert providers.requests == []
+
+
+def test_pull_leads_is_a_job_and_needs_no_key_without_integrations(db_url, monkeypatch, capsys):
+    from crm.cli import main
+
+    monkeypatch.delenv("CRM_SECRETS_KEY")
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    assert main(["jobs", "run", "pull-leads"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["job"] == "pull-leads" and summary["streams"] == 0 and summary["errors"] == []
