@@ -218,10 +218,28 @@ def test_orders_get_a_minimal_snapshot_and_are_idempotent(conn, org, tmp_path, m
     assert conn.execute("select count(distinct customer_id) n from orders").fetchone()["n"] == 1
     assert conn.execute("select count(*) n from activities where kind = 'import' and order_id is not null"
                         ).fetchone()["n"] == 2
+    events = conn.execute("select o.legacy_id, e.to_status::text s, e.change_notes from order_status_events e "
+                          "join orders o on o.id = e.order_id order by o.legacy_id").fetchall()
+    assert events == [{"legacy_id": 100, "s": "pending_manager", "change_notes": "import"},
+                      {"legacy_id": 101, "s": "closed", "change_notes": "import"}]
     before = snapshot_of_db(conn)
     again = crm_import(monkeypatch, capsys, db_url, "orders", str(path), "--org", org["slug"], "--apply")
     assert (again["created"], again["updated"], again["skipped"]) == (0, 0, 2)
     assert snapshot_of_db(conn) == before
+
+
+def test_an_order_links_to_its_imported_lead(conn, org, tmp_path, monkeypatch, capsys, db_url):
+    leads = tmp_path / "leads.csv"
+    leads.write_text("legacy_id,email\n500,a@example.com\n")
+    crm_import(monkeypatch, capsys, db_url, "leads", str(leads), "--org", org["slug"], "--apply")
+    orders = tmp_path / "orders.csv"
+    orders.write_text("legacy_id,email,lead_legacy_id,external_ref,title,price,currency\n"
+                      "1,a@example.com,500,bike-1,Bike,10,EUR\n2,a@example.com,501,bike-2,Bike,10,EUR\n")
+    report = crm_import(monkeypatch, capsys, db_url, "orders", str(orders), "--org", org["slug"], "--apply")
+    assert report["created"] == 1 and [(b["line"], b["column"]) for b in report["bad_rows"]] == [(3, "lead_legacy_id")]
+    row = conn.execute("select l.legacy_id, o.customer_id = l.customer_id same from orders o "
+                       "join leads l on l.id = o.lead_id").fetchone()
+    assert row == {"legacy_id": 500, "same": True}
 
 
 def test_orders_from_the_catalog_and_archived_when_it_forgot_the_item(conn, org, tmp_path, monkeypatch, capsys, db_url):

@@ -31,7 +31,6 @@ from crm.imports.read import FileError, Row, read_rows
 from crm.net import PostPolicy, SafePoster
 
 BATCH = 500
-MAX_BAD_ROWS = 10_000  # the report lists every bad row up to this many (then only counts them)
 SNAPSHOT_KEYS = ("item_id", "url", "external_ref", "title", "brand", "model", "year", "size", "price", "currency",
                  "main_photo_url", "images")
 #: Database column names as the file names them.
@@ -58,8 +57,7 @@ class Report:
 
     def bad(self, line: int, column: str | None, reason: str) -> None:
         self.counts["bad"] += 1
-        if len(self.bad_rows) < MAX_BAD_ROWS:
-            self.bad_rows.append({"line": line, "column": column, "reason": reason})
+        self.bad_rows.append({"line": line, "column": column, "reason": reason})
 
     def as_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "file": self.file, "applied": self.applied, "rows": self.rows,
@@ -311,7 +309,7 @@ def run_import(conn: psycopg.Connection, kind: str, path: Path, org_slug: str, *
                     prepared = [p for p in (importer.prepare(r, batch_report) for r in chunk) if p is not None]
                     importer.write(prepared, batch_report)
                 report.counts.update(batch_report.counts)  # only what committed
-                report.bad_rows.extend(batch_report.bad_rows[: MAX_BAD_ROWS - len(report.bad_rows)])
+                report.bad_rows.extend(batch_report.bad_rows)
                 bar.update(len(chunk))
         else:
             with conn.transaction(force_rollback=True):
