@@ -304,9 +304,10 @@ def run_import(conn: psycopg.Connection, kind: str, path: Path, org_slug: str, *
             for start in range(0, len(rows), BATCH):
                 chunk = rows[start:start + BATCH]
                 batch_report = Report(kind, str(path), apply)
+                # Prepared (catalog requests included) before the batch's transaction opens.
+                prepared = [p for p in (importer.prepare(r, batch_report) for r in chunk) if p is not None]
                 with conn.transaction():
                     session.execute("import_begin")
-                    prepared = [p for p in (importer.prepare(r, batch_report) for r in chunk) if p is not None]
                     importer.write(prepared, batch_report)
                 report.counts.update(batch_report.counts)  # only what committed
                 report.bad_rows.extend(batch_report.bad_rows)
