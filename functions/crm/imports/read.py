@@ -83,11 +83,11 @@ def _row(line: int, raw: dict[str, Any], mapping: dict[str, str], known: tuple[s
             if value not in (None, ""):
                 ignored.add(str(key))
             continue
+        bad = _bad_bytes(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        if bad:  # also inside a JSON value's lists and objects: the database could not even store it
+            row.problems.append((name, bad))
+            continue
         if isinstance(value, str):
-            bad = _bad_bytes(value)
-            if bad:
-                row.problems.append((name, bad))
-                continue
             value = value.strip()
             if value == "":
                 value = None
