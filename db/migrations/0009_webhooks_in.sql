@@ -150,6 +150,7 @@ create table public.activities (
 comment on table public.activities is
   'What happened with a customer, lead or order besides status changes (SPEC 10): calls, ad leads, warehouse events, notes. Staff read; staff (not viewers; agents on their own leads) add notes; integrations add the rest; nobody deletes or edits one.';
 comment on column public.activities.summary is 'personal: free text; shown on the timeline.';
+comment on column public.activities.data is 'personal: what the source said (call numbers, lead form fields).';
 create index activities_org_customer_idx on public.activities (org_id, customer_id, occurred_at) where customer_id is not null;
 create index activities_org_lead_idx on public.activities (org_id, lead_id, occurred_at) where lead_id is not null;
 create index activities_org_order_idx on public.activities (org_id, order_id, occurred_at) where order_id is not null;

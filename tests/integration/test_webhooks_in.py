@@ -524,6 +524,17 @@ def test_a_failing_graph_fetch_is_visible_and_retried_with_backoff(conn, databas
     assert count(conn, "select from public.leads where source = 'ads_form'") == 1
 
 
+def test_an_event_failing_its_eighth_attempt_is_dead_and_stays_visible(conn, database, client, meta, graph):
+    graph.fail_with = 503
+    assert meta_post(client, meta, leadgen("555")).status_code == 200
+    conn.execute("update private.inbound_events set attempts = 7")
+    assert run_inbox(database)["dead"] == 1
+    row = conn.execute("select status, attempts, next_attempt_at, error from private.inbound_events").fetchone()
+    assert (row["status"], row["attempts"], row["next_attempt_at"]) == ("dead", 8, None)
+    assert "HTTP 503" in row["error"]
+    assert run_inbox(database)["claimed"] == 0
+
+
 # -- integrations -----------------------------------------------------------------------------------
 def test_create_integration_rules(conn, org):
     from tests.helpers import acting_as
