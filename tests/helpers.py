@@ -23,9 +23,10 @@ from crm import ROOT
 
 
 @contextlib.contextmanager
-def acting_as(conn: psycopg.Connection, role: str, user_id: uuid.UUID | str | None = None,
-              **extra_claims: Any) -> Iterator[psycopg.Connection]:
-    """A transaction as `role` with JWT claims (sub = user_id), rolled back at the end.
+def acting_as(conn: psycopg.Connection, role: str, user_id: uuid.UUID | str | None = None, *,
+              commit: bool = False, **extra_claims: Any) -> Iterator[psycopg.Connection]:
+    """A transaction as `role` with JWT claims (sub = user_id), rolled back at the end — or
+    committed with `commit=True`, as PostgREST does, so a test can prove what a call left behind.
 
     `conn` must be an autocommit connection; errors inside propagate after the rollback.
     """
@@ -33,7 +34,7 @@ def acting_as(conn: psycopg.Connection, role: str, user_id: uuid.UUID | str | No
     if user_id is not None:
         claims["sub"] = str(user_id)
         claims.setdefault("aud", "authenticated")
-    tx = conn.transaction(force_rollback=True)
+    tx = conn.transaction(force_rollback=not commit)
     with tx:
         conn.execute("select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)",
                      (role, json.dumps(claims)))
