@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -157,6 +159,47 @@ def first_answer(proc: subprocess.Popen, log: Path, send: Callable[[], Any], tim
             if time.monotonic() > deadline:
                 raise AssertionError(f"the process did not listen within {timeout}s:\n{log.read_text()}") from None
             time.sleep(0.2)
+
+
+_DEV_URL = re.compile(r"crm dev is running on (http://\S+)")
+
+
+def start_crm_dev(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`crm dev --port 0 ARGS` in a subprocess: the server takes a free port itself (no race for a
+    port picked beforehand) and prints it; `crm_dev_url` reads it. Output goes to `log`."""
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "crm.cli", "dev", "--port", "0", *args],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def crm_dev_url(proc: subprocess.Popen, log: Path, timeout: float = 90) -> str:
+    """The URL `crm dev` printed once it serves; fails if it exits or stays silent for `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = _DEV_URL.search(log.read_text())
+        if found:
+            return found.group(1)
+        if proc.poll() is not None:
+            raise AssertionError(f"crm dev exited early:\n{log.read_text()}")
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"crm dev did not serve within {timeout}s:\n{log.read_text()}")
+
+
+def stop_crm_dev(proc: subprocess.Popen, log: Path) -> str:
+    """SIGTERM, then the exit code must be 0; returns the whole output."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"crm dev did not stop on SIGTERM:\n{log.read_text()}") from None
+    out = log.read_text()
+    assert proc.returncode == 0, out
+    return out
 
 
 #: The booking body of SPEC §7.1, as a public form would send it.

@@ -262,7 +262,8 @@ def fresh_org(w: World) -> Iterator[tuple[uuid.UUID, uuid.UUID, uuid.UUID]]:
         org = make_org(w.conn)
         viewer = make_staff(w.conn, org, "viewer")
         customer = w.conn.execute("insert into public.customers (org_id, full_name, email)"
-                                  " values (%s, 'Stats Person', 'stats@example.test') returning id", (org,)).fetchone()["id"]
+                                  " values (%s, 'Stats Person', 'stats@example.test') returning id",
+                                  (org,)).fetchone()["id"]
         yield org, viewer, customer
 
 
