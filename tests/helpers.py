@@ -202,6 +202,35 @@ def stop_crm_dev(proc: subprocess.Popen, log: Path) -> str:
     return out
 
 
+def serve_function(folder: str, env: dict[str, str], log: Path, path: str = "/healthz",
+                   attempts: int = 3) -> tuple[subprocess.Popen, str, httpx.Response]:
+    """`start_function` until it listens: (process, url, the first answer to GET `path`).
+
+    functions-framework cannot report a port it picked, so the port comes from `free_port()` and may
+    be taken by someone else before the child binds it: then the child exits saying so, and we retry
+    on another port (the caller's log keeps the last attempt)."""
+    for attempt in range(attempts):
+        proc, url = start_function(folder, env, log)
+        try:
+            return proc, url, first_answer(proc, log, lambda u=url: httpx.get(f"{u}{path}", timeout=5))
+        except AssertionError:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if "in use" not in log.read_text() or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections while the block runs: bound by us, never listening,
+    so nothing else can listen there meanwhile (unlike assuming that port 1 or 9 is closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
 #: The booking body of SPEC §7.1, as a public form would send it.
 BOOKING_EXAMPLE = {
     "org": "demo",

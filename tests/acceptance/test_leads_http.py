@@ -25,7 +25,7 @@ import pytest
 from crm.auth import mint_token
 from crm.db import Database, get_database, set_database
 from crm.errors import ConfigError
-from tests.helpers import LiveServer, function_app, make_org, make_staff, make_user
+from tests.helpers import LiveServer, function_app, make_org, make_staff, make_user, refused_port
 from tests.integration.test_auth import KeyServer, SigningKey
 
 SECRET = "acceptance-secret-that-is-long-enough-for-hs256-42"
@@ -425,16 +425,17 @@ def test_non_json_body_is_415(live, world):
 def test_database_down_is_503_with_retry_after(live, world):
     lead = world.lead()
     working = get_database()
-    down = Database("postgresql://postgres@127.0.0.1:9/none", min_size=0, max_size=1)
-    down.open()
-    set_database(down)
-    try:
-        started = time.monotonic()
-        resp = live.patch(f"/{lead['id']}", json={"status": "contacted"}, headers=world.auth(world.manager))
-        assert time.monotonic() - started < 10
-    finally:
-        set_database(working)
-        down.close()
+    with refused_port() as port:
+        down = Database(f"postgresql://postgres@127.0.0.1:{port}/none", min_size=0, max_size=1)
+        down.open()
+        set_database(down)
+        try:
+            started = time.monotonic()
+            resp = live.patch(f"/{lead['id']}", json={"status": "contacted"}, headers=world.auth(world.manager))
+            assert time.monotonic() - started < 10
+        finally:
+            set_database(working)
+            down.close()
     problem(resp, 503)
     assert int(resp.headers["Retry-After"]) > 0
 

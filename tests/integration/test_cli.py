@@ -8,6 +8,8 @@ import uuid
 import jwt
 import pytest
 
+from tests.helpers import refused_port
+
 
 def crm(*args: str, url: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "crm.cli", *args], capture_output=True, text=True,
@@ -64,6 +66,7 @@ def test_duplicate_org_is_a_clear_error(db_url):
 
 
 def test_unreachable_database_is_one_line(tmp_path):
-    result = crm("db", "status", url="postgresql://postgres@127.0.0.1:1/none")
+    with refused_port() as port:
+        result = crm("db", "status", url=f"postgresql://postgres@127.0.0.1:{port}/none")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "cannot connect" in result.stderr
