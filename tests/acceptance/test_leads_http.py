@@ -422,6 +422,26 @@ def test_non_json_body_is_415(live, world):
                                 "Content-Type": "application/x-www-form-urlencoded"}), 415)
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_body_over_64_kib_is_413_and_changes_nothing(live, world, chunked):
+    """SPEC 7: the limit is the same for PATCH /leads as for /booking, announced or streamed, and it
+    comes before authentication details or field validation (a 70 KB note is 413, not 422)."""
+    lead = world.lead()
+    before = world.state(lead["id"])
+    body = json.dumps({"status": "contacted", "note": "x" * 70_000}).encode()
+    content = iter([body[i:i + 8192] for i in range(0, len(body), 8192)]) if chunked else body
+    resp = live.patch(f"/{lead['id']}", content=content,
+                      headers={**world.auth(world.manager), "Content-Type": "application/json"})
+    assert problem(resp, 413)["code"]
+    assert world.state(lead["id"]) == before
+    # Just under the limit the same kind of patch is read, and refused on its merits.
+    small = json.dumps({"note": "x" * 60_000})
+    assert len(small) < 64 * 1024
+    assert problem(live.patch(f"/{lead['id']}", content=small, headers={
+        **world.auth(world.manager), "Content-Type": "application/json"}), 422)["errors"][0]["field"] == "note"
+    assert world.state(lead["id"]) == before
+
+
 def test_database_down_is_503_with_retry_after(live, world):
     lead = world.lead()
     working = get_database()
