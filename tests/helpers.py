@@ -23,6 +23,11 @@ from werkzeug.serving import make_server
 
 from crm import ROOT
 
+#: How many times a configured timeout a test waits before it calls the timeout not honoured. A
+#: multiple, never an absolute: on a shared 2-core machine a thread may wake a second late, yet a
+#: timeout that is ignored still overshoots by far more (the slow side of such tests waits longer).
+TIMEOUT_SLACK = 10
+
 
 @contextlib.contextmanager
 def acting_as(conn: psycopg.Connection, role: str, user_id: uuid.UUID | str | None = None, *,
@@ -159,6 +164,18 @@ def first_answer(proc: subprocess.Popen, log: Path, send: Callable[[], Any], tim
             if time.monotonic() > deadline:
                 raise AssertionError(f"the process did not listen within {timeout}s:\n{log.read_text()}") from None
             time.sleep(0.2)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `condition` until it returns something truthy (and return that); fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
 
 
 _DEV_URL = re.compile(r"crm dev is running on (http://\S+)")

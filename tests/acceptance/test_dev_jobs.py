@@ -7,31 +7,19 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 
-from tests.helpers import crm_dev_url, make_org, start_crm_dev, stop_crm_dev
+from tests.helpers import crm_dev_url, make_org, start_crm_dev, stop_crm_dev, wait_until
 from tests.integration.image_fixtures import ImageServer, encoded, two_tone
 
 
 def dev_env(db_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CRM_", "SUPABASE_"))}
     return {**env, "DATABASE_URL": db_url, "CRM_DATA_DIR": str(tmp_path / "data"), **extra}
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout}s")
-        time.sleep(0.25)
 
 
 def test_crm_dev_no_demo_then_jobs_in_process(db_url: str, conn: psycopg.Connection, tmp_path: Path) -> None:
@@ -61,7 +49,7 @@ def test_crm_dev_no_demo_then_jobs_in_process(db_url: str, conn: psycopg.Connect
                                     (order,)).fetchone()["item_snapshot"]
                 return snap if snap.get("images_state") == "cached" else None
 
-            snap = wait_for(cached, 60, "cache-images did not run in crm dev")
+            snap = wait_until(cached, 60, "cache-images ran in crm dev")
             first_party = snap["cached_images"][0]
             assert first_party.startswith(f"{url}/media/"), (first_party, url)  # the port crm dev took
             served = httpx.get(first_party, timeout=10)
