@@ -188,6 +188,8 @@ class NetworkBlocked(OSError):
 
 
 def _is_loopback_literal(host: object) -> bool:
+    # Written again rather than imported from crm.images.fetch: the safety net must not share a bug
+    # with the code it guards.
     if isinstance(host, bytes):
         host = host.decode("ascii", "replace")
     if not isinstance(host, str):

@@ -119,14 +119,21 @@ def start_function(folder: str, env: dict[str, str], log: Path,
     return proc, f"http://127.0.0.1:{port}"
 
 
-def assert_refuses_to_start(proc: subprocess.Popen, log: Path, naming: str) -> None:
-    """The process must exit non-zero at startup with a message naming the setting."""
+def exited_within(proc: subprocess.Popen, timeout: float) -> bool:
+    """Whether `proc` exits within `timeout`; if not, it is killed (and reaped)."""
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=timeout)
+        return True
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        raise AssertionError(f"started although {naming} is wrong:\n{log.read_text()}") from None
+        return False
+
+
+def assert_refuses_to_start(proc: subprocess.Popen, log: Path, naming: str) -> None:
+    """The process must exit non-zero at startup with a message naming the setting."""
+    if not exited_within(proc, 30):
+        raise AssertionError(f"started although {naming} is wrong:\n{log.read_text()}")
     assert proc.returncode != 0
     assert naming in log.read_text(), log.read_text()
 
@@ -208,12 +215,8 @@ def stop_crm_dev(proc: subprocess.Popen, log: Path) -> str:
     """SIGTERM, then the exit code must be 0; returns the whole output."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"crm dev did not stop on SIGTERM:\n{log.read_text()}") from None
+    if not exited_within(proc, 30):
+        raise AssertionError(f"crm dev did not stop on SIGTERM:\n{log.read_text()}")
     out = log.read_text()
     assert proc.returncode == 0, out
     return out
