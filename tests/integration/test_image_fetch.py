@@ -17,7 +17,7 @@ import pytest
 from crm.errors import ConfigError
 from crm.images.errors import FetchError
 from crm.images.fetch import FetchPolicy, SafeFetcher, address_refusal, tcp_connector
-from tests.helpers import TIMEOUT_SLACK
+from tests.helpers import TIMEOUT_SLACK, refused_port
 from tests.integration.image_fixtures import (
     ImageServer,
     drip,
@@ -411,11 +411,7 @@ def test_dripping_body_hits_the_total_timeout(server: ImageServer) -> None:
 
 
 def test_connection_refused_is_retryable() -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound, never listening: connections are refused
+    with refused_port() as port:
         with Recorder().fetcher() as fetcher:
             err = reason_of(fetcher, f"http://127.0.0.1:{port}/a.jpg")
     assert (err.reason, err.retryable) == ("connect_failed", True)
