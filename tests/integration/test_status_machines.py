@@ -131,22 +131,34 @@ def test_rolled_back_change_leaves_no_event_and_no_outbox_row(seeded) -> None:
         conn.execute("delete from public.orders where id = %s", (order,))
 
 
-#: Every event type the outbox accepts (SPEC 6.5), with the write that produces it.
-EVENT_WRITES: dict[str, tuple[str, str]] = {
-    "customer.created": ("customer", "insert into public.customers (org_id, full_name, email)"
-                                     " values (%(org)s, 'Olga', 'olga@example.test') returning id"),
-    "customer.updated": ("customer", "update public.customers set city = 'Hamburg' where id = %(customer)s"
-                                     " returning id"),
-    "lead.created": ("lead", "insert into public.leads (org_id, customer_id, source)"
-                             " values (%(org)s, %(customer)s, 'manual') returning id"),
-    "order.created": ("order", "insert into public.orders (org_id, customer_id, external_item_ref, item_snapshot)"
-                               " values (%(org)s, %(customer)s, 'listing-1', %(snapshot)s) returning id"),
+_NEW_CUSTOMER = ("insert into public.customers (org_id, full_name, email)"
+                 " values (%(org)s, 'Olga', 'olga@example.test') returning id")
+_NEW_LEAD = ("insert into public.leads (org_id, customer_id, source)"
+             " values (%(org)s, %(customer)s, 'manual') returning id")
+_NEW_ORDER = ("insert into public.orders (org_id, customer_id, external_item_ref, item_snapshot, currency)"
+              " values (%(org)s, %(customer)s, 'listing-1', %(snapshot)s, 'EUR') returning id")
+_NEW_PAYMENT = ("insert into public.payments (org_id, order_id, kind, amount, currency)"
+                " values (%(org)s, %(previous)s, 'deposit', 100, 'EUR') returning id")
+
+#: Every event type the outbox accepts (SPEC 6.5 and later issues): the writes that produce it, each
+#: returning an id that the next may use as %(previous)s; the last one's is the event's aggregate.
+EVENT_WRITES: dict[str, tuple[str, list[str]]] = {
+    "customer.created": ("customer", [_NEW_CUSTOMER]),
+    "customer.updated": ("customer", ["update public.customers set city = 'Hamburg' where id = %(customer)s"
+                                      " returning id"]),
+    "lead.created": ("lead", [_NEW_LEAD]),
+    "lead.status_changed": ("lead", [_NEW_LEAD, "update public.leads set status = 'contacted'"
+                                                " where id = %(previous)s returning id"]),
+    "order.created": ("order", [_NEW_ORDER]),
+    "order.status_changed": ("order", [_NEW_ORDER, "update public.orders set status = 'cancelled'"
+                                                   " where id = %(previous)s returning id"]),
+    "payment.recorded": ("payment", [_NEW_ORDER, _NEW_PAYMENT]),
+    "payment.status_changed": ("payment", [_NEW_ORDER, _NEW_PAYMENT, "update public.payments set status = 'failed'"
+                                                                     " where id = %(previous)s returning id"]),
 }
-EVENT_WRITES["lead.status_changed"] = EVENT_WRITES["lead.created"]
-EVENT_WRITES["order.status_changed"] = EVENT_WRITES["order.created"]
-#: The status change that follows the insert, for the *.status_changed types.
-STATUS_CHANGES = {"lead.status_changed": "update public.leads set status = 'contacted' where id = %s",
-                  "order.status_changed": "update public.orders set status = 'cancelled' where id = %s"}
+#: (from_status, status) in the data of each *.status_changed event above.
+STATUS_CHANGES = {"lead.status_changed": ("new", "contacted"), "order.status_changed": ("pending_manager", "cancelled"),
+                  "payment.status_changed": ("pending", "failed")}
 
 
 def test_every_outbox_event_type_has_a_case(seeded) -> None:
@@ -155,17 +167,19 @@ def test_every_outbox_event_type_has_a_case(seeded) -> None:
     definition = conn.execute("select pg_get_constraintdef(oid) as d from pg_constraint"
                               " where conname = 'outbox_event_type_known'").fetchone()["d"]
     assert set(re.findall(r"'([a-z_]+\.[a-z_]+)'", definition)) == set(EVENT_WRITES)
+    assert {t for t in EVENT_WRITES if t.endswith(".status_changed")} == set(STATUS_CHANGES)
 
 
 @pytest.mark.parametrize("event_type", sorted(EVENT_WRITES))
 def test_outbox_rows_are_standard_webhook_bodies(seeded, event_type: str) -> None:
     conn, ids = seeded
-    aggregate_type, write = EVENT_WRITES[event_type]
+    aggregate_type, writes = EVENT_WRITES[event_type]
     with conn.transaction(force_rollback=True):
         since = conn.execute("select coalesce(max(id), 0) as n from private.outbox").fetchone()["n"]
-        aggregate_id = conn.execute(write, {**ids, "snapshot": SNAPSHOT}).fetchone()["id"]
-        if event_type in STATUS_CHANGES:
-            conn.execute(STATUS_CHANGES[event_type], (aggregate_id,))
+        aggregate_id = None
+        for write in writes:
+            aggregate_id = conn.execute(write, {**ids, "snapshot": SNAPSHOT, "previous": aggregate_id}
+                                        ).fetchone()["id"]
         rows = conn.execute("select event_id, org_id, event_type, aggregate_type, aggregate_id, payload, created_at"
                             " from private.outbox where id > %s and event_type = %s", (since, event_type)).fetchall()
     assert len(rows) == 1, rows
@@ -182,8 +196,7 @@ def test_outbox_rows_are_standard_webhook_bodies(seeded, event_type: str) -> Non
     assert isinstance(payload["data"], dict)
     assert payload["data"]["id"] == str(aggregate_id) and payload["data"]["org_id"] == str(ids["org"])
     if event_type in STATUS_CHANGES:
-        assert payload["data"]["from_status"] in ("new", "pending_manager")
-        assert payload["data"]["status"] in ("contacted", "cancelled")
+        assert (payload["data"]["from_status"], payload["data"]["status"]) == STATUS_CHANGES[event_type]
 
 
 def test_event_ids_are_unique_per_event(seeded) -> None:
