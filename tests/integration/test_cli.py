@@ -108,6 +108,33 @@ def test_jobs_run_cache_images_prints_its_summary_and_honours_limit(db_url, conn
     assert all((media / u.rsplit("/", 1)[1]).is_file() for u in cached)
 
 
+def test_jobs_run_backfill_images_dry_run_report_then_apply(db_url, conn, tmp_path):
+    org = make_org(conn)
+    customer = conn.execute("insert into public.customers (org_id, full_name, email)"
+                            " values (%s, 'Anna', 'anna@example.test') returning id", (org,)).fetchone()["id"]
+    env = {"CRM_IMAGE_ALLOW_LOOPBACK": "1", "CRM_STORAGE_DIR": str(tmp_path / "media"),
+           "CRM_DATA_DIR": str(tmp_path / "data"), "CRM_PUBLIC_URL": "https://crm.example.com"}
+    with ImageServer() as images:
+        url = images.add("/legacy.jpg", encoded(two_tone(), "JPEG"), "image/jpeg")
+        order = conn.execute(  # as an older system left it: no images_state at all
+            "insert into public.orders (org_id, customer_id, external_item_ref, item_snapshot)"
+            " values (%s, %s, 'listing-old', %s) returning id",
+            (org, customer, Jsonb({"external_ref": "listing-old", "title": "Bike", "images": [url]}))
+        ).fetchone()["id"]
+        report = tmp_path / "plan.json"
+        dry = crm("jobs", "run", "backfill-images", "--report", str(report), url=db_url, **env)
+        assert dry.returncode == 0, dry.stderr
+        assert images.seen == []  # a dry run downloads nothing
+        applied = crm("jobs", "run", "backfill-images", "--apply", url=db_url, **env)
+        assert applied.returncode == 0, applied.stderr
+    summary = json.loads(dry.stdout)
+    assert (summary["mode"], summary["orders"], summary["report"]) == ("dry_run", 1, str(report))
+    assert [e["order_id"] for e in json.loads(report.read_text())["orders"]] == [str(order)]
+    assert (json.loads(applied.stdout)["mode"], json.loads(applied.stdout)["cached"]) == ("apply", 1)
+    snapshot = conn.execute("select item_snapshot from public.orders where id = %s", (order,)).fetchone()
+    assert snapshot["item_snapshot"]["images_state"] == "cached"
+
+
 def test_jobs_run_purge_booking_state_deletes_only_what_expired(db_url, conn):
     org = make_org(conn)
     for key, age in (("old-key", "25 hours"), ("fresh-key", "1 hour")):
