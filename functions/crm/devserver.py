@@ -182,12 +182,6 @@ def public_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _starting(environ, start_response):  # noqa: ARG001
-    """The server's app while it listens but does not serve yet (replaced before serve_forever)."""
-    start_response("503 Service Unavailable", [("Retry-After", "1"), ("Content-Type", "text/plain")])
-    return [b"starting\n"]
-
-
 def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
     from crm.cli import CliError, connect
     from crm.embedded import EmbeddedPostgres, dev_secrets, save_dev_settings
@@ -198,11 +192,11 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
         os.environ.setdefault(key, value)
     os.environ.setdefault("CRM_STORAGE_DIR", str(data_dir / "media"))
     # Listen first: `--port 0` takes a free port, and the public URL (image links, printed) is the
-    # real one. Requests wait in the backlog until the app is ready to serve them. We bind the socket
-    # ourselves: werkzeug prints two lines and exits on a taken port.
+    # real one. Connections wait in the backlog until serve_forever, once the app is built. We bind
+    # the socket ourselves: werkzeug prints two lines and exits on a taken port.
     try:
         with socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-            server = make_server(host, port, _starting, threaded=True, fd=sock.fileno())
+            server = make_server(host, port, None, threaded=True, fd=sock.fileno())
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     os.environ.setdefault("CRM_PUBLIC_URL", public_url(host, server.port))

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import httpx
 import jwt
+import pytest
 
-from tests.helpers import crm_dev_url, start_crm_dev, stop_crm_dev
+from tests.helpers import crm_dev_url, embedded_data_dir, start_crm_dev, stop_crm_dev
 
 
 def newcomer_env(data_dir: Path) -> dict[str, str]:
@@ -30,8 +31,14 @@ def wait_healthy(proc: subprocess.Popen, log: Path, timeout: float = 90) -> str:
     return url
 
 
-def test_crm_dev_newcomer_path(tmp_path):
-    data_dir = tmp_path / "crm-data"
+@pytest.fixture
+def data_dir():
+    """CRM_DATA_DIR: its embedded server must be able to restart (see embedded_data_dir)."""
+    with embedded_data_dir("crm-newcomer-") as tmp:
+        yield tmp / "crm-data"
+
+
+def test_crm_dev_newcomer_path(tmp_path, data_dir):
     log = tmp_path / "dev.log"
     proc = start_dev(data_dir, log)
     try:

@@ -18,8 +18,8 @@ from tests.helpers import LiveServer, function_app, stoppable_postgres, wait_unt
 
 
 @pytest.fixture
-def stoppable(tmp_path, monkeypatch):
-    with stoppable_postgres(tmp_path) as (url, stop, start):
+def stoppable(monkeypatch):
+    with stoppable_postgres() as (url, stop, start):
         yield from _serve(url, stop, start, monkeypatch)
 
 

@@ -11,8 +11,8 @@ from crm.migrate import Migrator
 from tests.helpers import LiveServer, stoppable_postgres
 
 
-def test_health_answers_503_while_down_and_recovers(tmp_path):
-    with stoppable_postgres(tmp_path) as (url, stop, start):
+def test_health_answers_503_while_down_and_recovers():
+    with stoppable_postgres() as (url, stop, start):
         run(url, stop, start)
 
 
