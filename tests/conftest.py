@@ -158,9 +158,10 @@ def database(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]
 # Isolation: what the environment and the network may give a test (issue 19).
 #
 # Every test starts without the settings of whoever runs the suite: proxies (any case), CRM_*,
-# SUPABASE_* and DATABASE_URL are removed, and a test that needs one sets it with monkeypatch (the
-# `database` fixture sets DATABASE_URL to the test's own clone). Harness switches named CRM_TEST_*
-# are the suite's own, not the code's, and stay.
+# SUPABASE_* and DATABASE_URL inherited from the caller are removed, and a test that needs one sets
+# it with monkeypatch (the `database` fixture sets DATABASE_URL to the test's own clone). What the
+# suite itself sets for a whole session (a session fixture deploying behind a pooler, say) stays, and
+# so do harness switches named CRM_TEST_* (the suite's own, not the code's).
 #
 # The network is loopback only, for this process: resolving a name other than localhost, or
 # connecting a socket anywhere but 127.0.0.0/8, ::1 or a Unix socket, raises OSError at once (so
@@ -181,6 +182,10 @@ def _scrubbed(name: str) -> bool:
     if name.startswith(_KEPT_PREFIXES):
         return False
     return name.upper() in _SCRUBBED_NAMES or name.startswith(_SCRUBBED_PREFIXES)
+
+
+#: The caller's values, taken when pytest loads this file (before any fixture runs).
+_CALLER_ENV = {name: value for name, value in os.environ.items() if _scrubbed(name)}
 
 
 class NetworkBlocked(OSError):
@@ -223,8 +228,8 @@ _real_connect_ex = socket.socket.connect_ex
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Yields the refused attempts (a test of this fixture may inspect and clear them)."""
-    for name in list(os.environ):
-        if _scrubbed(name):
+    for name, value in _CALLER_ENV.items():
+        if os.environ.get(name) == value:
             monkeypatch.delenv(name)
 
     attempts: list[str] = []
