@@ -287,3 +287,23 @@ def test_nothing_in_private_for_api_roles(world: World) -> None:
         with pytest.raises(pg.InsufficientPrivilege):
             with acting_as(world.conn, role, world.users["manager"] if role == "authenticated" else None) as c:
                 c.execute("select count(*) from private.outbox")
+
+
+@pytest.mark.parametrize("subject", ["other_lead", "order"])
+def test_an_agent_adds_tasks_only_on_their_own_leads(world: World, subject: str) -> None:
+    """Issue 10 finding 4: an agent could add tasks on leads not assigned to them."""
+    with acting_as(world.conn, "authenticated", world.users["agent_other"]) as c:
+        column, row = ("lead_id", world.lead) if subject == "other_lead" else ("order_id", world.order)
+        with pytest.raises(pg.InsufficientPrivilege, match="row-level security"):
+            c.execute(f"insert into public.tasks (org_id, {column}, title, assignee) values (%s, %s, 'Mine', %s)",
+                      (world.org, row, world.users["agent_other"]))
+
+
+def test_rls_hides_as_not_found_never_forbidden(world: World) -> None:
+    """A row of another org answers 404 from the RPCs, whatever the caller's role there."""
+    with pytest.raises(psycopg.Error) as hidden, acting_as(world.conn, "authenticated", world.users["other_org"]) as c:
+        c.execute("select public.erase_customer(%s)", (world.customer,))
+    assert hidden.value.sqlstate == "PT404"
+    with pytest.raises(psycopg.Error) as seen, acting_as(world.conn, "authenticated", world.users["viewer"]) as c:
+        c.execute("select public.erase_customer(%s)", (world.customer,))
+    assert seen.value.sqlstate == "PT403"
