@@ -82,7 +82,8 @@ def test_an_admin_erases_personal_data_and_the_history_stays(conn, shop) -> None
                          (shop["order"],)).fetchone()
     assert (order["item_snapshot"]["title"], order["status"], order["customer_id"]) == (
         "Canyon Spectral", "under_inspection", shop["customer"])
-    assert conn.execute("select status from public.leads where id = %s", (shop["lead"],)).fetchone()["status"] == "contacted"
+    lead = conn.execute("select status from public.leads where id = %s", (shop["lead"],)).fetchone()
+    assert lead["status"] == "contacted"
     assert conn.execute("select (select count(*) from public.lead_status_events where lead_id = %(lead)s)"
                         " + (select count(*) from public.order_status_events where order_id = %(order)s) as n",
                         shop).fetchone()["n"] == events_before
