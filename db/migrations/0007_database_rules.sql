@@ -126,6 +126,15 @@ as $$
 $$;
 comment on function hidden.is_snapshot_url(text) is 'An http/https URL of at most 2048 characters without controls (the intake''s URL rule).';
 
+create function hidden.jsonb_array_or_empty(value jsonb)
+returns jsonb
+language sql immutable parallel safe
+set search_path = ''
+as $$
+  select case when pg_catalog.jsonb_typeof(value) = 'array' then value else '[]'::jsonb end
+$$;
+comment on function hidden.jsonb_array_or_empty(jsonb) is 'The value when it is a JSON array, else [] (absent, null).';
+
 create function hidden.item_snapshot_ok(s jsonb, external_item_ref text)
 returns boolean
 language plpgsql immutable parallel safe
@@ -136,86 +145,46 @@ declare
   element jsonb;
   amount numeric;
 begin
-  if s is null or pg_catalog.jsonb_typeof(s) <> 'object' then
+  -- The shape (0003: types, required fields, http(s) images, at most 20, images_state), then the
+  -- intake's own rules on top.
+  if not coalesce(hidden.is_item_snapshot(s), false) then
     return false;
   end if;
   -- Only the keys the intake writes (a PostgREST writer cannot park a megabyte under another name).
   if exists (select from pg_catalog.jsonb_object_keys(s) k
               where k not in ('item_id', 'url', 'external_ref', 'title', 'brand', 'model', 'year', 'size',
-                              'price', 'currency', 'main_photo_url', 'images', 'cached_images', 'images_state')) then
-    return false;
-  end if;
-  -- external_ref and title are required; external_ref is the order's external_item_ref.
-  if pg_catalog.jsonb_typeof(s -> 'external_ref') is distinct from 'string'
-     or pg_catalog.jsonb_typeof(s -> 'title') is distinct from 'string'
+                              'price', 'currency', 'main_photo_url', 'images', 'cached_images', 'images_state'))
      or s ->> 'external_ref' is distinct from external_item_ref then
     return false;
   end if;
-  -- Text fields: strings (or absent/null) that the text rules of their kind accept.
+  -- Text fields: the text rules of their kind.
   foreach pair slice 1 in array array[['external_ref', 'external_ref'], ['title', 'title'], ['item_id', 'item_id'],
                                       ['brand', 'label'], ['model', 'label'], ['size', 'size']] loop
-    if coalesce(pg_catalog.jsonb_typeof(s -> pair[1]), 'null') not in ('string', 'null')
-       or not hidden.is_clean_text(s ->> pair[1], pair[2]) then
+    if not hidden.is_clean_text(s ->> pair[1], pair[2]) then
       return false;
     end if;
   end loop;
-  if coalesce(pg_catalog.jsonb_typeof(s -> 'currency'), 'null') not in ('string', 'null')
-     or (s ->> 'currency' is not null and not hidden.is_currency_code(s ->> 'currency')) then
+  if (s ->> 'currency' is not null and not hidden.is_currency_code(s ->> 'currency'))
+     or (s ->> 'url' is not null and not hidden.is_snapshot_url(s ->> 'url'))
+     or (s ->> 'main_photo_url' is not null and not hidden.is_snapshot_url(s ->> 'main_photo_url')) then
     return false;
   end if;
-  foreach pair slice 1 in array array[['url', ''], ['main_photo_url', '']] loop
-    if coalesce(pg_catalog.jsonb_typeof(s -> pair[1]), 'null') not in ('string', 'null')
-       or (s ->> pair[1] is not null and not hidden.is_snapshot_url(s ->> pair[1])) then
+  -- Money: at most cents within numeric(12, 2); a plausible model year.
+  amount := (s ->> 'price')::numeric;
+  if amount < 0 or amount > 9999999999.99 or amount <> pg_catalog.round(amount, 2)
+     or (s ->> 'year')::numeric not between 1885 and 9999 then
+    return false;
+  end if;
+  for element in select e from pg_catalog.jsonb_array_elements(hidden.jsonb_array_or_empty(s -> 'images')) e loop
+    if not hidden.is_snapshot_url(element #>> '{}') then
       return false;
     end if;
   end loop;
-  -- Money: a number of at most cents within numeric(12, 2).
-  if pg_catalog.jsonb_typeof(s -> 'price') = 'number' then
-    amount := (s ->> 'price')::numeric;
-    if amount < 0 or amount > 9999999999.99 or amount <> pg_catalog.round(amount, 2) then
-      return false;
-    end if;
-  elsif coalesce(pg_catalog.jsonb_typeof(s -> 'price'), 'null') <> 'null' then
-    return false;
-  end if;
-  if pg_catalog.jsonb_typeof(s -> 'year') = 'number' then
-    amount := (s ->> 'year')::numeric;
-    if amount <> pg_catalog.trunc(amount) or amount not between 1885 and 9999 then
-      return false;
-    end if;
-  elsif coalesce(pg_catalog.jsonb_typeof(s -> 'year'), 'null') <> 'null' then
-    return false;
-  end if;
-  if coalesce(pg_catalog.jsonb_typeof(s -> 'images'), 'null') not in ('array', 'null') then
-    return false;
-  end if;
-  if pg_catalog.jsonb_typeof(s -> 'images') = 'array' then
-    if pg_catalog.jsonb_array_length(s -> 'images') > 20 then
-      return false;
-    end if;
-    for element in select e from pg_catalog.jsonb_array_elements(s -> 'images') e loop
-      if pg_catalog.jsonb_typeof(element) <> 'string' or not hidden.is_snapshot_url(element #>> '{}') then
-        return false;
-      end if;
-    end loop;
-  end if;
   -- cached_images: written by the image cache only (trigger); legacy rows may hold third-party URLs
   -- there until backfilled, so strings of URL length, at most 100 of them.
-  if coalesce(pg_catalog.jsonb_typeof(s -> 'cached_images'), 'null') not in ('array', 'null') then
-    return false;
-  end if;
-  if pg_catalog.jsonb_typeof(s -> 'cached_images') = 'array' then
-    if pg_catalog.jsonb_array_length(s -> 'cached_images') > 100 then
-      return false;
-    end if;
-    for element in select e from pg_catalog.jsonb_array_elements(s -> 'cached_images') e loop
-      if pg_catalog.jsonb_typeof(element) <> 'string' or pg_catalog.char_length(element #>> '{}') > 2048 then
-        return false;
-      end if;
-    end loop;
-  end if;
-  if coalesce(s ->> 'images_state', 'none') not in ('pending', 'cached', 'partial', 'failed', 'none')
-     or coalesce(pg_catalog.jsonb_typeof(s -> 'images_state'), 'null') not in ('string', 'null') then
+  if pg_catalog.jsonb_array_length(hidden.jsonb_array_or_empty(s -> 'cached_images')) > 100
+     or exists (select from pg_catalog.jsonb_array_elements_text(hidden.jsonb_array_or_empty(s -> 'cached_images')) e
+                 where pg_catalog.char_length(e) > 2048) then
     return false;
   end if;
   return true;
@@ -226,10 +195,10 @@ comment on function hidden.item_snapshot_ok(jsonb, text) is
 
 revoke all on function hidden.text_max(text), hidden.text_multiline(text), hidden.text_normalize(text, text),
   hidden.text_problem(text, text), hidden.is_clean_text(text, text), hidden.is_snapshot_url(text),
-  hidden.item_snapshot_ok(jsonb, text) from public;
+  hidden.jsonb_array_or_empty(jsonb), hidden.item_snapshot_ok(jsonb, text) from public;
 grant execute on function hidden.text_max(text), hidden.text_multiline(text), hidden.text_normalize(text, text),
   hidden.text_problem(text, text), hidden.is_clean_text(text, text), hidden.is_snapshot_url(text),
-  hidden.item_snapshot_ok(jsonb, text) to authenticated, service_role;
+  hidden.jsonb_array_or_empty(jsonb), hidden.item_snapshot_ok(jsonb, text) to authenticated, service_role;
 
 alter table public.orders drop constraint orders_item_snapshot_shape;
 alter table public.orders add constraint orders_item_snapshot_shape
