@@ -284,7 +284,7 @@ comment on column private.outbox.payload is
 alter table private.outbox drop constraint outbox_event_type_known;
 alter table private.outbox add constraint outbox_event_type_known check (event_type in (
   'customer.created', 'customer.updated', 'customer.erased', 'lead.created', 'lead.status_changed',
-  'order.created', 'order.status_changed'));
+  'order.created', 'order.status_changed', 'payment.recorded', 'payment.status_changed'));
 
 -- ---------------------------------------------------------------------------------------------
 -- Booking: the abuse limit before the org lookup (SPEC 7.1)
