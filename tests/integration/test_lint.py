@@ -123,6 +123,13 @@ def test_cli_exits_one_naming_the_object(clone_database, monkeypatch: pytest.Mon
     assert err.count("\n") == 1 and "security lint finding" in err
 
 
+def test_every_check_is_shown_to_fire() -> None:
+    from crm import lint
+
+    shown = {finding.split(":")[0] for _, finding in BAD_OBJECTS}
+    assert shown == set(lint._CHECKS) | {"auth_rls_initplan"}
+
+
 def test_declared_not_personal_and_erased_columns_pass(lint_conn: psycopg.Connection) -> None:
     with lint_conn.transaction(force_rollback=True):
         lint_conn.execute("alter table public.shipments add column sender_email text")
