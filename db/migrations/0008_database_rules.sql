@@ -208,17 +208,30 @@ alter table public.orders validate constraint orders_item_snapshot_shape;
 -- ---------------------------------------------------------------------------------------------
 -- Text columns: the rule set for every writer
 -- ---------------------------------------------------------------------------------------------
--- Rows written before the rules were held here: bring them to their normalised form first.
-update public.customers set full_name = hidden.text_normalize(full_name, 'name')
- where full_name is distinct from hidden.text_normalize(full_name, 'name');
-update public.customers set city = nullif(hidden.text_normalize(city, 'city'), '')
- where city is distinct from nullif(hidden.text_normalize(city, 'city'), '');
-update public.leads set notes = nullif(hidden.text_normalize(notes, 'notes'), '')
- where notes is distinct from nullif(hidden.text_normalize(notes, 'notes'), '');
-update public.tasks set title = hidden.text_normalize(title, 'title'),
-                        description = nullif(hidden.text_normalize(description, 'description'), '')
- where (title, description) is distinct from
-       (hidden.text_normalize(title, 'title'), nullif(hidden.text_normalize(description, 'description'), ''));
+-- Rows written before the rules were held here: bring them to their stored form first. Characters
+-- the rules refuse are dropped, text over its kind's cap is cut, and what is left blank becomes
+-- null (or a placeholder where a value is required). Only rows the rules would refuse are touched.
+create function pg_temp.scrub(value text, kind text)
+returns text
+language sql immutable
+as $$
+  select case when s = '' or hidden.text_problem(s, kind) is not null then null else s end
+    from (select hidden.text_normalize(pg_catalog.left(hidden.text_normalize(pg_catalog.regexp_replace(
+                   value, '[\u0001-\u0008\u000e-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]', '', 'g'),
+                   kind), hidden.text_max(kind)), kind) as s) cleaned
+$$;
+update public.customers
+   set full_name = coalesce(pg_temp.scrub(full_name, 'name'), 'Unknown'), city = pg_temp.scrub(city, 'city')
+ where not (hidden.is_clean_text(full_name, 'name') and hidden.is_clean_text(city, 'city'));
+update public.leads set notes = pg_temp.scrub(notes, 'notes') where not hidden.is_clean_text(notes, 'notes');
+update public.tasks
+   set title = coalesce(pg_temp.scrub(title, 'title'), 'Task'),
+       description = pg_temp.scrub(description, 'description')
+ where not (hidden.is_clean_text(title, 'title') and hidden.is_clean_text(description, 'description'));
+update public.lead_status_events set note = pg_temp.scrub(note, 'note') where not hidden.is_clean_text(note, 'note');
+update public.order_status_events set change_notes = pg_temp.scrub(change_notes, 'note')
+ where not hidden.is_clean_text(change_notes, 'note');
+drop function pg_temp.scrub(text, text);
 
 alter table public.customers
   add constraint customers_full_name_text check (hidden.is_clean_text(full_name, 'name')) not valid,
@@ -235,8 +248,10 @@ alter table public.tasks validate constraint tasks_description_text;
 -- Status-event notes come from the RPCs (hidden.check_note) and are normalised on insert.
 alter table public.lead_status_events add constraint lead_status_events_note_text
   check (hidden.is_clean_text(note, 'note')) not valid;
+alter table public.lead_status_events validate constraint lead_status_events_note_text;
 alter table public.order_status_events add constraint order_status_events_change_notes_text
   check (hidden.is_clean_text(change_notes, 'note')) not valid;
+alter table public.order_status_events validate constraint order_status_events_change_notes_text;
 
 -- ---------------------------------------------------------------------------------------------
 -- Money: at most cents, refused (PT422 by trigger, CHECK behind it) rather than rounded
