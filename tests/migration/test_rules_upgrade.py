@@ -35,7 +35,8 @@ def test_rows_written_before_the_rules_are_scrubbed_on_upgrade(fresh_database, t
             " returning id", (org, "Anna \u202e  Schmidt", "c" * 150)).fetchone()["id"]
         blank = conn.execute("insert into public.customers (org_id, full_name, email) values (%s, %s, 'b@example.com')"
                              " returning id", (org, "\u200b\u200b")).fetchone()["id"]
-        lead = conn.execute("insert into public.leads (org_id, customer_id, source, notes) values (%s, %s, 'manual', %s)"
+        lead = conn.execute("insert into public.leads (org_id, customer_id, source, notes)"
+                            " values (%s, %s, 'manual', %s)"
                             " returning id", (org, customer, "called\u0085  \r\nback   ")).fetchone()["id"]
         conn.execute("insert into public.orders (org_id, customer_id, external_item_ref, item_snapshot)"
                      " values (%s, %s, 'listing-1', %s)",
