@@ -97,9 +97,12 @@ language plpgsql immutable
 set search_path = ''
 as $$
 declare
-  problem text := hidden.text_problem(hidden.text_normalize(note, 'note'), 'note');
+  normalized text := hidden.text_normalize(note, 'note');
+  problem text := hidden.text_problem(normalized, 'note');
 begin
-  if problem = 'too_long' then
+  if normalized = '' then
+    return;  -- an empty note is no note (the status event stores null)
+  elsif problem = 'too_long' then
     raise sqlstate 'PT422' using message = 'note must be at most 2000 characters',
       detail = 'note_too_long', hint = 'note';
   elsif problem = 'invalid_characters' then
