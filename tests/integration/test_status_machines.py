@@ -146,6 +146,8 @@ EVENT_WRITES: dict[str, tuple[str, list[str]]] = {
     "customer.created": ("customer", [_NEW_CUSTOMER]),
     "customer.updated": ("customer", ["update public.customers set city = 'Hamburg' where id = %(customer)s"
                                       " returning id"]),
+    # As the migrations owner (the CLI's way; admins call it through PostgREST).
+    "customer.erased": ("customer", [_NEW_CUSTOMER, "select (public.erase_customer(%(previous)s)).id as id"]),
     "lead.created": ("lead", [_NEW_LEAD]),
     "lead.status_changed": ("lead", [_NEW_LEAD, "update public.leads set status = 'contacted'"
                                                 " where id = %(previous)s returning id"]),
