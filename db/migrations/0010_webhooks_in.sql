@@ -92,6 +92,8 @@ create table private.inbound_events (
 ) with (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 2000);
 comment on table private.inbound_events is
   'Every verified inbound event, once per (integration, event id) (SPEC 10). status: pending (waits for process-inbox), processed, ignored (nothing to do, error says why), failed (retried at next_attempt_at), dead (out of attempts). Nothing verified is lost.';
+comment on column private.inbound_events.payload is
+  'personal: the event as the source sent it (numbers, names); erase_customer empties those of an erased customer''s activities.';
 create index inbound_events_due_idx on private.inbound_events (next_attempt_at) where status in ('pending', 'failed');
 create index inbound_events_org_integration_idx on private.inbound_events (org_id, integration_id, received_at desc);
 
