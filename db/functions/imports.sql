@@ -139,12 +139,20 @@ begin
     insert into public.leads (legacy_id, org_id, customer_id, source, status, external_item_ref, notes, created_at)
     values (v_legacy, p_org, p_customer, 'import', coalesce(v_status, 'new')::public.lead_status,
             r ->> 'external_item_ref', r ->> 'notes', coalesce(v_created, pg_catalog.now()))
+    on conflict on constraint leads_legacy_id_key do nothing
     returning id into v_id;
-    insert into public.activities (org_id, customer_id, lead_id, kind, occurred_at, summary, data, created_by, source_ref)
-    values (p_org, p_customer, v_id, 'import', pg_catalog.now(), 'Imported lead ' || v_legacy,
-            pg_catalog.jsonb_build_object('legacy_id', v_legacy), null, 'lead:' || v_legacy);
-    return 'created';
-  elsif existing.org_id <> p_org then
+    if v_id is not null then
+      insert into public.activities (org_id, customer_id, lead_id, kind, occurred_at, summary, data, created_by,
+                                     source_ref)
+      values (p_org, p_customer, v_id, 'import', pg_catalog.now(), 'Imported lead ' || v_legacy,
+              pg_catalog.jsonb_build_object('legacy_id', v_legacy), null, 'lead:' || v_legacy);
+      return 'created';
+    end if;
+    -- A concurrent import inserted this legacy_id first (the insert waited for its commit): that row is
+    -- the one to compare with, as on a rerun.
+    select l.* into existing from public.leads l where l.legacy_id = v_legacy for update;
+  end if;
+  if existing.org_id <> p_org then
     raise sqlstate 'PT409' using message = 'this legacy_id belongs to a lead of another organization',
       detail = 'legacy_id_taken', hint = 'legacy_id';
   end if;
@@ -202,13 +210,19 @@ begin
             private.import_money(r ->> 'price_amount', 'price_amount'), r ->> 'currency',
             private.import_money(r ->> 'booking_amount', 'booking_amount'), r ->> 'delivery_method',
             coalesce(v_created, pg_catalog.now()))
+    on conflict (org_id, legacy_id) where legacy_id is not null do nothing
     returning id into v_id;
-    insert into public.activities (org_id, customer_id, order_id, lead_id, kind, occurred_at, summary, data,
-                                   created_by, source_ref)
-    values (p_org, p_customer, v_id, v_lead, 'import', pg_catalog.now(), 'Imported order ' || v_legacy,
-            pg_catalog.jsonb_build_object('legacy_id', v_legacy, 'archived_item', coalesce((r ->> 'archived_item')::boolean, false)),
-            null, 'order:' || v_legacy);
-    return 'created';
+    if v_id is not null then
+      insert into public.activities (org_id, customer_id, order_id, lead_id, kind, occurred_at, summary, data,
+                                     created_by, source_ref)
+      values (p_org, p_customer, v_id, v_lead, 'import', pg_catalog.now(), 'Imported order ' || v_legacy,
+              pg_catalog.jsonb_build_object('legacy_id', v_legacy,
+                                            'archived_item', coalesce((r ->> 'archived_item')::boolean, false)),
+              null, 'order:' || v_legacy);
+      return 'created';
+    end if;
+    -- Inserted by a concurrent import meanwhile (see import_lead): compared like a rerun's row.
+    select o.* into existing from public.orders o where o.org_id = p_org and o.legacy_id = v_legacy for update;
   end if;
   -- The snapshot and the item are immutable; what a later import may move is the status.
   update public.orders o set status = v_status::public.order_status

@@ -372,3 +372,23 @@ def test_progress_bar_on_a_terminal(conn, org, tmp_path, db_url):
     assert result.returncode == 0
     assert b"import leads" in shown and b"20/20" in shown, shown
     assert json.loads(result.stdout)["created"] == 20  # stdout stays the JSON report
+
+
+def test_two_imports_of_one_file_at_once_write_each_row_once(conn, org, tmp_path, db_url):
+    rows = 1200
+    path = tmp_path / "same.csv"
+    path.write_text("legacy_id,full_name,phone\n"
+                    + "".join(f"{n},Person {n},+49151{n:08d}\n" for n in range(1, rows + 1)))
+    args = [sys.executable, "-m", "crm.cli", "import", "leads", str(path), "--org", org["slug"], "--apply"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "DATABASE_URL": db_url}) for _ in range(2)]
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        reports.append(json.loads(out))
+    assert sum(r["created"] for r in reports) == rows and sum(r["skipped"] for r in reports) == rows
+    assert all(r["bad"] == 0 for r in reports), [r["bad_rows"][:3] for r in reports]
+    assert conn.execute("select count(*) n from leads").fetchone()["n"] == rows
+    assert conn.execute("select count(*) n from customers").fetchone()["n"] == rows
+    assert conn.execute("select count(*) n from activities").fetchone()["n"] == rows
