@@ -7,23 +7,7 @@
 -- Backup pulls (pull-leads): private.pull_receive feeds provider rows into the inbox with the
 -- webhooks' event ids; the table of cursors is in the migration that added orders.legacy_id.
 
-create or replace function private.import_bigint(value text, field text)
-returns bigint
-language plpgsql immutable
-set search_path = ''
-as $$
-begin
-  if value is null then
-    return null;
-  elsif value !~ '^\s*[0-9]{1,18}\s*$' then
-    raise sqlstate 'PT422' using message = 'must be a whole number', detail = 'invalid_number', hint = field;
-  end if;
-  return value::bigint;
-end
-$$;
-revoke all on function private.import_bigint(text, text) from public;
-
-create or replace function private.import_money(value text, field text)
+create or replace function private.import_number(value text, field text, money boolean)
 returns numeric
 language plpgsql immutable
 set search_path = ''
@@ -31,17 +15,21 @@ as $$
 begin
   if value is null then
     return null;
-  elsif value !~ '^\s*-?[0-9]{1,15}(\.[0-9]+)?\s*$' then
+  elsif not money and value !~ '^\s*[0-9]{1,18}\s*$' then
+    raise sqlstate 'PT422' using message = 'must be a whole number', detail = 'invalid_number', hint = field;
+  elsif value !~ '^\s*-?[0-9]{1,18}(\.[0-9]+)?\s*$' then
     raise sqlstate 'PT422' using message = 'must be a number (a dot before the decimals)', detail = 'invalid_number',
       hint = field;
-  elsif value ~ '\.[0-9]*[1-9][0-9]*$' and value !~ '\.[0-9]{1,2}0*\s*$' then
+  elsif value ~ '\.[0-9]*[1-9][0-9]*\s*$' and value !~ '\.[0-9]{1,2}0*\s*$' then
     -- Money is refused beyond cents, never rounded (numeric(12, 2) would round it silently).
     raise sqlstate 'PT422' using message = 'must not have more than cents', detail = 'invalid_amount', hint = field;
   end if;
   return value::numeric;
 end
 $$;
-revoke all on function private.import_money(text, text) from public;
+comment on function private.import_number(text, text, boolean) is
+  'crm import: a file''s text as a number, PT422 naming the field otherwise: an id (whole, not money) or money (at most cents).';
+revoke all on function private.import_number(text, text, boolean) from public;
 
 create or replace function private.import_time(value text, field text)
 returns timestamptz
@@ -123,7 +111,7 @@ language plpgsql volatile
 set search_path = ''
 as $$
 declare
-  v_legacy bigint := private.import_bigint(r ->> 'legacy_id', 'legacy_id');
+  v_legacy bigint := private.import_number(r ->> 'legacy_id', 'legacy_id', false)::bigint;
   v_status text := private.import_enum(r ->> 'status', 'status', pg_catalog.enum_range(null::public.lead_status));
   v_created timestamptz := private.import_time(r ->> 'created_at', 'created_at');
   existing public.leads;
@@ -178,10 +166,10 @@ language plpgsql volatile
 set search_path = ''
 as $$
 declare
-  v_legacy bigint := private.import_bigint(r ->> 'legacy_id', 'legacy_id');
+  v_legacy bigint := private.import_number(r ->> 'legacy_id', 'legacy_id', false)::bigint;
   v_status text := private.import_enum(r ->> 'status', 'status', pg_catalog.enum_range(null::public.order_status));
   v_created timestamptz := private.import_time(r ->> 'created_at', 'created_at');
-  v_lead_legacy bigint := private.import_bigint(r ->> 'lead_legacy_id', 'lead_legacy_id');
+  v_lead_legacy bigint := private.import_number(r ->> 'lead_legacy_id', 'lead_legacy_id', false)::bigint;
   v_snapshot jsonb := r -> 'item_snapshot';
   v_lead uuid;
   existing public.orders;
@@ -207,8 +195,8 @@ begin
     values (v_legacy, p_org, p_customer, v_lead, v_snapshot ->> 'item_id', v_snapshot ->> 'external_ref', v_snapshot,
             coalesce((r ->> 'archived_item')::boolean, false),
             coalesce(v_status, 'pending_manager')::public.order_status,
-            private.import_money(r ->> 'price_amount', 'price_amount'), r ->> 'currency',
-            private.import_money(r ->> 'booking_amount', 'booking_amount'), r ->> 'delivery_method',
+            private.import_number(r ->> 'price_amount', 'price_amount', true), r ->> 'currency',
+            private.import_number(r ->> 'booking_amount', 'booking_amount', true), r ->> 'delivery_method',
             coalesce(v_created, pg_catalog.now()))
     on conflict (org_id, legacy_id) where legacy_id is not null do nothing
     returning id into v_id;

@@ -20,6 +20,7 @@ from tests.integration.test_webhooks_in import (
     META_SECRET,
     PAGE_TOKEN,
     TWILIO_TOKEN,
+    _env,  # noqa: F401 — autouse: CRM_SECRETS_KEY, loopback allowed, no CRM_PUBLIC_URL
     call,
     client,  # noqa: F401 — fixtures: the webhooks function on loopback
     create_integration,
@@ -87,12 +88,6 @@ class Providers(JsonServer):
                     if lead["id"] == parts[1]:
                         return 200, lead
         return 404, {"error": {"message": "Unsupported get request"}}
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch):
-    monkeypatch.setenv("CRM_SECRETS_KEY", KEY)
-    monkeypatch.setenv("CRM_WEBHOOK_ALLOW_LOOPBACK", "1")
-    monkeypatch.delenv("CRM_PUBLIC_URL", raising=False)
 
 
 @pytest.fixture
