@@ -566,3 +566,31 @@ def test_lease_outlives_a_slow_receiver_and_polling_without_listen(conn, databas
             for w in workers:
                 w.close()
         assert len(rx.requests) == 1 and (d["status"], d["attempts"]) == ("succeeded", 1)
+
+
+def test_disabled_endpoint_pauses_its_queue_and_enabling_sends_it(conn, database, org, admin):
+    answers = iter([503, 204, 204])
+    with Receiver(lambda r: (next(answers), {"Retry-After": "3600"})) as rx:
+        endpoint, _ = create_endpoint(conn, org, admin, rx.url)
+        add_customers(conn, org, 1)
+        dispatch(database)
+        [d] = deliveries(conn, endpoint)
+        assert d["status"] == "failed" and d["next_attempt_at"] > datetime.now(UTC) + timedelta(minutes=59)
+        with committed_as(conn, admin):
+            conn.execute("update public.webhook_endpoints set enabled = false where id = %s", (endpoint,))
+        paused = conn.execute("select status, next_attempt_at = 'infinity' as waits from public.webhook_deliveries"
+                              " where endpoint_id = %s", (endpoint,)).fetchone()
+        assert (paused["status"], paused["waits"]) == ("failed", True)
+        add_customers(conn, org, 1, start=1)  # while disabled: not fanned out to it
+        dispatch(database)
+        n = conn.execute("select count(*) as n from public.webhook_deliveries").fetchone()["n"]
+        assert len(rx.requests) == 1 and n == 1
+        with committed_as(conn, admin):
+            conn.execute("update public.webhook_endpoints set enabled = true where id = %s", (endpoint,))
+            assert conn.execute("select public.replay_webhook_events(%s, now() - interval '1 hour')",
+                                (endpoint,)).fetchone()["replay_webhook_events"] == 2
+        e = conn.execute("select * from public.webhook_endpoints").fetchone()
+        assert e["enabled"] and e["disabled_reason"] is None and e["failing_since"] is None
+        dispatch(database)
+        assert len(rx.requests) == 3 and len(set(rx.ids())) == 2
+        assert {d["status"] for d in deliveries(conn, endpoint)} == {"succeeded"}
