@@ -192,7 +192,8 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
     os.environ.setdefault("CRM_STORAGE_DIR", str(data_dir / "media"))
     os.environ.setdefault("CRM_PUBLIC_URL", public_url(host, port))
     os.environ.setdefault("CRM_WEBHOOK_ALLOW_LOOPBACK", "1")  # a local receiver, as the README shows
-    save_dev_settings({k: os.environ[k] for k in ("CRM_STORAGE_DIR", "CRM_PUBLIC_URL")}, data_dir)
+    save_dev_settings({k: os.environ[k] for k in ("CRM_STORAGE_DIR", "CRM_PUBLIC_URL", "CRM_WEBHOOK_ALLOW_LOOPBACK")},
+                      data_dir)
 
     embedded = None
     url = config.env("DATABASE_URL")

@@ -27,7 +27,7 @@ def test_crm_dev_delivers_a_booking_signed(tmp_path, db_url):
         wait_healthy(proc, f"http://127.0.0.1:{port}", log)
         with Receiver() as rx:
             added = subprocess.run([sys.executable, "-m", "crm.cli", "webhooks", "add", "--org", "demo",
-                                    "--url", rx.url + "/hook"], env={**env, "CRM_WEBHOOK_ALLOW_LOOPBACK": "1"},
+                                    "--url", rx.url + "/hook"], env=env,
                                    capture_output=True, text=True, timeout=60)
             assert added.returncode == 0, added.stderr
             secret = json.loads(added.stdout)["secret"]
