@@ -240,7 +240,7 @@ def _webhook_call(query: str, params: dict, missing: str = "not found") -> dict:
     with database_url() as url, connect(url) as conn:
         try:
             row = conn.execute(queries.get(query), params).fetchone()
-        except psycopg.errors.InvalidTextRepresentation as exc:
+        except psycopg.DataError as exc:  # a malformed id or timestamp on the command line
             raise UsageError(_one_line(exc)) from exc
         except psycopg.Error as exc:
             raise CliError(_one_line(exc)) from exc

@@ -349,6 +349,8 @@ def test_roles_and_admin_rpcs(conn, database, org, admin):
         assert done.returncode == 1 and "not found" in done.stderr
         done = crm_cli("webhooks", "retry", "nope", url=conn.info.dsn)
         assert done.returncode == 2
+        done = crm_cli("webhooks", "replay", str(endpoint), "--since", "yesterday-ish", url=conn.info.dsn)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
 
         # A disabled endpoint is neither fanned out to nor retried.
         conn.execute("update public.webhook_endpoints set url = %s", (gone.url,))
