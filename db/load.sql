@@ -11,7 +11,8 @@
 \ir migrations/0005_booking.sql
 \ir migrations/0006_image_cache.sql
 \ir migrations/0007_payments.sql
-\ir migrations/0008_webhooks_out.sql
+\ir migrations/0008_database_rules.sql
+\ir migrations/0009_webhooks_out.sql
 \ir functions/webhooks.sql
 \ir policies/000_access_helpers.sql
 \ir policies/customers.sql
@@ -30,10 +31,14 @@
 \ir triggers/000_timestamps.sql
 \ir triggers/001_crm_common.sql
 \ir triggers/customers.sql
+\ir triggers/erasure.sql
 \ir triggers/leads.sql
 \ir triggers/orders.sql
+\ir triggers/orders_money.sql
 \ir triggers/outbox.sql
 \ir triggers/payments.sql
 \ir triggers/shipments.sql
+\ir triggers/staff.sql
 \ir triggers/tasks.sql
+\ir triggers/text_rules.sql
 \ir triggers/webhook_endpoints.sql
