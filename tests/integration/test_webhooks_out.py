@@ -628,3 +628,30 @@ def test_disabled_endpoint_pauses_its_queue_and_enabling_sends_it(conn, database
         dispatch(database)
         assert len(rx.requests) == 3 and len(set(rx.ids())) == 2
         assert {d["status"] for d in deliveries(conn, endpoint)} == {"succeeded"}
+
+
+ADDRESS_CORPUS = [
+    "8.8.8.8", "1.1.1.1", "93.184.216.34", "0.1.2.3", "10.20.30.40", "100.64.1.1", "127.0.0.1", "127.255.0.9",
+    "169.254.169.254", "172.16.0.1", "172.31.255.255", "172.32.0.1", "192.0.0.8", "192.0.2.1", "192.168.1.1",
+    "198.18.0.1", "198.51.100.7", "203.0.113.9", "224.0.0.1", "239.255.255.250", "240.0.0.1",
+    "255.255.255.255", "2606:4700:4700::1111", "2001:4860:4860::8888", "::1", "::", "::ffff:10.0.0.1",
+    "::ffff:8.8.8.8", "64:ff9b::a00:1", "fc00::1", "fd12:3456::1", "fe80::1", "fec0::1", "ff02::1",
+    "2001:db8::1", "100::1",
+]
+
+
+@pytest.mark.parametrize("allow_loopback", [False, True])
+def test_sql_literal_rules_never_allow_what_the_client_refuses(conn, allow_loopback):
+    """The RPC's literal check (SQL) and the pinned client's address rules (Python) are two codes of
+    one policy: whatever the client refuses, the SQL refuses too when it is written literally."""
+    from crm.images.fetch import address_refusal
+
+    for ip in ADDRESS_CORPUS:
+        host = f"[{ip}]" if ":" in ip else ip
+        sql = conn.execute("select private.webhook_url_refusal(%s, %s) as r",
+                           (f"https://{host}/hook", allow_loopback)).fetchone()["r"]
+        python = address_refusal(ip, allow_loopback=allow_loopback)
+        if python is not None:
+            assert sql is not None, f"{ip}: the client refuses it ({python}) but the RPC would accept it"
+        elif ip not in ("::ffff:8.8.8.8",):  # mapped forms are refused literally: nobody writes them
+            assert sql is None, f"{ip}: the client allows it but the RPC refuses it ({sql})"
