@@ -20,14 +20,14 @@ def test_crm_dev_delivers_a_booking_signed(tmp_path, db_url):
     log = tmp_path / "dev.log"
     proc = start_crm_dev([], env, log)
     try:
-        base = crm_dev_url(proc, log)
+        url = crm_dev_url(proc, log)
         with Receiver() as rx:
+            # A second terminal, configured only by what crm dev left in CRM_DATA_DIR.
             added = subprocess.run([sys.executable, "-m", "crm.cli", "webhooks", "add", "--org", "demo",
-                                    "--url", rx.url + "/hook"], env={**env, "CRM_WEBHOOK_ALLOW_LOOPBACK": "1"},
-                                   capture_output=True, text=True, timeout=60)
+                                    "--url", rx.url + "/hook"], env=env, capture_output=True, text=True, timeout=60)
             assert added.returncode == 0, added.stderr
             secret = json.loads(added.stdout)["secret"]
-            booked = httpx.post(f"{base}/booking", json=BOOKING_EXAMPLE, timeout=30)
+            booked = httpx.post(f"{url}/booking", json=BOOKING_EXAMPLE, timeout=30)
             assert booked.status_code == 201, booked.text
             rx.wait_for(lambda r: len(r.requests) >= 3, timeout=15)
             types = sorted(r.verify(secret)["type"] for r in rx.requests)
