@@ -10,6 +10,7 @@
 \ir migrations/0004_crm_rpcs.sql
 \ir migrations/0005_booking.sql
 \ir migrations/0006_image_cache.sql
+\ir migrations/0007_status_machines.sql
 \ir policies/000_access_helpers.sql
 \ir policies/customers.sql
 \ir policies/lead_status_events.sql
