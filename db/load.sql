@@ -11,7 +11,9 @@
 \ir migrations/0005_booking.sql
 \ir migrations/0006_image_cache.sql
 \ir migrations/0007_status_machines.sql
+\ir migrations/0008_class_sessions.sql
 \ir policies/000_access_helpers.sql
+\ir policies/class_sessions.sql
 \ir policies/customers.sql
 \ir policies/lead_status_events.sql
 \ir policies/leads.sql
@@ -23,8 +25,10 @@
 \ir policies/tasks.sql
 \ir triggers/000_timestamps.sql
 \ir triggers/001_crm_common.sql
+\ir triggers/class_sessions.sql
 \ir triggers/customers.sql
 \ir triggers/leads.sql
 \ir triggers/orders.sql
+\ir triggers/session_bookings.sql
 \ir triggers/shipments.sql
 \ir triggers/tasks.sql

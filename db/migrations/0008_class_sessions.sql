@@ -1,0 +1,548 @@
+-- Class sessions (SPEC 12): sessions with capacity and a waitlist, bookings of customers (leads and
+-- clients alike), memberships and credit packages that pay for them, the bookings' status history,
+-- the staff RPCs and the frontend views.
+--
+-- Rules live in db/triggers/class_sessions.sql and db/triggers/session_bookings.sql, for every
+-- writer: the status machines, seats (never more than capacity), payment (credits taken when a
+-- booking becomes booked, given back on an early cancellation or a cancelled session), waitlist
+-- order and promotion.
+--
+-- Locking, the same order everywhere, so that nothing deadlocks:
+--   1. class_sessions rows FOR UPDATE (several: in id order);
+--   2. the organization's session-payment lock (hidden.lock_session_payments), taken only by
+--      what can touch the payment rows of more than one customer (a cancellation that promotes,
+--      a cancelled session, a larger capacity);
+--   3. booking rows, then membership / package rows.
+-- Bookings are written only through the RPCs below (SECURITY DEFINER with explicit role checks):
+-- a direct UPDATE would lock the booking row before its session and could deadlock with them.
+
+create type public.class_session_status as enum ('scheduled', 'cancelled');
+comment on type public.class_session_status is 'scheduled -> cancelled. Nothing else.';
+
+create type public.session_booking_status as enum (
+  'booked', 'waitlisted', 'cancelled', 'late_cancelled', 'attended', 'no_show');
+comment on type public.session_booking_status is
+  'Starts booked or waitlisted; waitlisted -> booked (promoted) or cancelled; booked -> cancelled, late_cancelled, attended or no_show; no_show -> attended.';
+
+create type public.membership_status as enum ('active', 'paused', 'cancelled');
+comment on type public.membership_status is 'Only an active membership pays for bookings.';
+
+-- ---------------------------------------------------------------------------------------------
+-- class_sessions
+-- ---------------------------------------------------------------------------------------------
+create table public.class_sessions (
+  id uuid primary key default gen_random_uuid(),
+  org_id uuid not null references public.organizations (id) on delete cascade,
+  title text not null,
+  starts_at timestamptz not null,
+  ends_at timestamptz not null,
+  capacity integer not null,
+  waitlist_capacity integer,
+  location text,
+  instructor_id uuid,
+  cancel_cutoff interval not null default interval '12 hours',
+  status public.class_session_status not null default 'scheduled',
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  constraint class_sessions_org_id_id_key unique (org_id, id),
+  constraint class_sessions_instructor_staff_fkey foreign key (org_id, instructor_id)
+    references public.staff (org_id, user_id) on delete set null (instructor_id),
+  constraint class_sessions_title_length check (char_length(btrim(title)) between 1 and 200),
+  constraint class_sessions_ends_after_start check (ends_at > starts_at),
+  constraint class_sessions_capacity_range check (capacity between 1 and 10000),
+  constraint class_sessions_waitlist_capacity_range check (waitlist_capacity between 0 and 10000),
+  constraint class_sessions_location_length check (char_length(location) <= 200),
+  constraint class_sessions_cancel_cutoff_range check (
+    cancel_cutoff >= interval '0' and cancel_cutoff <= interval '30 days')
+);
+comment on table public.class_sessions is
+  'A class at a time with a capacity and an optional waitlist limit; its status follows the class_session machine (scheduled -> cancelled). Cancelling it cancels and refunds every booking (trigger).';
+comment on column public.class_sessions.waitlist_capacity is 'Most waitlisted bookings; null = unbounded, 0 = no waitlist.';
+comment on column public.class_sessions.cancel_cutoff is
+  'A booking cancelled later than this before starts_at is late_cancelled and keeps its credit.';
+
+create index class_sessions_org_starts_idx on public.class_sessions (org_id, starts_at);
+create index class_sessions_instructor_idx on public.class_sessions (org_id, instructor_id)
+  where instructor_id is not null;
+-- mark-no-shows looks for ended sessions that still have booked bookings.
+create index class_sessions_scheduled_ends_idx on public.class_sessions (ends_at) where status = 'scheduled';
+
+-- ---------------------------------------------------------------------------------------------
+-- memberships and class_packages (what pays)
+-- ---------------------------------------------------------------------------------------------
+create table public.memberships (
+  id uuid primary key default gen_random_uuid(),
+  org_id uuid not null references public.organizations (id) on delete cascade,
+  customer_id uuid not null,
+  plan text not null,
+  starts_on date not null,
+  ends_on date,
+  status public.membership_status not null default 'active',
+  weekly_limit integer,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  constraint memberships_org_id_id_key unique (org_id, id),
+  constraint memberships_customer_fkey foreign key (org_id, customer_id)
+    references public.customers (org_id, id) on delete cascade,
+  constraint memberships_plan_length check (char_length(btrim(plan)) between 1 and 200),
+  constraint memberships_ends_after_start check (ends_on >= starts_on),
+  constraint memberships_weekly_limit_positive check (weekly_limit between 1 and 100)
+);
+comment on table public.memberships is
+  'A customer''s membership: pays for bookings of sessions on days from starts_on to ends_on (null = open) while active, at most weekly_limit a week (ISO week, UTC; null = unlimited).';
+
+create index memberships_org_customer_idx on public.memberships (org_id, customer_id);
+
+create table public.class_packages (
+  id uuid primary key default gen_random_uuid(),
+  org_id uuid not null references public.organizations (id) on delete cascade,
+  customer_id uuid not null,
+  credits_total integer not null,
+  credits_used integer not null default 0,
+  expires_at timestamptz,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  constraint class_packages_org_id_id_key unique (org_id, id),
+  constraint class_packages_customer_fkey foreign key (org_id, customer_id)
+    references public.customers (org_id, id) on delete cascade,
+  constraint class_packages_credits_total_range check (credits_total between 1 and 1000),
+  constraint class_packages_credits_within_total check (credits_used >= 0 and credits_used <= credits_total)
+);
+comment on table public.class_packages is
+  'Credits a customer bought: one per booked session starting before expires_at (null = never expires). The package expiring first pays when no membership does.';
+comment on column public.class_packages.credits_used is
+  'Written by the booking triggers only: +1 when a booking it pays becomes booked, -1 on an early cancellation or a cancelled session.';
+
+create index class_packages_org_customer_idx on public.class_packages (org_id, customer_id, expires_at);
+
+-- ---------------------------------------------------------------------------------------------
+-- session_bookings and their status events
+-- ---------------------------------------------------------------------------------------------
+create table public.session_bookings (
+  id uuid primary key default gen_random_uuid(),
+  org_id uuid not null references public.organizations (id) on delete cascade,
+  session_id uuid not null,
+  customer_id uuid not null,
+  status public.session_booking_status not null default 'booked',
+  waitlist_position integer,
+  membership_id uuid,
+  package_id uuid,
+  booked_at timestamptz,
+  cancelled_at timestamptz,
+  checked_in_at timestamptz,
+  created_by uuid references auth.users (id) on delete set null,
+  group_id uuid,
+  created_at timestamptz not null default clock_timestamp(),
+  updated_at timestamptz not null default now(),
+  constraint session_bookings_org_id_id_key unique (org_id, id),
+  constraint session_bookings_session_fkey foreign key (org_id, session_id)
+    references public.class_sessions (org_id, id) on delete cascade,
+  constraint session_bookings_customer_fkey foreign key (org_id, customer_id)
+    references public.customers (org_id, id) on delete cascade,
+  constraint session_bookings_membership_fkey foreign key (org_id, membership_id)
+    references public.memberships (org_id, id) on delete set null (membership_id),
+  constraint session_bookings_package_fkey foreign key (org_id, package_id)
+    references public.class_packages (org_id, id) on delete set null (package_id),
+  constraint session_bookings_one_payer check (num_nonnulls(membership_id, package_id) <= 1),
+  constraint session_bookings_waitlist_position check (
+    (status = 'waitlisted') = (waitlist_position is not null) and waitlist_position > 0)
+);
+comment on table public.session_bookings is
+  'A customer''s place in a class session (booked) or on its waitlist; status follows the session_booking machine. Written by the booking RPCs and triggers only.';
+comment on column public.session_bookings.waitlist_position is 'FIFO order on the waitlist (set while waitlisted).';
+comment on column public.session_bookings.membership_id is 'The membership that paid (set when booked; kept for history).';
+comment on column public.session_bookings.package_id is
+  'The package whose credit paid (set when booked; kept for history — a cancelled booking''s credit was given back).';
+comment on column public.session_bookings.group_id is 'Shared by the bookings of one book_sessions call.';
+comment on column public.session_bookings.created_at is 'When the booking was written (clock time, under the session lock: arrival order).';
+
+-- At most one booked/waitlisted booking per customer and session, for every writer.
+create unique index session_bookings_one_active_key on public.session_bookings (session_id, customer_id)
+  where status in ('booked', 'waitlisted');
+create index session_bookings_session_idx on public.session_bookings (org_id, session_id, status, waitlist_position);
+create index session_bookings_customer_idx on public.session_bookings (org_id, customer_id, created_at desc);
+create index session_bookings_membership_idx on public.session_bookings (org_id, membership_id)
+  where membership_id is not null;
+create index session_bookings_package_idx on public.session_bookings (org_id, package_id) where package_id is not null;
+create index session_bookings_created_by_idx on public.session_bookings (created_by) where created_by is not null;
+create index session_bookings_booked_idx on public.session_bookings (session_id) where status = 'booked';
+
+create table public.session_booking_status_events (
+  id bigint generated always as identity primary key,
+  org_id uuid not null references public.organizations (id) on delete cascade,
+  booking_id uuid not null,
+  from_status public.session_booking_status,
+  to_status public.session_booking_status not null,
+  changed_by uuid references auth.users (id) on delete set null,
+  note text,
+  created_at timestamptz not null default now(),
+  constraint session_booking_status_events_booking_fkey foreign key (org_id, booking_id)
+    references public.session_bookings (org_id, id) on delete cascade
+);
+comment on table public.session_booking_status_events is
+  'History of booking statuses: one row when a booking is created (from_status null) and one per change. Written by trigger only.';
+create index session_booking_status_events_booking_idx on public.session_booking_status_events
+  (org_id, booking_id, created_at);
+create index session_booking_status_events_changed_by_idx on public.session_booking_status_events (changed_by)
+  where changed_by is not null;
+
+-- ---------------------------------------------------------------------------------------------
+-- Outbox events of SPEC 12
+-- ---------------------------------------------------------------------------------------------
+-- Other migrations of this wave widen the same two checks: keep whatever they allow and add ours,
+-- so the order in which they are applied does not matter.
+do $$
+declare
+  constraint_name text;
+  column_name text;
+  ours text[];
+  allowed text[];
+begin
+  foreach constraint_name in array array['outbox_event_type_known', 'outbox_aggregate_type_known'] loop
+    if constraint_name = 'outbox_event_type_known' then
+      column_name := 'event_type';
+      ours := array['session_booking.created', 'session_booking.cancelled', 'session_booking.promoted',
+                    'class_session.cancelled'];
+    else
+      column_name := 'aggregate_type';
+      ours := array['session_booking', 'class_session'];
+    end if;
+    select array_agg(distinct x.v order by x.v) into allowed
+      from (select m[1] as v
+              from pg_constraint c, regexp_matches(pg_get_constraintdef(c.oid), '''([a-z_.]+)''', 'g') m
+             where c.conrelid = 'private.outbox'::regclass and c.conname = constraint_name
+            union
+            select unnest(ours)) x;
+    execute format('alter table private.outbox drop constraint %I, add constraint %I check (%I = any (%L::text[]))',
+                   constraint_name, constraint_name, column_name, allowed);
+  end loop;
+end
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Row level security and grants (policies: db/policies/class_sessions.sql)
+-- ---------------------------------------------------------------------------------------------
+alter table public.class_sessions enable row level security;
+alter table public.memberships enable row level security;
+alter table public.class_packages enable row level security;
+alter table public.session_bookings enable row level security;
+alter table public.session_booking_status_events enable row level security;
+
+revoke all on public.class_sessions, public.memberships, public.class_packages, public.session_bookings,
+  public.session_booking_status_events from anon, authenticated, service_role, public;
+revoke all on sequence public.session_booking_status_events_id_seq from anon, authenticated, service_role, public;
+
+-- Staff read; admins and managers (RLS) schedule sessions and sell memberships and packages.
+-- No deletes: history stays. credits_used and everything on bookings are written by triggers/RPCs.
+grant select on public.class_sessions, public.memberships, public.class_packages, public.session_bookings,
+  public.session_booking_status_events to authenticated, service_role;
+grant insert (org_id, title, starts_at, ends_at, capacity, waitlist_capacity, location, instructor_id, cancel_cutoff),
+      update (title, starts_at, ends_at, capacity, waitlist_capacity, location, instructor_id, cancel_cutoff, status)
+  on public.class_sessions to authenticated, service_role;
+grant insert (org_id, customer_id, plan, starts_on, ends_on, status, weekly_limit),
+      update (plan, starts_on, ends_on, status, weekly_limit)
+  on public.memberships to authenticated, service_role;
+grant insert (org_id, customer_id, credits_total, expires_at),
+      update (credits_total, expires_at)
+  on public.class_packages to authenticated, service_role;
+-- mark-no-shows (service_role) moves ended bookings to no_show.
+grant update (status) on public.session_bookings to service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Views for the frontend (security_invoker: the caller's RLS applies)
+-- ---------------------------------------------------------------------------------------------
+create view public.session_rosters
+with (security_invoker = true)
+as
+select s.id,
+       s.org_id,
+       s.title,
+       s.starts_at,
+       s.ends_at,
+       s.location,
+       s.instructor_id,
+       s.status,
+       s.capacity,
+       s.waitlist_capacity,
+       c.booked,
+       c.waitlisted,
+       case when s.status = 'scheduled' then greatest(s.capacity - c.booked, 0) else 0 end as free_seats,
+       c.attended,
+       coalesce(c.roster, '[]'::jsonb) as roster
+  from public.class_sessions s
+  cross join lateral (
+    select count(*) filter (where b.status in ('booked', 'attended', 'no_show'))::integer as booked,
+           count(*) filter (where b.status = 'waitlisted')::integer as waitlisted,
+           count(*) filter (where b.status = 'attended')::integer as attended,
+           jsonb_agg(jsonb_build_object('booking_id', b.id, 'customer_id', b.customer_id,
+                                        'full_name', cu.full_name, 'status', b.status,
+                                        'waitlist_position', b.waitlist_position, 'booked_at', b.booked_at,
+                                        'checked_in_at', b.checked_in_at)
+                     order by b.status = 'waitlisted', b.waitlist_position, b.booked_at, b.id)
+             filter (where b.status in ('booked', 'attended', 'no_show', 'waitlisted')) as roster
+      from public.session_bookings b
+      join public.customers cu on cu.org_id = b.org_id and cu.id = b.customer_id
+     where b.org_id = s.org_id and b.session_id = s.id) c;
+comment on view public.session_rosters is
+  'One row per class session: counts (booked = seats taken, i.e. booked + attended + no_show; waitlisted; free_seats; attended) and the roster (seat holders, then the waitlist in order). security_invoker.';
+
+create view public.customer_booking_history
+with (security_invoker = true)
+as
+select b.id as booking_id,
+       b.org_id,
+       b.customer_id,
+       b.session_id,
+       s.title,
+       s.starts_at,
+       s.ends_at,
+       s.location,
+       s.status as session_status,
+       b.status,
+       b.waitlist_position,
+       case when b.membership_id is not null then 'membership'
+            when b.package_id is not null then 'package' end as paid_by,
+       b.membership_id,
+       b.package_id,
+       b.group_id,
+       b.booked_at,
+       b.cancelled_at,
+       b.checked_in_at,
+       b.created_at
+  from public.session_bookings b
+  join public.class_sessions s on s.org_id = b.org_id and s.id = b.session_id;
+comment on view public.customer_booking_history is
+  'Every booking with its session, for a customer''s history (filter by customer_id, order by starts_at desc). security_invoker.';
+
+revoke all on public.session_rosters, public.customer_booking_history from anon, authenticated, service_role, public;
+grant select on public.session_rosters, public.customer_booking_history to authenticated, service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- RPCs (staff). SECURITY DEFINER with explicit checks, because bookings have no write grants:
+--   not staff of the row's organization (or no such row) -> PT404 not_found
+--   agent or viewer                                      -> PT403 forbidden
+-- and the session row is locked (FOR UPDATE) before any booking is touched.
+-- ---------------------------------------------------------------------------------------------
+create function hidden.session_for_change(session_id uuid, what text)
+returns public.class_sessions
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+  org uuid;
+  role public.staff_role;
+  locked public.class_sessions;
+begin
+  select s.org_id into org from public.class_sessions s where s.id = session_for_change.session_id;
+  role := case when org is not null then hidden.staff_role(org) end;
+  if role is null then
+    raise sqlstate 'PT404' using message = what || ' not found', detail = 'not_found';
+  end if;
+  if role not in ('admin', 'manager') then
+    raise sqlstate 'PT403' using message = 'only admins and managers book and cancel class sessions',
+      detail = 'forbidden';
+  end if;
+  select s.* into locked from public.class_sessions s where s.id = session_for_change.session_id for update;
+  return locked;
+end
+$$;
+comment on function hidden.session_for_change(uuid, text) is
+  'The session, locked FOR UPDATE, once the caller is known to be an admin or manager of its organization (PT404 naming `what` / PT403 otherwise).';
+revoke all on function hidden.session_for_change(uuid, text) from public;
+
+create function hidden.check_session_customer(org uuid, customer uuid)
+returns void
+language plpgsql stable security definer
+set search_path = ''
+as $$
+begin
+  if customer is null or not exists (select from public.customers c where c.org_id = org and c.id = customer) then
+    raise sqlstate 'PT404' using message = 'customer not found', detail = 'not_found', hint = 'customer_id';
+  end if;
+end
+$$;
+comment on function hidden.check_session_customer(uuid, uuid) is 'PT404 unless the customer belongs to the organization.';
+revoke all on function hidden.check_session_customer(uuid, uuid) from public;
+
+create function hidden.check_not_booked(s public.class_sessions, customer uuid)
+returns void
+language plpgsql stable security definer
+set search_path = ''
+as $$
+begin
+  -- Under the session lock, so this sees every committed booking; the partial unique index
+  -- session_bookings_one_active_key holds it for every other writer.
+  if exists (select from public.session_bookings b
+              where b.org_id = s.org_id and b.session_id = s.id and b.customer_id = customer
+                and b.status in ('booked', 'waitlisted')) then
+    raise sqlstate 'PT409' using message = 'this customer is already booked or waitlisted for this session',
+      detail = 'already_booked';
+  end if;
+end
+$$;
+comment on function hidden.check_not_booked(public.class_sessions, uuid) is
+  'PT409 already_booked when the customer has a booked or waitlisted booking for the session.';
+revoke all on function hidden.check_not_booked(public.class_sessions, uuid) from public;
+
+create function public.book_session(session_id uuid, customer_id uuid, join_waitlist boolean default true)
+returns public.session_bookings
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+  s public.class_sessions;
+  seats_taken integer;
+  booking public.session_bookings;
+begin
+  s := hidden.session_for_change(book_session.session_id, 'class session');
+  perform hidden.check_session_customer(s.org_id, book_session.customer_id);
+  perform hidden.check_not_booked(s, book_session.customer_id);
+  select pg_catalog.count(*) into seats_taken
+    from public.session_bookings b
+   where b.org_id = s.org_id and b.session_id = s.id and b.status in ('booked', 'attended', 'no_show');
+  if seats_taken >= s.capacity and not coalesce(book_session.join_waitlist, true) then
+    raise sqlstate 'PT409' using message = 'this class session is full', detail = 'session_full';
+  end if;
+  insert into public.session_bookings (org_id, session_id, customer_id, status)
+  values (s.org_id, s.id, book_session.customer_id,
+          case when seats_taken < s.capacity then 'booked' else 'waitlisted' end::public.session_booking_status)
+  returning * into booking;
+  return booking;
+end
+$$;
+comment on function public.book_session(uuid, uuid, boolean) is
+  'Books a customer (lead or client) into a class session, paid by membership or package; full -> waitlisted (or PT409 session_full when the waitlist is full or join_waitlist is false). PT409 no_credit, already_booked, session_cancelled, session_over; PT404; PT403 for agents and viewers.';
+revoke all on function public.book_session(uuid, uuid, boolean) from public, anon, service_role;
+grant execute on function public.book_session(uuid, uuid, boolean) to authenticated;
+
+create function public.book_sessions(session_ids uuid[], customer_id uuid)
+returns setof public.session_bookings
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+  ids uuid[];
+  orgs uuid[];
+  s public.class_sessions;
+  new_group uuid := pg_catalog.gen_random_uuid();
+  i integer;
+begin
+  select pg_catalog.array_agg(distinct x order by x) into ids
+    from pg_catalog.unnest(book_sessions.session_ids) x where x is not null;
+  if ids is null then
+    raise sqlstate 'PT422' using message = 'session_ids is required', detail = 'required', hint = 'session_ids';
+  end if;
+  if pg_catalog.cardinality(ids) > 100 then
+    raise sqlstate 'PT422' using message = 'at most 100 sessions at once', detail = 'too_many', hint = 'session_ids';
+  end if;
+  select pg_catalog.array_agg(distinct c.org_id) into orgs from public.class_sessions c where c.id = any (ids);
+  if pg_catalog.cardinality(orgs) > 1 then
+    raise sqlstate 'PT404' using message = 'class session not found', detail = 'not_found';
+  end if;
+  -- Every session is checked and locked first, in id order: two group bookings over the same
+  -- sessions wait for each other instead of deadlocking.
+  for i in 1 .. pg_catalog.cardinality(ids) loop
+    s := hidden.session_for_change(ids[i], 'class session');
+  end loop;
+  perform hidden.check_session_customer(orgs[1], book_sessions.customer_id);
+  for s in select c.* from public.class_sessions c where c.id = any (ids) order by c.id loop
+    perform hidden.check_not_booked(s, book_sessions.customer_id);
+    -- Booked in every session or in none: a full one is PT409 session_full (no waitlist here).
+    insert into public.session_bookings (org_id, session_id, customer_id, status, group_id)
+    values (s.org_id, s.id, book_sessions.customer_id, 'booked', new_group);
+  end loop;
+  return query select b.* from public.session_bookings b
+                where b.org_id = orgs[1] and b.group_id = new_group order by b.session_id;
+end
+$$;
+comment on function public.book_sessions(uuid[], uuid) is
+  'Books a customer into several sessions at once, all or none (one group_id); any full session is PT409 session_full and nothing is booked. Same errors as book_session.';
+revoke all on function public.book_sessions(uuid[], uuid) from public, anon, service_role;
+grant execute on function public.book_sessions(uuid[], uuid) to authenticated;
+
+create function public.cancel_session_booking(booking_id uuid)
+returns public.session_bookings
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+  booking_session uuid;
+  s public.class_sessions;
+  booking public.session_bookings;
+begin
+  select b.session_id into booking_session from public.session_bookings b where b.id = cancel_session_booking.booking_id;
+  if not found then
+    raise sqlstate 'PT404' using message = 'session booking not found', detail = 'not_found';
+  end if;
+  s := hidden.session_for_change(booking_session, 'session booking');
+  perform hidden.lock_session_payments(s.org_id);
+  select b.* into booking from public.session_bookings b where b.id = cancel_session_booking.booking_id for update;
+  if booking.status in ('cancelled', 'late_cancelled') then
+    return booking;  -- a retry: nothing more to do
+  end if;
+  update public.session_bookings b
+     set status = case when booking.status = 'booked' and pg_catalog.now() > s.starts_at - s.cancel_cutoff
+                       then 'late_cancelled' else 'cancelled' end::public.session_booking_status
+   where b.id = booking.id
+  returning b.* into booking;
+  return booking;
+end
+$$;
+comment on function public.cancel_session_booking(uuid) is
+  'Cancels a booked or waitlisted booking: late_cancelled (credit kept) inside the session''s cancel_cutoff, else cancelled (credit back). A freed seat promotes the first waitlisted booking that can pay, in the same transaction. Cancelling again returns the booking unchanged; attended/no_show: PT409.';
+revoke all on function public.cancel_session_booking(uuid) from public, anon, service_role;
+grant execute on function public.cancel_session_booking(uuid) to authenticated;
+
+create function public.check_in(booking_id uuid)
+returns public.session_bookings
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+  org uuid;
+  role public.staff_role;
+  booking public.session_bookings;
+begin
+  select b.org_id into org from public.session_bookings b where b.id = check_in.booking_id;
+  role := case when org is not null then hidden.staff_role(org) end;
+  if role is null then
+    raise sqlstate 'PT404' using message = 'session booking not found', detail = 'not_found';
+  end if;
+  if role not in ('admin', 'manager') then
+    raise sqlstate 'PT403' using message = 'only admins and managers check customers in', detail = 'forbidden';
+  end if;
+  -- No seat changes hands: the booking row alone is locked.
+  update public.session_bookings b set status = 'attended'
+   where b.id = check_in.booking_id
+  returning b.* into booking;
+  return booking;
+end
+$$;
+comment on function public.check_in(uuid) is
+  'Marks a booked (or no_show) booking attended; the credit stays used. Already attended: no-op. Waitlisted or cancelled: PT409.';
+revoke all on function public.check_in(uuid) from public, anon, service_role;
+grant execute on function public.check_in(uuid) to authenticated;
+
+create function public.cancel_class_session(session_id uuid, note text default null)
+returns public.class_sessions
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+  s public.class_sessions;
+begin
+  perform hidden.check_note(cancel_class_session.note);
+  s := hidden.session_for_change(cancel_class_session.session_id, 'class session');
+  if s.status = 'cancelled' then
+    return s;
+  end if;
+  perform pg_catalog.set_config('crm.status_note', coalesce(cancel_class_session.note, ''), true);
+  update public.class_sessions c set status = 'cancelled' where c.id = s.id returning c.* into s;
+  perform pg_catalog.set_config('crm.status_note', '', true);
+  return s;
+end
+$$;
+comment on function public.cancel_class_session(uuid, text) is
+  'Cancels a class session: every booked and waitlisted booking is cancelled and its credit given back (trigger), with the note on their status events and on class_session.cancelled. Cancelling again: no-op.';
+revoke all on function public.cancel_class_session(uuid, text) from public, anon, service_role;
+grant execute on function public.cancel_class_session(uuid, text) to authenticated;
