@@ -17,7 +17,7 @@ from crm.db import Database
 JobFn = Callable[[Database, dict[str, Any]], dict[str, Any]]
 
 # Modules that register jobs when imported; later issues append theirs here.
-JOB_MODULES: list[str] = ["crm.images.jobs", "crm.booking"]
+JOB_MODULES: list[str] = ["crm.images.jobs", "crm.booking", "crm.sessions"]
 
 
 @dataclass(frozen=True)
