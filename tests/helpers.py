@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from werkzeug.serving import make_server
 
 from crm import ROOT
@@ -38,6 +39,26 @@ def acting_as(conn: psycopg.Connection, role: str, user_id: uuid.UUID | str | No
         conn.execute("select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)",
                      (role, json.dumps(claims)))
         yield conn
+
+
+def matrix_cases(matrix: dict[tuple[str, str], str], actors: tuple[str, ...]) -> list[tuple[str, str, str, str]]:
+    """(table, action, actor, expected) for every cell of a role matrix written as rows of 1 / 0 / E."""
+    return [(table, action, actor, expected)
+            for (table, action), row in matrix.items()
+            for actor, expected in zip(actors, row.split(), strict=True)]
+
+
+def rows_reached(conn: psycopg.Connection, actor: str, user_id: uuid.UUID | None, sql: str, params: Any,
+                 expected: str) -> int | None:
+    """One matrix cell as PostgREST runs it: rows seen (select) or touched (writes); for an expected
+    "E" the statement must be refused (permission denied or RLS `with check`) and None is returned."""
+    role = actor if actor in ("anon", "service_role") else "authenticated"
+    with acting_as(conn, role, user_id) as c:
+        if expected == "E":
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(sql, params)
+            return None
+        return c.execute(sql, params).rowcount  # a select's rowcount is the rows it returned
 
 
 def make_org(conn: psycopg.Connection, slug: str | None = None, country: str = "DE") -> uuid.UUID:

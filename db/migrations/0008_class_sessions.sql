@@ -323,25 +323,37 @@ grant select on public.session_rosters, public.customer_booking_history to authe
 --   agent or viewer                                      -> PT403 forbidden
 -- and the session row is locked (FOR UPDATE) before any booking is touched.
 -- ---------------------------------------------------------------------------------------------
+create function hidden.check_session_staff(org uuid, what text)
+returns void
+language plpgsql stable security definer
+set search_path = ''
+as $$
+declare
+  role public.staff_role := case when org is not null then hidden.staff_role(org) end;
+begin
+  if role is null then
+    raise sqlstate 'PT404' using message = what || ' not found', detail = 'not_found';
+  end if;
+  if role not in ('admin', 'manager') then
+    raise sqlstate 'PT403' using message = 'only admins and managers book, check in and cancel class sessions',
+      detail = 'forbidden';
+  end if;
+end
+$$;
+comment on function hidden.check_session_staff(uuid, text) is
+  'PT404 (naming `what`) unless the caller is staff of the organization (null = no such row), PT403 unless admin or manager.';
+revoke all on function hidden.check_session_staff(uuid, text) from public;
+
 create function hidden.session_for_change(session_id uuid, what text)
 returns public.class_sessions
 language plpgsql volatile security definer
 set search_path = ''
 as $$
 declare
-  org uuid;
-  role public.staff_role;
   locked public.class_sessions;
 begin
-  select s.org_id into org from public.class_sessions s where s.id = session_for_change.session_id;
-  role := case when org is not null then hidden.staff_role(org) end;
-  if role is null then
-    raise sqlstate 'PT404' using message = what || ' not found', detail = 'not_found';
-  end if;
-  if role not in ('admin', 'manager') then
-    raise sqlstate 'PT403' using message = 'only admins and managers book and cancel class sessions',
-      detail = 'forbidden';
-  end if;
+  perform hidden.check_session_staff(
+    (select s.org_id from public.class_sessions s where s.id = session_for_change.session_id), what);
   select s.* into locked from public.class_sessions s where s.id = session_for_change.session_id for update;
   return locked;
 end
@@ -499,18 +511,10 @@ language plpgsql volatile security definer
 set search_path = ''
 as $$
 declare
-  org uuid;
-  role public.staff_role;
   booking public.session_bookings;
 begin
-  select b.org_id into org from public.session_bookings b where b.id = check_in.booking_id;
-  role := case when org is not null then hidden.staff_role(org) end;
-  if role is null then
-    raise sqlstate 'PT404' using message = 'session booking not found', detail = 'not_found';
-  end if;
-  if role not in ('admin', 'manager') then
-    raise sqlstate 'PT403' using message = 'only admins and managers check customers in', detail = 'forbidden';
-  end if;
+  perform hidden.check_session_staff(
+    (select b.org_id from public.session_bookings b where b.id = check_in.booking_id), 'session booking');
   -- No seat changes hands: the booking row alone is locked.
   update public.session_bookings b set status = 'attended'
    where b.id = check_in.booking_id
