@@ -44,7 +44,7 @@ comment on function hidden.status_note() is
 revoke all on function hidden.status_note() from public;
 
 -- ---------------------------------------------------------------------------------------------
--- Status machines as data (private.status_machines / private.status_transitions, migration 0007).
+-- Status machines as data (private.status_machines / private.status_transitions, the status_machines migration).
 -- One trigger set serves every machine. define_status_machine writes the rows and attaches the
 -- triggers with the machine's static parts as trigger arguments, so the per-row work is one
 -- primary-key lookup of the transition (static SQL, plan cached per table). Only the status-event

@@ -1,5 +1,5 @@
 -- session_bookings: seats, payment, waitlist and promotion for every writer; the session_booking
--- status machine (status events, outbox). Lock order: see db/migrations/0008_class_sessions.sql.
+-- status machine (status events, outbox). Lock order: see the class_sessions migration.
 
 create or replace function hidden.lock_session_payments(org uuid)
 returns void
