@@ -11,8 +11,9 @@
 \ir migrations/0005_booking.sql
 \ir migrations/0006_image_cache.sql
 \ir migrations/0007_payments.sql
-\ir migrations/0008_status_machines.sql
-\ir migrations/0009_class_sessions.sql
+\ir migrations/0008_database_rules.sql
+\ir migrations/0009_status_machines.sql
+\ir migrations/0010_class_sessions.sql
 \ir policies/000_access_helpers.sql
 \ir policies/class_sessions.sql
 \ir policies/customers.sql
@@ -31,9 +32,13 @@
 \ir triggers/001_crm_common.sql
 \ir triggers/class_sessions.sql
 \ir triggers/customers.sql
+\ir triggers/erasure.sql
 \ir triggers/leads.sql
 \ir triggers/orders.sql
+\ir triggers/orders_money.sql
 \ir triggers/payments.sql
 \ir triggers/session_bookings.sql
 \ir triggers/shipments.sql
+\ir triggers/staff.sql
 \ir triggers/tasks.sql
+\ir triggers/text_rules.sql

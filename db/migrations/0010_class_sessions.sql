@@ -47,11 +47,11 @@ create table public.class_sessions (
   constraint class_sessions_org_id_id_key unique (org_id, id),
   constraint class_sessions_instructor_staff_fkey foreign key (org_id, instructor_id)
     references public.staff (org_id, user_id) on delete set null (instructor_id),
-  constraint class_sessions_title_length check (char_length(btrim(title)) between 1 and 200),
+  constraint class_sessions_title_text check (hidden.is_clean_text(title, 'title')),
   constraint class_sessions_ends_after_start check (ends_at > starts_at),
   constraint class_sessions_capacity_range check (capacity between 1 and 10000),
   constraint class_sessions_waitlist_capacity_range check (waitlist_capacity between 0 and 10000),
-  constraint class_sessions_location_length check (char_length(location) <= 200),
+  constraint class_sessions_location_text check (hidden.is_clean_text(location, 'label')),
   constraint class_sessions_cancel_cutoff_range check (
     cancel_cutoff >= interval '0' and cancel_cutoff <= interval '30 days')
 );
@@ -84,7 +84,7 @@ create table public.memberships (
   constraint memberships_org_id_id_key unique (org_id, id),
   constraint memberships_customer_fkey foreign key (org_id, customer_id)
     references public.customers (org_id, id) on delete cascade,
-  constraint memberships_plan_length check (char_length(btrim(plan)) between 1 and 200),
+  constraint memberships_plan_text check (hidden.is_clean_text(plan, 'label')),
   constraint memberships_ends_after_start check (ends_on >= starts_on),
   constraint memberships_weekly_limit_positive check (weekly_limit between 1 and 100)
 );
@@ -176,6 +176,7 @@ create table public.session_booking_status_events (
   changed_by uuid references auth.users (id) on delete set null,
   note text,
   created_at timestamptz not null default now(),
+  constraint session_booking_status_events_note_text check (hidden.is_clean_text(note, 'note')),
   constraint session_booking_status_events_booking_fkey foreign key (org_id, booking_id)
     references public.session_bookings (org_id, id) on delete cascade
 );

@@ -1,4 +1,5 @@
--- class_sessions: protected org_id, timestamps, capacity, the class_session machine (scheduled ->
+-- class_sessions (and the text and timestamps of memberships and class_packages): normalised text,
+-- protected org_id, timestamps, capacity, the class_session machine (scheduled ->
 -- cancelled, outbox class_session.cancelled) and what a change does to its bookings.
 
 create or replace function hidden.tg_class_sessions__capacity()
@@ -40,6 +41,47 @@ $$;
 comment on function hidden.tg_class_sessions__bookings() is
   'A cancelled session cancels (and refunds) every booked and waitlisted booking; a larger capacity promotes from the waitlist.';
 revoke all on function hidden.tg_class_sessions__bookings() from public;
+
+create or replace function hidden.tg_class_sessions__normalize_text()
+returns trigger
+language plpgsql volatile
+set search_path = ''
+as $$
+begin
+  if tg_table_name = 'class_sessions' then
+    new.title := hidden.text_normalize(new.title, 'title');
+    new.location := nullif(hidden.text_normalize(new.location, 'label'), '');
+  else
+    new.plan := hidden.text_normalize(new.plan, 'label');
+  end if;
+  return new;
+end
+$$;
+comment on function hidden.tg_class_sessions__normalize_text() is
+  'Stores class_sessions.title/location and memberships.plan in the text rules'' normalised form (the CHECKs refuse anything else).';
+revoke all on function hidden.tg_class_sessions__normalize_text() from public;
+
+drop trigger if exists _040_normalize_text on public.class_sessions;
+create trigger _040_normalize_text
+  before insert or update of title, location on public.class_sessions
+  for each row execute function hidden.tg_class_sessions__normalize_text();
+
+drop trigger if exists _040_normalize_text on public.memberships;
+create trigger _040_normalize_text
+  before insert or update of plan on public.memberships
+  for each row execute function hidden.tg_class_sessions__normalize_text();
+
+drop trigger if exists _100_timestamps on public.memberships;
+create trigger _100_timestamps
+  before update on public.memberships
+  for each row when (old.* is distinct from new.*)
+  execute function hidden.tg__set_updated_at();
+
+drop trigger if exists _100_timestamps on public.class_packages;
+create trigger _100_timestamps
+  before update on public.class_packages
+  for each row when (old.* is distinct from new.*)
+  execute function hidden.tg__set_updated_at();
 
 drop trigger if exists _050_protect on public.class_sessions;
 create trigger _050_protect

@@ -399,3 +399,28 @@ def test_mark_no_shows_marks_bookings_24h_after_the_session(conn: psycopg.Connec
     assert (status[stale["id"]], status[attended["id"]], status[fresh["id"]]) == ("no_show", "attended", "booked")
     assert credits_used(s, cid) == 2  # a no-show keeps the credit
     assert sessions.mark_no_shows(database, {}) == {"job": "mark-no-shows", "marked": 0}
+
+
+# -- text rules and machine definitions ------------------------------------------------------------
+def test_titles_plans_and_notes_follow_the_text_rules(tx: Studio) -> None:
+    sid = as_staff(tx, "manager", "insert into public.class_sessions (org_id, title, starts_at, ends_at, capacity,"
+                   " location) values (%(o)s, '  Morning   Yoga ', now() + interval '1 day',"
+                   " now() + interval '25 hours', 5, '   ') returning id, title, location", {"o": tx.org})[0]
+    assert (sid["title"], sid["location"]) == ("Morning Yoga", None)
+    err = refused(tx, "manager", "update public.class_sessions set title = %(t)s where id = %(s)s",
+                  {"t": "Yoga\u202e", "s": sid["id"]})
+    assert (err.sqlstate, err.diag.constraint_name) == ("23514", "class_sessions_title_text")
+    booking = book(tx, sid["id"], customer(tx))
+    as_staff(tx, "manager", CANCEL_SESSION, {"session": sid["id"], "note": "  flooded \n"})
+    assert tx.conn.execute("select note from public.session_booking_status_events where booking_id = %s"
+                           " and to_status = 'cancelled'", (booking["id"],)).fetchone()["note"] == "flooded"
+
+
+def test_a_machine_refuses_statuses_its_enum_does_not_have(tx: Studio) -> None:
+    with pytest.raises(psycopg.errors.RaiseException, match="unknown status"), tx.conn.transaction():
+        tx.conn.execute("select private.define_status_machine(machine => 'class_session',"
+                        " on_table => 'public.class_sessions', transitions => '{\"scheduled\": [\"moved\"]}',"
+                        " changed_events => '{}', payload => '{id}')")
+    rows = tx.conn.execute("select from_status, to_status, event_type from private.status_transitions"
+                           " where machine = 'class_session'").fetchall()
+    assert rows == [{"from_status": "scheduled", "to_status": "cancelled", "event_type": "class_session.cancelled"}]

@@ -236,7 +236,7 @@ def test_dashboard_stats_counts(world: World) -> None:
             conn.execute("insert into public.orders (org_id, customer_id, external_item_ref, item_snapshot, status)"
                          " values (%s, %s, 'listing-1', %s, %s)", (world.org, world.customer, _snapshot(), status))
         conn.execute("insert into public.orders (org_id, customer_id, external_item_ref, item_snapshot, created_at)"
-                     " values (%s, %s, 'old', %s, now() - interval '30 days')",
+                     " values (%s, %s, 'listing-1', %s, now() - interval '30 days')",
                      (world.org, world.customer, _snapshot()))
         conn.execute("select set_config('role', 'authenticated', true), set_config('request.jwt.claims', %s, true)",
                      (json.dumps({"sub": str(world.users["viewer"]), "role": "authenticated"}),))
