@@ -195,3 +195,44 @@ def test_random_book_and_cancel_never_overbooks_nor_deadlocks(conn: psycopg.Conn
     dupes = conn.execute("select session_id from public.session_bookings where status = 'waitlisted'"
                          " group by session_id, waitlist_position having count(*) > 1").fetchall()
     assert dupes == []
+
+
+def test_crossed_cancellations_that_promote_do_not_deadlock(conn: psycopg.Connection, db_url: str) -> None:
+    """C holds S and waits for T; D holds T and waits for S. Cancelling both at once refunds one
+    customer and charges the other in each transaction, in opposite orders: without the
+    organization's payment lock the two would deadlock on the package rows."""
+    org = make_org(conn)
+    manager = make_staff(conn, org, "manager")
+    c, d = seed_customers(conn, org, 2, credits=5)
+    s, t = new_session(conn, org, 1, "3 days"), new_session(conn, org, 1, "4 days")
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as setup:
+        held = {key: staff_call(setup, manager, BOOK, {"session": sid, "customer": cid})[0]["id"]
+                for key, sid, cid in (("c_in_s", s, c), ("d_in_t", t, d), ("d_on_s", s, d), ("c_on_t", t, c))}
+    # Widen the window between a transaction's first and second package row (test database only).
+    conn.execute("create function public.test_slow_package_row() returns trigger language plpgsql as"
+                 " $$ begin perform pg_sleep(0.3); return null; end $$")
+    conn.execute("create trigger zz_slow after update on public.class_packages for each row"
+                 " execute function public.test_slow_package_row()")
+    start, errors = threading.Barrier(2), []
+
+    def cancel(booking: uuid.UUID) -> None:
+        with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c_:
+            start.wait()
+            try:
+                staff_call(c_, manager, "select * from public.cancel_session_booking(booking_id => %(b)s)",
+                           {"b": booking})
+            except psycopg.Error as exc:
+                errors.append(f"{exc.sqlstate} {exc}")
+
+    threads = [threading.Thread(target=cancel, args=(held[k],)) for k in ("c_in_s", "d_in_t")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=30)
+    assert errors == []
+    status = {r["id"]: r["status"] for r in conn.execute("select id, status::text from public.session_bookings")}
+    assert [status[held[k]] for k in ("c_in_s", "d_in_t", "d_on_s", "c_on_t")] == [
+        "cancelled", "cancelled", "booked", "booked"]
+    assert [r["credits_used"] for r in conn.execute(
+        "select credits_used from public.class_packages where customer_id = any(%s) order by customer_id",
+        ([c, d],))] == [1, 1]
