@@ -369,12 +369,14 @@ language plpgsql stable security definer
 set search_path = ''
 as $$
 begin
-  if customer is null or not exists (select from public.customers c where c.org_id = org and c.id = customer) then
+  if customer is null or not exists (select from public.customers c
+                                       where c.org_id = org and c.id = customer and c.erased_at is null) then
     raise sqlstate 'PT404' using message = 'customer not found', detail = 'not_found', hint = 'customer_id';
   end if;
 end
 $$;
-comment on function hidden.check_session_customer(uuid, uuid) is 'PT404 unless the customer belongs to the organization.';
+comment on function hidden.check_session_customer(uuid, uuid) is
+  'PT404 unless the customer belongs to the organization and was not erased (an erased customer is never found again).';
 revoke all on function hidden.check_session_customer(uuid, uuid) from public;
 
 create function hidden.check_not_booked(s public.class_sessions, customer uuid)

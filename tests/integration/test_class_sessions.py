@@ -348,10 +348,14 @@ def test_only_admins_and_managers_book_and_cancel(tx: Studio, actor: str, expect
         assert refused(tx, actor, sql, params).sqlstate == expected, sql
 
 
-def test_a_customer_of_another_org_is_not_found(tx: Studio) -> None:
+def test_a_customer_of_another_org_or_erased_is_not_found(tx: Studio) -> None:
     other_org = make_org(tx.conn)
     stranger = customer(tx, org=other_org, credits=None)
     err = refused(tx, "manager", BOOK.format(wait=""), {"session": session(tx), "customer": stranger})
+    assert (err.sqlstate, err.diag.message_primary) == ("PT404", "customer not found")
+    erased = customer(tx)
+    as_staff(tx, "admin", "select public.erase_customer(customer_id => %(c)s)", {"c": erased})
+    err = refused(tx, "manager", BOOK.format(wait=""), {"session": session(tx), "customer": erased})
     assert (err.sqlstate, err.diag.message_primary) == ("PT404", "customer not found")
 
 
