@@ -13,8 +13,13 @@
 --      what can touch the payment rows of more than one customer (a cancellation that promotes,
 --      a cancelled session, a larger capacity);
 --   3. booking rows, then membership / package rows.
--- Bookings are written only through the RPCs below (SECURITY DEFINER with explicit role checks):
--- a direct UPDATE would lock the booking row before its session and could deadlock with them.
+-- API roles write bookings only through the RPCs below (SECURITY DEFINER with explicit role
+-- checks): a direct UPDATE would lock the booking row before its session and could deadlock with
+-- them. service_role may only move a status (mark-no-shows: booked -> no_show frees no seat, so it
+-- takes no session lock). A multi-row UPDATE of class_sessions (a filtered PATCH) locks them in
+-- scan order, not id order: it can deadlock with book_sessions over the same sessions (then
+-- Postgres aborts one; nothing is overbooked).
+-- The hot case (every client on one session) runs one booking at a time: bench/bench_sessions.py.
 
 create type public.class_session_status as enum ('scheduled', 'cancelled');
 comment on type public.class_session_status is 'scheduled -> cancelled. Nothing else.';
