@@ -38,9 +38,42 @@ def _docker_answers() -> bool:
         return False
 
 
+# -- Supabase-shaped server (issue 9) -----------------------------------------------------------
+#: `CRM_TEST_SUPABASE=1`: the whole session runs on a throwaway cluster shaped like a Supabase
+#: project (tests/pgcluster.py): its superuser is `supabase_admin`, and the suite connects, migrates
+#: and acts as Supabase's demoted `postgres` (NOSUPERUSER), on databases that already hold Supabase's
+#: `auth` schema, `extensions` and default grants.
+SUPABASE_MODE = os.environ.get("CRM_TEST_SUPABASE", "").strip() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def supabase_server(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Maintenance URL (as `postgres`) of a Supabase-shaped cluster; the session's own in Supabase mode."""
+    from tests import pgcluster
+
+    if SUPABASE_MODE:
+        yield request.getfixturevalue("pg_server_url")
+        return
+    if not pgcluster.available():
+        pytest.skip("PostgreSQL 15 binaries (initdb) are not installed")
+    with pgcluster.supabase_cluster() as c:
+        yield c.url("postgres")
+
+
+def _session_supabase_server() -> Iterator[str]:
+    from tests import pgcluster
+
+    with pgcluster.supabase_cluster() as c:
+        yield c.url("postgres")
+# -- end of the Supabase-shaped server block ----------------------------------------------------
+
+
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     """URL of a maintenance database on a server where tests may create and drop databases."""
+    if SUPABASE_MODE:
+        yield from _session_supabase_server()
+        return
     url = os.environ.get("DATABASE_URL", "").strip()
     if url:
         yield url

@@ -49,7 +49,9 @@ def make_org(conn: psycopg.Connection, slug: str | None = None, country: str = "
 
 def make_user(conn: psycopg.Connection, email: str | None = None) -> uuid.UUID:
     email = email or f"user-{uuid.uuid4().hex[:8]}@example.test"
-    row = conn.execute("insert into auth.users (email) values (%s) returning id", (email,)).fetchone()
+    # An explicit id: Supabase's auth.users.id has no default.
+    row = conn.execute("insert into auth.users (id, email) values (gen_random_uuid(), %s) returning id",
+                       (email,)).fetchone()
     return _first(row)
 
 

@@ -18,7 +18,7 @@ from typing import NoReturn
 import psycopg
 from psycopg.rows import dict_row
 
-from crm import config, queries
+from crm import config, queries, supabase_auth
 from crm.errors import ConfigError, CrmError
 
 ROLES = ("admin", "manager", "agent", "viewer")
@@ -126,14 +126,31 @@ def add_staff(conn: psycopg.Connection, org: str, email: str, role: str) -> str:
     email = email.strip()
     if "@" not in email:
         raise UsageError(f"not an email address: {email!r}")
+    if not conn.execute(queries.get("organization_exists"), {"org": org}).fetchone()["found"]:
+        raise CliError(f"no organization with slug {org!r}")
     user = conn.execute(queries.get("find_user_by_email"), {"email": email}).fetchone()
-    if user is None:
-        user = conn.execute(queries.get("create_user"), {"email": email.lower()}).fetchone()
+    if user is not None:
+        user_id = str(user["id"])
+    elif supabase_auth.configured():
+        # Supabase Auth owns auth.users there: it assigns the id and fills what it needs.
+        try:
+            admin = supabase_auth.AuthAdmin.from_env()
+        except ConfigError as exc:
+            raise CliError(str(exc)) from exc
+        try:
+            user_id = admin.ensure_user(email.lower())
+        except supabase_auth.AuthAdminError as exc:
+            raise CliError(str(exc)) from exc
+        finally:
+            admin.close()
+    else:
+        # auth.users.id has no default on Supabase (nor in our stand-in): the id is explicit.
+        user_id = str(conn.execute(queries.get("create_user"), {"email": email.lower()}).fetchone()["id"])
     row = conn.execute(queries.get("add_staff"),
-                       {"org": org, "user_id": user["id"], "role": role}).fetchone()
+                       {"org": org, "user_id": user_id, "role": role}).fetchone()
     if row is None:
         raise CliError(f"no organization with slug {org!r}")
-    return str(user["id"])
+    return user_id
 
 
 def cmd_org_create(args: argparse.Namespace) -> int:
