@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -104,6 +105,9 @@ def start_function(folder: str, env: dict[str, str], log: Path,
     """`functions-framework --source functions/<folder>/main.py --target <folder>` in a subprocess,
     as it is deployed; output goes to `log` (a file, not a pipe: nothing to drain)."""
     port = port or free_port()
+    if os.environ.get("CRM_TEST_POOLER_URL") and "CRM_DB_POOLER" not in env:
+        # The pooler run (conftest): deployed behind PgBouncer as an operator would deploy it.
+        env = {**env, "CRM_DB_POOLER": "transaction"}
     exe = Path(sys.executable).with_name("functions-framework")
     with log.open("w") as out:
         proc = subprocess.Popen(

@@ -247,3 +247,83 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+# -- PgBouncer in transaction mode ----------------------------------------------------------------
+PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+
+
+def pgbouncer_available() -> bool:
+    return Path(PGBOUNCER).exists()
+
+
+@contextlib.contextmanager
+def pgbouncer(upstream_host: str, upstream_port: int, user: str = "postgres",
+              pool_size: int = 20) -> Iterator[str]:
+    """A real PgBouncer with `pool_mode = transaction` (what Supabase's pooler on 6543 does) in
+    front of `upstream`, every database name passed through; yields its maintenance URL."""
+    root = Path(tempfile.mkdtemp(prefix="crm-pgbouncer-"))
+    prefix, owner = _as_pg_user()
+    port = _free_port()
+    ini = root / "pgbouncer.ini"
+    ini.write_text(f"""[databases]
+* = host={upstream_host} port={upstream_port} user={user}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = any
+pool_mode = transaction
+max_client_conn = 1000
+default_pool_size = {pool_size}
+max_db_connections = {pool_size * 2}
+server_reset_query =
+server_check_delay = 0
+ignore_startup_parameters = extra_float_digits
+logfile = {root / 'pgbouncer.log'}
+pidfile = {root / 'pgbouncer.pid'}
+""")
+    if owner:
+        pw = pwd.getpwnam(owner)
+        for path in (root, ini):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+    proc = subprocess.Popen([*prefix, PGBOUNCER, str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = conninfo.make_conninfo(host="127.0.0.1", port=port, user=user, dbname="postgres")
+    try:
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"pgbouncer exited: {proc.stderr.read().decode(errors='replace')}")
+            try:
+                psycopg.connect(url, connect_timeout=2).close()
+                return True
+            except psycopg.OperationalError:
+                return False
+
+        if not wait_until(answers, 15, 0.1):
+            raise RuntimeError("pgbouncer did not answer within 15 s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    # `.ci/run`: `python -m tests.pgcluster pgbouncer HOST PORT` prints the URL, serves until SIGTERM.
+    import sys
+
+    if len(sys.argv) == 4 and sys.argv[1] == "pgbouncer":
+        import threading
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with pgbouncer(sys.argv[2], int(sys.argv[3])) as bouncer_url:
+            print(bouncer_url, flush=True)
+            stop.wait()
+    else:
+        raise SystemExit("usage: python -m tests.pgcluster pgbouncer HOST PORT")

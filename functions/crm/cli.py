@@ -56,7 +56,9 @@ def database_url() -> Iterator[str]:
 @contextlib.contextmanager
 def connect(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, row_factory=dict_row, connect_timeout=5)
+        # Behind a transaction pooler a prepared statement may be gone in the next transaction.
+        prepare = {"prepare_threshold": None} if config.transaction_pooler() else {}
+        conn = psycopg.connect(url, autocommit=autocommit, row_factory=dict_row, connect_timeout=5, **prepare)
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
         raise CliError(f"cannot connect to the database: {first}") from exc
@@ -73,8 +75,12 @@ def _one_line(exc: BaseException) -> str:
 
 # -- db ------------------------------------------------------------------------------------------
 def cmd_db_migrate(args: argparse.Namespace) -> int:
-    from crm.migrate import MigrationError, Migrator
+    from crm.migrate import MigrationError, Migrator, refuse_transaction_pooler
 
+    try:
+        refuse_transaction_pooler()
+    except MigrationError as exc:
+        raise CliError(str(exc)) from exc
     with database_url() as url, connect(url, autocommit=True) as conn:
         try:
             Migrator(conn, log=print).migrate(dry_run=args.dry_run)
@@ -211,7 +217,8 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
     options = {"apply": args.apply, "limit": args.limit, "report": args.report,
                "progress": sys.stderr.isatty()}
     with database_url() as url:
-        db = Database(url, min_size=1, max_size=4)
+        # Run by hand or by a scheduler, not on a caller's clock: a longer statement budget.
+        db = Database(url, min_size=1, max_size=4, statement_timeout_ms=60_000)
         db.open()
         try:
             summary = job.fn(db, options)

@@ -1,7 +1,8 @@
 """`crm dev`: database, migrations, every function on one port, the jobs, a demo org (SPEC §3).
 
 Each function is mounted exactly as functions-framework would deploy it (`create_app(target,
-source)`) under its own path prefix, so what runs here is what runs alone in production.
+source)`) under its own path prefix, and served by the same server as a deployment (`crm.server`:
+read deadlines, strict framing), so what runs here is what runs alone in production.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import flask
 import functions_framework
 import psycopg
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
-from werkzeug.serving import make_server
 
 from crm import ROOT, config, jobs
 from crm.db import Database, set_database
 from crm.errors import NotFound
 from crm.http import endpoint, problem_response
+from crm.server import Server
 
 log = logging.getLogger("crm.dev")
 
@@ -184,8 +185,12 @@ def public_url(host: str, port: int) -> str:
 def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
     from crm.cli import CliError, connect
     from crm.embedded import EmbeddedPostgres, dev_secrets, save_dev_settings
-    from crm.migrate import MigrationError, Migrator
+    from crm.migrate import MigrationError, Migrator, refuse_transaction_pooler
 
+    try:
+        refuse_transaction_pooler()
+    except MigrationError as exc:
+        raise CliError(str(exc)) from exc
     data_dir = config.data_dir()
     for key, value in dev_secrets(data_dir).items():
         os.environ.setdefault(key, value)
@@ -212,12 +217,12 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
                 raise CliError(str(exc)) from exc
         created = ensure_demo(url) if demo else None
 
-        db = Database(url, max_size=config.env_int("CRM_DB_POOL_SIZE", 10))
+        db = Database(url, max_size=config.env_int("CRM_DB_POOL_SIZE", 10), pooler=config.pooler_mode())
         db.open()
         set_database(db)
 
         try:
-            server = make_server(host, port, build_app(Path(os.environ["CRM_STORAGE_DIR"])), threaded=True)
+            server = Server(build_app(Path(os.environ["CRM_STORAGE_DIR"])), host, port)
         except OSError as exc:
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
@@ -226,7 +231,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
             runner.start()
 
         def stop(signum, frame):  # noqa: ARG001
-            threading.Thread(target=server.shutdown, daemon=True).start()
+            server.shutdown()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import tuple_row
 
-from crm import ROOT
+from crm import ROOT, config
 from crm.sqlsplit import split
 
 DB_DIR = ROOT / "db"
@@ -189,7 +189,9 @@ class Migrator:
 
     # -- actions -------------------------------------------------------------------------------
     def migrate(self, *, dry_run: bool = False) -> list[Entry]:
-        """Apply what is pending; returns the entries applied (or, with dry_run, to be applied)."""
+        """Apply what is pending; returns the entries applied (or, with dry_run, to be applied).
+
+        Callers that take the connection from `DATABASE_URL` call `refuse_transaction_pooler()` first."""
         self._q("select pg_advisory_lock(%s)", (LOCK_KEY,))
         try:
             if not dry_run:
@@ -258,6 +260,16 @@ class Migrator:
         except psycopg.Error as exc:
             raise MigrationError(f"{entry.name}: {exc}") from exc
         return ms
+
+
+POOLER_REFUSAL = ("refusing to migrate through a transaction pooler (CRM_DB_POOLER=transaction): migrations need"
+                  " a session for their lock and DDL; use the direct connection (on Supabase the database URL"
+                  " on port 5432, not the pooler on 6543)")
+
+
+def refuse_transaction_pooler() -> None:
+    if config.transaction_pooler():
+        raise MigrationError(POOLER_REFUSAL)
 
 
 def status_lines(entries: list[Entry]) -> list[str]:
