@@ -281,6 +281,8 @@ max_db_connections = {pool_size * 2}
 server_reset_query =
 server_check_delay = 0
 ignore_startup_parameters = extra_float_digits
+log_connections = 0
+log_disconnections = 0
 logfile = {root / 'pgbouncer.log'}
 pidfile = {root / 'pgbouncer.pid'}
 """)
@@ -288,12 +290,15 @@ pidfile = {root / 'pgbouncer.pid'}
         pw = pwd.getpwnam(owner)
         for path in (root, ini):
             os.chown(path, pw.pw_uid, pw.pw_gid)
-    proc = subprocess.Popen([*prefix, PGBOUNCER, str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Output to files, never a pipe nobody drains (PgBouncer logs to stderr too, and would block).
+    proc = subprocess.Popen([*prefix, PGBOUNCER, "--quiet", str(ini)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     url = conninfo.make_conninfo(host="127.0.0.1", port=port, user=user, dbname="postgres")
     try:
         def answers() -> bool:
             if proc.poll() is not None:
-                raise RuntimeError(f"pgbouncer exited: {proc.stderr.read().decode(errors='replace')}")
+                log_file = root / "pgbouncer.log"
+                raise RuntimeError(f"pgbouncer exited: {log_file.read_text()[-2000:] if log_file.exists() else ''}")
             try:
                 psycopg.connect(url, connect_timeout=2).close()
                 return True

@@ -53,8 +53,8 @@ CHECK_DEADLINE = 1.0  # seconds the liveness ping of a pooled connection may tak
 # so a merely slow query is cancelled by the server (a clean 503 `statement_timeout`) first.
 # Keepalives and tcp_user_timeout stay on for what they do catch: a peer that vanished from the
 # network (idle pool connections, connection setup, unacknowledged writes).
-REQUEST_STATEMENT_TIMEOUT_MS = 3_000
-REQUEST_DEADLINE = 4.5  # seconds, from asking the pool for a connection to COMMIT
+REQUEST_STATEMENT_TIMEOUT_MS = 2_500
+REQUEST_DEADLINE = 3.5  # seconds, from asking the pool for a connection to COMMIT
 TCP_SETTINGS = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
                 "tcp_user_timeout": 5_000}
 API_ROLES = frozenset({"anon", "authenticated", "service_role"})
@@ -263,7 +263,7 @@ class Database:
         self.url = url
         self.statement_timeout = f"{statement_timeout_ms}ms"
         #: seconds from asking for a connection to COMMIT before the connection is cut
-        self.deadline_seconds = deadline_seconds or max(REQUEST_DEADLINE, statement_timeout_ms / 1000 + 1.5)
+        self.deadline_seconds = deadline_seconds or max(REQUEST_DEADLINE, statement_timeout_ms / 1000 + 1.0)
         #: `CRM_DB_POOLER` (`transaction`: no prepared statements, nothing session-level)
         self.pooler = pooler if pooler is not None else config.pooler_mode()
         kwargs: dict[str, Any] = {"row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT,
