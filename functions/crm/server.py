@@ -127,6 +127,7 @@ class _Connection:
         peer = writer.get_extra_info("peername") or ("", 0)
         self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else ("", 0)
         self.buffer = b""  # bytes read but not yet given to h11 (the head, checked first)
+        self.in_body = False  # the head was parsed: a protocol error now is in the body
 
     async def run(self) -> None:
         try:
@@ -179,6 +180,7 @@ class _Connection:
             return None
 
     async def _read_rest(self, request_id: str) -> _Request | None:
+        self.in_body = False
         # The head, raw, so framing can be checked before h11 normalises duplicate headers away.
         buffered = self.h11.trailing_data[0] + self.buffer
         self.buffer = b""
@@ -205,6 +207,7 @@ class _Connection:
             event = self._next_event()
         if not isinstance(event, h11.Request):
             raise _Refused(400, "Malformed request.", "malformed_request")
+        self.in_body = True
         incoming = dict(event.headers).get(b"x-request-id", b"")
         if _REQUEST_ID.match(incoming):
             request_id = incoming.decode()
@@ -244,7 +247,7 @@ class _Connection:
             return self.h11.next_event()
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint if exc.error_status_hint in (400, 413, 431) else 400
-            code = "malformed_body" if self.h11.their_state is h11.SEND_BODY else "malformed_request"
+            code = "malformed_body" if self.in_body else "malformed_request"
             raise _Refused(status, f"Malformed request: {exc}.", code) from None
 
     async def _send(self, event) -> None:

@@ -131,10 +131,11 @@ def test_stalled_sockets_hold_no_worker_and_get_408(booking):
         # Not received within CRM_HTTP_BODY_TIMEOUT: each stalled request is answered 408 and closed.
         first = sockets[0]
         first.settimeout(BODY_TIMEOUT + 10)
-        answer = first.recv(65536)
+        answer = b""
+        while chunk := first.recv(65536):  # until the server closes the connection
+            answer += chunk
         assert answer.startswith(b"HTTP/1.1 408"), answer
         assert b"application/problem+json" in answer and b"x-request-id" in answer.lower()
-        assert first.recv(65536) == b""  # closed
     finally:
         for s in sockets:
             s.close()

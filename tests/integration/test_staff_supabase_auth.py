@@ -47,7 +47,8 @@ class AuthStandIn:
                 return self.send(start_response, 200, self.user_json(row))
             if request.method == "GET" and request.path == "/auth/v1/admin/users":
                 page, per_page = int(request.args.get("page", 1)), int(request.args.get("per_page", 50))
-                rows = conn.execute("select id, email, created_at from auth.users order by id limit %s offset %s",
+                rows = conn.execute("select id, email, coalesce(created_at, now()) from auth.users"
+                                    " order by id limit %s offset %s",
                                     (per_page, (page - 1) * per_page)).fetchall()
                 users = [self.user_json(r) for r in rows]
                 return self.send(start_response, 200, {"users": users, "aud": "authenticated"})
