@@ -305,6 +305,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument("--pgbouncer", action="store_true",
                         help="also measure the function through PgBouncer in transaction mode")
+    parser.add_argument("--gunicorn", action="store_true",
+                        help="also measure the function on functions-framework's own gunicorn gthread server "
+                             "(CRM_HTTP_SERVER=gunicorn, THREADS=--threads), the server crm.server replaces")
     parser.add_argument("--embedded", action="store_true",
                         help="run a private embedded PostgreSQL (default without DATABASE_URL): no other "
                              "session's checkpoints or load on the database server")
@@ -323,6 +326,7 @@ def main() -> int:
     url = conninfo.make_conninfo(server_url, dbname=dbname)
     proc = None
     pooled_proc = None
+    gunicorn_proc = None
     bouncer = contextlib.ExitStack()
     try:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -353,6 +357,12 @@ def main() -> int:
             pooled_proc = start_function({**env, "DATABASE_URL": conninfo.make_conninfo(bouncer_url, dbname=dbname),
                                           "CRM_DB_POOLER": "transaction"}, pooled_port)
             wait_ready(pooled_port, pooled_proc)
+        gunicorn_port = None
+        if args.gunicorn:
+            gunicorn_port = free_port()
+            gunicorn_proc = start_function({**env, "CRM_HTTP_SERVER": "gunicorn", "THREADS": str(args.threads),
+                                            "GUNICORN_LOG_LEVEL": "warning"}, gunicorn_port)
+            wait_ready(gunicorn_port, gunicorn_proc)
         print(f"database: {'private embedded' if embedded else 'DATABASE_URL'} PostgreSQL; "
               f"server: functions-framework (crm.server) threads={args.threads} pool={args.pool}"
               f"{'; also through PgBouncer (transaction mode)' if pooled_port else ''}; "
@@ -366,17 +376,21 @@ def main() -> int:
         run_sql(connector, org, 4, 1.0, counter)
         if pooled_port:
             run_http(pooled_port, 4, 1.0, counter)
+        if gunicorn_port:
+            run_http(gunicorn_port, 4, 1.0, counter)
         header = (f"{'N':>3} | {'HTTP/s':>7} {'p50':>6} {'p99':>6} | {'conn/s':>7} {'p50':>6} {'p99':>6} | "
                   f"{'SQL/s':>7} {'p50':>6} {'p99':>6} | {'err':>4} | {'HTTP÷SQL':>8} {'conn÷SQL':>8} | {'ckp':>3}")
         if pooled_port:
             header += f" | {'pool/s':>7} {'p50':>6} {'p99':>6} {'err':>4} {'pool÷HTTP':>9}"
+        if gunicorn_port:
+            header += f" | {'gunic/s':>7} {'p50':>6} {'p99':>6} {'HTTP÷gunic':>10}"
         print(header)
         print("-" * len(header))
         results = []
         for n in levels:
             # Alternate short slices of the three paths so that all see the same background load (the
             # machine is shared); each gets `seconds` in total.
-            parts: dict[str, list[dict]] = {"http": [], "connector": [], "sql": [], "pooled": []}
+            parts: dict[str, list[dict]] = {"http": [], "connector": [], "sql": [], "pooled": [], "gunicorn": []}
             cps = checkpoints(url)
             for _ in range(args.rounds):
                 slice_ = args.seconds / args.rounds
@@ -385,6 +399,8 @@ def main() -> int:
                 parts["sql"].append(run_sql(url, org, n, slice_, counter))
                 if pooled_port:
                     parts["pooled"].append(run_http(pooled_port, n, slice_, counter))
+                if gunicorn_port:
+                    parts["gunicorn"].append(run_http(gunicorn_port, n, slice_, counter))
             h, c, s = (merge(parts[k]) for k in ("http", "connector", "sql"))
             cps = checkpoints(url) - cps
             ratio = h["rate"] / s["rate"] if s["rate"] else float("nan")
@@ -400,6 +416,11 @@ def main() -> int:
                 result["pooled_ratio"] = p["rate"] / h["rate"] if h["rate"] else float("nan")
                 line += (f" | {p['rate']:>7.0f} {p['p50_ms']:>6.1f} {p['p99_ms']:>6.1f} {p['errors']:>4}"
                          f" {result['pooled_ratio']:>9.2f}")
+            if gunicorn_port:
+                g = merge(parts["gunicorn"])
+                result["gunicorn"] = g
+                line += (f" | {g['rate']:>7.0f} {g['p50_ms']:>6.1f} {g['p99_ms']:>6.1f}"
+                         f" {h['rate'] / g['rate'] if g['rate'] else float('nan'):>10.2f}")
             results.append(result)
             print(line, flush=True)
         connector.close()
@@ -429,14 +450,14 @@ def main() -> int:
             print(f"through PgBouncer (transaction mode): errors {errors} (goal 0); worst pool÷HTTP "
                   f"{worst['pooled_ratio']:.2f} at N={worst['clients']} (goal ≥ 0.90)")
         for r in results:
-            for key in ("http", "connector", "sql", "pooled"):
+            for key in ("http", "connector", "sql", "pooled", "gunicorn"):
                 if key in r:
                     r[key].pop("latencies")
         half.pop("latencies")
         print(json.dumps({"levels": results, "half_peak": half}, default=float), file=sys.stderr)
         return 0
     finally:
-        for p in (proc, pooled_proc):
+        for p in (proc, pooled_proc, gunicorn_proc):
             if p is not None:
                 os.killpg(p.pid, signal.SIGTERM)
                 p.wait(15)

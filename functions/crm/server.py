@@ -124,6 +124,10 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = writer.get_extra_info("peername") or ("", 0)
         self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else ("", 0)
         self.buffer = b""  # bytes read but not yet given to h11 (the head, checked first)
@@ -250,8 +254,10 @@ class _Connection:
             code = "malformed_body" if self.in_body else "malformed_request"
             raise _Refused(status, f"Malformed request: {exc}.", code) from None
 
-    async def _send(self, event) -> None:
-        data = self.h11.send(event)
+    async def _send(self, *events) -> None:
+        """One write for all events: a response in several small segments would meet Nagle and the
+        client's delayed ACK (measured: +40 ms per request)."""
+        data = b"".join(self.h11.send(event) or b"" for event in events)
         if data:
             self.writer.write(data)
             await self.writer.drain()
@@ -263,9 +269,8 @@ class _Connection:
         try:
             if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
                 raise h11.LocalProtocolError("cannot respond now")
-            await self._send(h11.Response(status_code=status, headers=headers, reason=_phrase(status).encode()))
-            await self._send(h11.Data(data=body))
-            await self._send(h11.EndOfMessage())
+            await self._send(h11.Response(status_code=status, headers=headers, reason=_phrase(status).encode()),
+                             h11.Data(data=body), h11.EndOfMessage())
         except h11.LocalProtocolError:
             # h11 refuses to answer a request it could not parse: write the bytes ourselves.
             reason = _phrase(status).encode()
@@ -286,10 +291,10 @@ class _Connection:
         if close:
             headers.append((b"connection", b"close"))
         try:
-            await self._send(h11.Response(status_code=status, headers=headers, reason=reason))
+            events = [h11.Response(status_code=status, headers=headers, reason=reason)]
             if body and request.method != "HEAD":
-                await self._send(h11.Data(data=body))
-            await self._send(h11.EndOfMessage())
+                events.append(h11.Data(data=body))
+            await self._send(*events, h11.EndOfMessage())
         except (ConnectionError, OSError):
             return False
         return not close and self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
