@@ -132,15 +132,17 @@ class _Connection:
         self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else ("", 0)
         self.buffer = b""  # bytes read but not yet given to h11 (the head, checked first)
         self.in_body = False  # the head was parsed: a protocol error now is in the body
+        self.busy = False  # between a request's first byte and its response: shutdown waits for it
 
     async def run(self) -> None:
         try:
             while True:
+                self.busy = False
                 request = await self._read_request()
                 if request is None:
                     return
                 keep_alive = await self._respond(request)
-                if not keep_alive:
+                if not keep_alive or self.server.stopping:
                     return
                 self.h11.start_next_cycle()
         except _ClientGone:
@@ -168,6 +170,7 @@ class _Connection:
                 return None
             if not first:
                 return None
+            self.busy = True
             self.buffer = first
         request_id = uuid.uuid4().hex
         try:
@@ -328,7 +331,7 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
-        self._connections: set[asyncio.Task] = set()
+        self._connections: dict[asyncio.Task, _Connection] = {}
         self._stopping = threading.Event()  # shutdown() before the loop runs is not lost
 
     # -- WSGI ------------------------------------------------------------------------------------
@@ -422,11 +425,14 @@ class Server:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
-            self._connections.add(task)
+            connection = _Connection(self, reader, writer)
+            self._connections[task] = connection
             try:
-                await _Connection(self, reader, writer).run()
+                await connection.run()
+            except asyncio.CancelledError:
+                pass  # shutdown closed it (re-raising makes asyncio's stream callback log a traceback)
             finally:
-                self._connections.discard(task)
+                self._connections.pop(task, None)
 
         server = await asyncio.start_server(handle, sock=self.sock, limit=HEAD_LIMIT * 2)
         self._ready.set()
@@ -435,6 +441,10 @@ class Server:
         async with server:
             await self._stop.wait()
             server.close()
+            # Idle kept-alive connections close now; requests in flight get SHUTDOWN_GRACE to finish.
+            for task, connection in list(self._connections.items()):
+                if not connection.busy:
+                    task.cancel()
             if self._connections:
                 _done, pending = await asyncio.wait(list(self._connections), timeout=SHUTDOWN_GRACE)
                 for task in pending:
@@ -448,6 +458,10 @@ class Server:
 
     def wait_ready(self, timeout: float = 10) -> bool:
         return self._ready.wait(timeout)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     def shutdown(self) -> None:
         self._stopping.set()

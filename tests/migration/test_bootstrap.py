@@ -104,7 +104,7 @@ def test_migrations_apply_as_supabase_postgres_and_leave_auth_alone(supabase_db)
         assert works == ("Arger Cafe", True)
 
 
-def test_crm_staff_add_and_search_work_on_supabase(supabase_db):
+def test_crm_org_create_and_staff_add_work_on_supabase(supabase_db):
     with psycopg.connect(supabase_db, autocommit=True) as conn:
         Migrator(conn).migrate()
     env = {"DATABASE_URL": supabase_db, "PATH": "/usr/bin:/bin"}
