@@ -19,12 +19,13 @@ from pathlib import Path
 import flask
 import functions_framework
 import psycopg
+from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from crm import ROOT, config, jobs
 from crm.db import Database, set_database
 from crm.errors import NotFound
-from crm.http import endpoint, problem_response
+from crm.http import endpoint, framework_error, problem_response
 from crm.server import Server
 
 log = logging.getLogger("crm.dev")
@@ -64,6 +65,7 @@ def function_apps() -> dict:
 def root_app(media_dir: Path | None) -> flask.Flask:
     """`/healthz`, `/media/…` (the local image store) and problem+json 404s for everything else."""
     app = flask.Flask("crm-dev")
+    app.register_error_handler(HTTPException, framework_error)  # e.g. a path no route matches
 
     @app.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
     @app.route("/<path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])

@@ -220,3 +220,17 @@ def test_the_body_deadline_defaults_to_ten_seconds(monkeypatch):
 
     monkeypatch.delenv("CRM_HTTP_BODY_TIMEOUT", raising=False)
     assert server.body_timeout() == 10
+
+
+def test_function_apps_answer_unroutable_paths_as_problems_under_any_server(monkeypatch):
+    """The fix lives in the app too (functions-framework's own routing), not only in crm.server."""
+    from tests.helpers import function_app
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("CRM_JWT_SECRET", JWT_SECRET)
+    client = function_app("leads").test_client()
+    for path in ("/leads/abc%0A", "/robots.txt"):
+        response = client.patch(path)
+        assert response.status_code == 404, path
+        assert response.headers["Content-Type"] == "application/problem+json", path
+        assert response.headers["X-Request-Id"], path
