@@ -197,21 +197,26 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
     for key, value in dev_secrets(data_dir).items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("CRM_STORAGE_DIR", str(data_dir / "media"))
-    os.environ.setdefault("CRM_PUBLIC_URL", public_url(host, port))
+    # Listen first: `--port 0` takes a free port, and the public URL (image links, printed) is the
+    # real one. Connections wait in the backlog until serve_forever, once the app is built.
+    try:
+        server = Server(None, host, port)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    os.environ.setdefault("CRM_PUBLIC_URL", public_url(host, server.port))
     save_dev_settings({k: os.environ[k] for k in ("CRM_STORAGE_DIR", "CRM_PUBLIC_URL")}, data_dir)
 
     embedded = None
-    url = config.env("DATABASE_URL")
-    if not url:
-        print(f"crm dev: starting embedded PostgreSQL in {data_dir / 'pgdata'} …", flush=True)
-        embedded = EmbeddedPostgres(data_dir)
-        url = embedded.start()
-        os.environ["DATABASE_URL"] = url
-
     db: Database | None = None
-    server = None
     runner = None
     try:
+        url = config.env("DATABASE_URL")
+        if not url:
+            print(f"crm dev: starting embedded PostgreSQL in {data_dir / 'pgdata'} …", flush=True)
+            embedded = EmbeddedPostgres(data_dir)
+            url = embedded.start()
+            os.environ["DATABASE_URL"] = url
+
         with connect(url, autocommit=True) as conn:
             try:
                 Migrator(conn, log=lambda m: print(f"crm dev: {m}", flush=True)).migrate()
@@ -223,10 +228,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
         db.open()
         set_database(db)
 
-        try:
-            server = Server(build_app(Path(os.environ["CRM_STORAGE_DIR"])), host, port)
-        except OSError as exc:
-            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        server.app = build_app(Path(os.environ["CRM_STORAGE_DIR"]))
 
         if jobs:
             runner = JobRunner(db)
@@ -237,7 +239,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        print(try_it_text(public_url(host, server.server_port), created, demo_manager_id(url)), flush=True)
+        print(try_it_text(public_url(host, server.port), created, demo_manager_id(url)), flush=True)
         server.serve_forever()
         print("crm dev: stopping", file=sys.stderr, flush=True)
         return 0
@@ -245,8 +247,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
         if runner is not None:
             runner.stopping.set()
             runner.join(timeout=10)
-        if server is not None:
-            server.server_close()
+        server.server_close()
         if db is not None:
             set_database(None)
             db.close()

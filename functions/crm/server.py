@@ -320,7 +320,9 @@ class _UnreadBody(io.RawIOBase):
 class Server:
     """`Server(app, host, port)`; `serve_forever()` until `shutdown()` (thread-safe) or SIGTERM."""
 
-    def __init__(self, app: Callable, host: str = "127.0.0.1", port: int = 8080, *, threads: int | None = None):
+    def __init__(self, app: Callable | None, host: str = "127.0.0.1", port: int = 8080, *,
+                 threads: int | None = None):
+        """Binds at once (`port` 0: a free one, see `port`); `app` may be set before `serve_forever`."""
         self.app = app
         self.host = host
         self.executor = ThreadPoolExecutor(max_workers=threads or worker_threads(), thread_name_prefix="crm-http")
@@ -458,6 +460,10 @@ class Server:
 
     def wait_ready(self, timeout: float = 10) -> bool:
         return self._ready.wait(timeout)
+
+    @property
+    def port(self) -> int:
+        return self.server_port
 
     @property
     def stopping(self) -> bool:
