@@ -24,14 +24,15 @@ from tests.helpers import BOOKING_EXAMPLE, make_org
 
 
 @pytest.fixture
-def bouncer_url(db_url):
+def bouncer_url(pg_server_url, db_url):
     if not pgcluster.pgbouncer_available():
         pytest.skip("pgbouncer is not installed")
-    params = conninfo.conninfo_to_dict(db_url)
-    # Through the pooler to the same server and database as db_url (whatever the suite runs on).
-    with pgcluster.pgbouncer(params.get("host", "127.0.0.1"), int(params.get("port", 5432)),
-                             user=params.get("user", "postgres"), pool_size=2) as url:
-        yield conninfo.make_conninfo(url, dbname=params["dbname"])
+    # Our own PgBouncer, straight to the server the suite runs on (not through the pooler of a
+    # CRM_TEST_POOLER_URL run), for this test's database.
+    server = conninfo.conninfo_to_dict(pg_server_url)
+    with pgcluster.pgbouncer(server.get("host") or "127.0.0.1", int(server.get("port") or 5432),
+                             user=server.get("user") or "postgres", pool_size=2) as url:
+        yield conninfo.make_conninfo(url, dbname=conninfo.conninfo_to_dict(db_url)["dbname"])
 
 
 def test_bookings_through_pgbouncer_in_transaction_mode_never_fail(bouncer_url, conn, monkeypatch):
