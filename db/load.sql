@@ -1,7 +1,7 @@
 -- Apply the whole schema with psql alone, in the order `crm db migrate` uses:
 --   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 --single-transaction -f db/load.sql
--- Versioned migrations first (in number order), then the repeatable files: db/policies/ then
--- db/triggers/, each in name order. Regenerate with `python -m crm.migrate`;
+-- Versioned migrations first (in number order), then the repeatable files: db/functions/,
+-- db/policies/, then db/triggers/, each in name order. Regenerate with `python -m crm.migrate`;
 -- tests/migration/test_load_sql.py keeps it in step.
 \set ON_ERROR_STOP on
 \ir migrations/0001_supabase_bootstrap.sql
@@ -12,6 +12,8 @@
 \ir migrations/0006_image_cache.sql
 \ir migrations/0007_payments.sql
 \ir migrations/0008_database_rules.sql
+\ir migrations/0009_webhooks_out.sql
+\ir functions/webhooks.sql
 \ir policies/000_access_helpers.sql
 \ir policies/customers.sql
 \ir policies/inspections.sql
@@ -24,6 +26,7 @@
 \ir policies/shipments.sql
 \ir policies/staff.sql
 \ir policies/tasks.sql
+\ir policies/webhooks.sql
 \ir policies/wms_orders.sql
 \ir triggers/000_timestamps.sql
 \ir triggers/001_crm_common.sql
@@ -32,8 +35,10 @@
 \ir triggers/leads.sql
 \ir triggers/orders.sql
 \ir triggers/orders_money.sql
+\ir triggers/outbox.sql
 \ir triggers/payments.sql
 \ir triggers/shipments.sql
 \ir triggers/staff.sql
 \ir triggers/tasks.sql
 \ir triggers/text_rules.sql
+\ir triggers/webhook_endpoints.sql

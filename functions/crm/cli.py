@@ -230,6 +230,96 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- worker and webhooks out ---------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+
+    from crm.db import Database
+    from crm.embedded import apply_dev_settings
+    from crm.worker import Worker
+
+    apply_dev_settings()
+    with database_url() as url:
+        db = Database(url, min_size=1, max_size=4)
+        db.open()
+        try:
+            try:
+                worker = Worker(db, args.jobs)
+            except KeyError as exc:
+                raise UsageError(exc.args[0]) from exc
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: worker.stopping.set())
+            worker.start()
+            print(f"crm worker: running {', '.join(worker.names)} (SIGTERM stops)", file=sys.stderr, flush=True)
+            worker.wait()
+            worker.stop()
+        finally:
+            db.close()
+    if worker.failure:
+        raise CliError(worker.failure)
+    return 0
+
+
+def _webhook_call(query: str, params: dict, missing: str = "not found") -> dict:
+    with database_url() as url, connect(url) as conn:
+        try:
+            row = conn.execute(queries.get(query), params).fetchone()
+        except psycopg.DataError as exc:  # a malformed id or timestamp on the command line
+            raise UsageError(_one_line(exc)) from exc
+        except psycopg.Error as exc:
+            raise CliError(_one_line(exc)) from exc
+    if row is None:
+        raise CliError(missing)
+    return row
+
+
+def cmd_webhooks_add(args: argparse.Namespace) -> int:
+    from crm.embedded import apply_dev_settings
+
+    apply_dev_settings()  # next to `crm dev`: its loopback receivers are allowed here too
+    row = _webhook_call("outbox_cli_add_endpoint", {
+        "org": args.org, "url": args.url, "event_types": args.event_type or [], "description": args.description,
+        "allow_loopback": "on" if config.env_flag("CRM_WEBHOOK_ALLOW_LOOPBACK") else "off"},
+        missing=f"no organization with slug {args.org!r}")
+    print(json.dumps(row["endpoint"], indent=2, default=str))
+    return 0
+
+
+def cmd_webhooks_retry(args: argparse.Namespace) -> int:
+    print(json.dumps(_webhook_call("outbox_cli_retry", {"delivery_id": args.delivery_id})["delivery"],
+                     indent=2, default=str))
+    return 0
+
+
+def cmd_webhooks_replay(args: argparse.Namespace) -> int:
+    print(_webhook_call("outbox_cli_replay", {"endpoint_id": args.endpoint_id, "since": args.since,
+                                              "until": args.until})["queued"])
+    return 0
+
+
+def add_webhook_commands(sub: argparse._SubParsersAction) -> None:
+    worker = sub.add_parser("worker", help="run jobs continuously until SIGTERM (default: all scheduled ones)")
+    worker.add_argument("jobs", nargs="*", metavar="JOB")
+    worker.set_defaults(fn=cmd_worker)
+
+    hooks = sub.add_parser("webhooks", help="outgoing webhook endpoints and deliveries").add_subparsers(
+        dest="webhooks_command", required=True, parser_class=_Parser)
+    add = hooks.add_parser("add", help="add an endpoint to an org; prints it with its secret (shown once)")
+    add.add_argument("--org", required=True, help="organization slug")
+    add.add_argument("--url", required=True)
+    add.add_argument("--event-type", action="append", help="only this event type (repeatable; default: all)")
+    add.add_argument("--description", default=None)
+    add.set_defaults(fn=cmd_webhooks_add)
+    retry = hooks.add_parser("retry", help="send a delivery again now (same webhook-id)")
+    retry.add_argument("delivery_id")
+    retry.set_defaults(fn=cmd_webhooks_retry)
+    replay = hooks.add_parser("replay", help="queue an endpoint's events since T again; prints how many")
+    replay.add_argument("endpoint_id")
+    replay.add_argument("--since", required=True, help="timestamp, e.g. 2026-01-31T12:00Z")
+    replay.add_argument("--until", default=None, help="timestamp (default: now)")
+    replay.set_defaults(fn=cmd_webhooks_replay)
+
+
 # -- dev -----------------------------------------------------------------------------------------
 def cmd_dev(args: argparse.Namespace) -> int:
     from crm.devserver import run_dev
@@ -285,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--limit", type=int, default=None, help="at most this many items")
     run.add_argument("--report", default=None, help="write the JSON report to this file")
     run.set_defaults(fn=cmd_jobs_run)
+    add_webhook_commands(sub)
     return parser
 
 

@@ -204,11 +204,14 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     os.environ.setdefault("CRM_PUBLIC_URL", public_url(host, server.port))
-    save_dev_settings({k: os.environ[k] for k in ("CRM_STORAGE_DIR", "CRM_PUBLIC_URL")}, data_dir)
+    os.environ.setdefault("CRM_WEBHOOK_ALLOW_LOOPBACK", "1")  # a local receiver, as the README shows
+    save_dev_settings({k: os.environ[k] for k in ("CRM_STORAGE_DIR", "CRM_PUBLIC_URL", "CRM_WEBHOOK_ALLOW_LOOPBACK")},
+                      data_dir)
 
     embedded = None
     db: Database | None = None
     runner = None
+    continuous = None
     try:
         url = config.env("DATABASE_URL")
         if not url:
@@ -233,6 +236,9 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
         if jobs:
             runner = JobRunner(db)
             runner.start()
+            from crm.worker import start_continuous
+
+            continuous = start_continuous(db)  # dispatch-outbox, woken by NOTIFY
 
         def stop(signum, frame):  # noqa: ARG001
             server.shutdown()
@@ -247,6 +253,8 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
         if runner is not None:
             runner.stopping.set()
             runner.join(timeout=10)
+        if continuous is not None:
+            continuous.stop()
         server.server_close()
         if db is not None:
             set_database(None)

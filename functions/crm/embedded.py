@@ -7,6 +7,7 @@ so a newcomer can use a second terminal without configuring anything.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -72,9 +73,11 @@ def dev_secrets(data_dir: Path | None = None) -> dict[str, str]:
     else:
         stored = {}
     changed = False
-    for key in ("CRM_JWT_SECRET", "CRM_CRON_SECRET"):
+    for key in ("CRM_JWT_SECRET", "CRM_CRON_SECRET", "CRM_SECRETS_KEY"):
         if not stored.get(key):
-            stored[key] = secrets.token_urlsafe(48)
+            # CRM_SECRETS_KEY is an AES-256 key (crm.sealing): base64 of 32 random bytes.
+            stored[key] = (base64.b64encode(secrets.token_bytes(32)).decode() if key == "CRM_SECRETS_KEY"
+                           else secrets.token_urlsafe(48))
             changed = True
     if changed:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

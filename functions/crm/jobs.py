@@ -8,6 +8,7 @@ with `@job(...)`; `load_all()` imports every module that defines jobs.
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +16,11 @@ from typing import Any
 from crm.db import Database
 
 JobFn = Callable[[Database, dict[str, Any]], dict[str, Any]]
+#: A job that can also run continuously (`crm worker`): serve until the event is set.
+ServeFn = Callable[[Database, threading.Event], None]
 
 # Modules that register jobs when imported; later issues append theirs here.
-JOB_MODULES: list[str] = ["crm.images.jobs", "crm.booking"]
+JOB_MODULES: list[str] = ["crm.images.jobs", "crm.booking", "crm.outbox.jobs"]
 
 
 @dataclass(frozen=True)
@@ -26,14 +29,16 @@ class Job:
     fn: JobFn
     description: str
     every_seconds: float | None  # how often `crm dev` runs it; None = only on demand
+    serve: ServeFn | None = None  # runs continuously under `crm worker` / `crm dev` instead
 
 
 REGISTRY: dict[str, Job] = {}
 
 
-def job(name: str, *, description: str, every_seconds: float | None = None) -> Callable[[JobFn], JobFn]:
+def job(name: str, *, description: str, every_seconds: float | None = None,
+        serve: ServeFn | None = None) -> Callable[[JobFn], JobFn]:
     def register(fn: JobFn) -> JobFn:
-        REGISTRY[name] = Job(name, fn, description, every_seconds)
+        REGISTRY[name] = Job(name, fn, description, every_seconds, serve)
         return fn
 
     return register

@@ -3,9 +3,10 @@
 - Versioned files `db/migrations/NNNN_snake_name.sql`: applied once, in order, each in its own
   transaction, recorded with a SHA-256 checksum in `private.schema_migrations`. Editing one after
   it was applied is refused (`migrate`) and reported (`status`, exit 1).
-- Repeatable files `db/policies/*.sql`, then `db/triggers/*.sql`, in name order: applied after the
-  versioned ones and re-applied whenever their checksum changes (`private.schema_repeatables`), and
-  all of them after any versioned migration (which may have dropped what they define).
+- Repeatable files `db/functions/*.sql`, `db/policies/*.sql`, then `db/triggers/*.sql`, in name
+  order: applied after the versioned ones and re-applied whenever their checksum changes
+  (`private.schema_repeatables`), and all of them after any versioned migration (which may have
+  dropped what they define).
 - A session advisory lock serialises concurrent migrators: the second waits, then finds nothing.
 - A failing file rolls back whole; the error names the file, line and statement.
 
@@ -27,7 +28,7 @@ from crm import ROOT, config
 from crm.sqlsplit import split
 
 DB_DIR = ROOT / "db"
-REPEATABLE_DIRS = ("policies", "triggers")
+REPEATABLE_DIRS = ("functions", "policies", "triggers")
 VERSIONED_NAME = re.compile(r"^(\d{4})_[a-z0-9]+(?:_[a-z0-9]+)*\.sql$")
 REPEATABLE_NAME = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*\.sql$")
 LOCK_KEY = 4_242_001  # pg_advisory_lock key for migrations
@@ -291,8 +292,8 @@ def load_sql_lines(db_dir: Path = DB_DIR) -> list[str]:
 LOAD_SQL_HEADER = """\
 -- Apply the whole schema with psql alone, in the order `crm db migrate` uses:
 --   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 --single-transaction -f db/load.sql
--- Versioned migrations first (in number order), then the repeatable files: db/policies/ then
--- db/triggers/, each in name order. Regenerate with `python -m crm.migrate`;
+-- Versioned migrations first (in number order), then the repeatable files: db/functions/,
+-- db/policies/, then db/triggers/, each in name order. Regenerate with `python -m crm.migrate`;
 -- tests/migration/test_load_sql.py keeps it in step.
 \\set ON_ERROR_STOP on
 """

@@ -98,9 +98,18 @@ def session_level_findings(where: str, sql: str) -> list[str]:
     return [f"{where}: {what}" for pattern, what in SESSION_LEVEL if pattern.search(sql)]
 
 
+#: Named queries that do need a session, each with what keeps it away from a transaction pooler.
+NEEDS_A_SESSION = {
+    "outbox_listen": "the webhook worker's own listener connection; DispatchSettings.listen is off "
+                     "under CRM_DB_POOLER=transaction (test below)",
+}
+
+
 def test_no_query_or_database_function_needs_a_session():
     findings: list[str] = []
     for name, sql in queries.load().items():
+        if name in NEEDS_A_SESSION:
+            continue
         for stmt in split(sql):
             findings += session_level_findings(f"query {name}", stmt.sql)
     for path in sorted((ROOT / "db").glob("*/*.sql")):
@@ -133,3 +142,12 @@ def test_pooler_connections_prepare_nothing(bouncer_url, monkeypatch):
         db.close()
     with psycopg.connect(bouncer_url) as direct:
         assert direct.prepare_threshold == 5  # what psycopg does unless told (the bug behind the pooler)
+
+
+def test_the_webhook_worker_does_not_listen_behind_a_transaction_pooler(monkeypatch):
+    from crm.outbox.dispatch import DispatchSettings
+
+    monkeypatch.setenv("CRM_DB_POOLER", "transaction")
+    assert DispatchSettings.from_env().listen is False
+    monkeypatch.delenv("CRM_DB_POOLER")
+    assert DispatchSettings.from_env().listen is True
