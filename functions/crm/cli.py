@@ -240,7 +240,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     apply_dev_settings()
     with database_url() as url:
-        db = Database(url, min_size=1, max_size=4)
+        # Not on a caller's clock: the request deadline (3.5 s) would cut a slow batch mid-way.
+        db = Database(url, min_size=1, max_size=4, statement_timeout_ms=60_000)
         db.open()
         try:
             try:
