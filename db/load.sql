@@ -13,10 +13,17 @@
 \ir migrations/0007_payments.sql
 \ir migrations/0008_database_rules.sql
 \ir migrations/0009_webhooks_out.sql
+\ir migrations/0010_webhooks_in.sql
+\ir functions/booking.sql
+\ir functions/customers.sql
+\ir functions/inbox.sql
 \ir functions/webhooks.sql
 \ir policies/000_access_helpers.sql
+\ir policies/activities.sql
 \ir policies/customers.sql
 \ir policies/inspections.sql
+\ir policies/integrations.sql
+\ir policies/inventory_items.sql
 \ir policies/lead_status_events.sql
 \ir policies/leads.sql
 \ir policies/order_status_events.sql
@@ -32,6 +39,7 @@
 \ir triggers/001_crm_common.sql
 \ir triggers/customers.sql
 \ir triggers/erasure.sql
+\ir triggers/integrations.sql
 \ir triggers/leads.sql
 \ir triggers/orders.sql
 \ir triggers/orders_money.sql
