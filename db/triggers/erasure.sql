@@ -16,7 +16,8 @@ as $$
     'public.customers.city', 'public.customers.preferred_channel',
     'public.leads.notes', 'public.orders.booking_meta', 'public.tasks.description',
     'public.lead_status_events.note', 'public.order_status_events.change_notes',
-    'private.outbox.payload']
+    'private.outbox.payload', 'public.activities.summary', 'public.activities.data',
+    'private.inbound_events.payload']
 $$;
 comment on function hidden.erased_columns() is
   'Every column (schema.table.column) erase_customer scrubs for the erased customer''s rows; crm db lint checks that it covers every personal column.';
@@ -61,6 +62,19 @@ begin
   update public.tasks t set description = null
    where t.org_id = target.org_id and (t.lead_id = any (leads) or t.order_id = any (orders))
      and t.description is not null;
+  -- Webhooks in: the raw events behind the customer's activities (found by the ids the activities
+  -- keep: a warehouse event's id, a call's CallSid, a leadgen_id), then the activities themselves.
+  update private.inbound_events e set payload = '{}'
+   where e.org_id = target.org_id and e.payload <> '{}'
+     and exists (select from public.activities a
+                  where a.org_id = target.org_id
+                    and (a.customer_id = target.id or a.lead_id = any (leads) or a.order_id = any (orders))
+                    and (e.event_id = a.data ->> 'event_id' or e.event_id = a.source_ref
+                         or e.event_id like a.source_ref || ':%'));
+  update public.activities a set summary = 'Erased', data = '{}'
+   where a.org_id = target.org_id
+     and (a.customer_id = target.id or a.lead_id = any (leads) or a.order_id = any (orders))
+     and (a.summary <> 'Erased' or a.data <> '{}');
   update public.lead_status_events e set note = null
    where e.org_id = target.org_id and e.lead_id = any (leads) and e.note is not null;
   update public.order_status_events e set change_notes = null
