@@ -13,11 +13,14 @@
 \ir migrations/0007_payments.sql
 \ir migrations/0008_webhooks_out.sql
 \ir migrations/0009_webhooks_in.sql
+\ir migrations/0010_warehouse.sql
 \ir functions/customers.sql
 \ir functions/inbox.sql
+\ir functions/warehouse.sql
 \ir functions/webhooks.sql
 \ir policies/000_access_helpers.sql
 \ir policies/activities.sql
+\ir policies/api_keys.sql
 \ir policies/customers.sql
 \ir policies/inspections.sql
 \ir policies/integrations.sql
