@@ -459,6 +459,7 @@ declare
   note text;
   msg text;
   state text;
+  outcome text;
 begin
   if fetch_error is null then
     begin  -- a savepoint: a failing event leaves no half effect, and stays stored
@@ -482,8 +483,9 @@ begin
          attempts = e.attempts + 1, error = pg_catalog.left(fetch_error, 1000), locked_until = null,
          next_attempt_at = case when e.attempts + 1 >= private.inbox_max_attempts() then null
                                 else pg_catalog.now() + private.inbox_backoff(e.attempts + 1) end
-   where e.id = ev.id;
-  return 'failed';
+   where e.id = ev.id
+  returning e.status into outcome;
+  return outcome;
 end
 $$;
 comment on function private.inbox_try(private.inbound_events, jsonb, text) is
@@ -523,7 +525,7 @@ begin
     accepted := accepted + 1;
     if coalesce((e ->> 'process')::boolean, true) then
       outcome := private.inbox_try(ev, null);
-      if outcome = 'failed' then failed := failed + 1; else processed := processed + 1; end if;
+      if outcome in ('failed', 'dead') then failed := failed + 1; else processed := processed + 1; end if;
     end if;
   end loop;
   return pg_catalog.jsonb_build_object('accepted', accepted, 'duplicates', duplicates, 'processed', processed,

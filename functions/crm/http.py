@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import re
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -107,11 +108,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def read_json(request: flask.Request, *, max_bytes: int = MAX_BODY_BYTES) -> Any:
-    """The request's JSON body: 415 unless JSON, 413 over the cap, 400 if malformed."""
-    mimetype = (request.mimetype or "").lower()
-    if mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise UnsupportedMediaType("Send the body as application/json.")
+def read_body(request: flask.Request, *, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    """The request body's exact bytes (for signatures), read at most once: 413 over the cap (announced
+    or streamed), 400 if it cannot be read. Parsing is the caller's (`parse_json`, `parse_form`)."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"The body is larger than {max_bytes // 1024} KiB.")
     try:
@@ -122,10 +121,32 @@ def read_json(request: flask.Request, *, max_bytes: int = MAX_BODY_BYTES) -> Any
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"The body is larger than {max_bytes // 1024} KiB.")
     request.environ[BODY_CONSUMED] = True
+    return raw
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON from bytes (NaN/Infinity refused): 400 if malformed."""
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BadRequest(f"The body is not valid JSON: {exc}", code="malformed_json") from None
+
+
+def parse_form(raw: bytes) -> dict[str, list[str]]:
+    """An `application/x-www-form-urlencoded` body: each name with its values, in order; 400 if malformed."""
+    try:
+        return urllib.parse.parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw),
+                                     errors="strict", max_num_fields=1000)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"The body is not a valid form: {exc}", code="malformed_form") from None
+
+
+def read_json(request: flask.Request, *, max_bytes: int = MAX_BODY_BYTES) -> Any:
+    """The request's JSON body: 415 unless JSON, 413 over the cap, 400 if malformed."""
+    mimetype = (request.mimetype or "").lower()
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType("Send the body as application/json.")
+    return parse_json(read_body(request, max_bytes=max_bytes))
 
 
 def _has_unread_body(request: flask.Request) -> bool:

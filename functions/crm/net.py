@@ -1,4 +1,4 @@
-"""The SSRF-safe outbound client for POSTs: webhook deliveries now, provider/warehouse APIs next.
+"""The SSRF-safe outbound client: webhook deliveries (POST), provider/warehouse APIs (GET, POST).
 
 It is the image fetcher's network layer (`crm.images.fetch`), imported rather than copied: the
 same address rules (`address_refusal`), the same resolve-once-check-every-address-and-pin
@@ -120,6 +120,13 @@ class SafePoster:
         return None
 
     def post(self, url: str, content: bytes, headers: dict[str, str]) -> PostResult:
+        return self.send("POST", url, content, headers)
+
+    def get(self, url: str, headers: dict[str, str] | None = None) -> PostResult:
+        """A GET under the same rules (provider and warehouse APIs); the body is cut at the cap."""
+        return self.send("GET", url, None, headers or {})
+
+    def send(self, method: str, url: str, content: bytes | None, headers: dict[str, str]) -> PostResult:
         started = time.monotonic()
         deadline = started + self.policy.timeout
 
@@ -131,7 +138,7 @@ class SafePoster:
             return result(None, refusal)
         timeout = httpx.Timeout(self.policy.timeout, connect=min(self.policy.connect_timeout, self.policy.timeout))
         try:
-            request = self.client.build_request("POST", url.strip(), content=content, headers=headers,
+            request = self.client.build_request(method, url.strip(), content=content, headers=headers,
                                                 timeout=timeout)
             response = self.client.send(request, stream=True)
             try:
