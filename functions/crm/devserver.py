@@ -34,6 +34,7 @@ FUNCTIONS = {
     "/leads": ("leads", "leads"),
     "/webhooks": ("webhooks", "webhooks"),
     "/reconcile": ("reconcile", "reconcile"),
+    "/api": ("api", "api"),
 }
 
 DEMO_ORG = "demo"

@@ -86,7 +86,8 @@ def test_10000_items_into_an_empty_cache_then_one_run_heals_exactly_the_drift(co
     first = reconciler(database).run(INVENTORY)
     [run] = first["runs"]
     assert run["status"] == "succeeded", run
-    assert (run["pages"], run["records_checked"], run["records_synced"], run["records_failed"]) == (20, 10_000, 10_000, 0)
+    counts = (run["pages"], run["records_checked"], run["records_synced"], run["records_failed"])
+    assert counts == (20, 10_000, 10_000, 0)
     assert run["discrepancies"] == {"missing": 10_000, "stale": 0, "extra": 0, "invalid": 0, "newer_in_cache": 0}
     stored = report(conn, run["id"])
     assert len(stored["discrepancies"]["items"]) == 500 and stored["discrepancies"]["truncated"] is True
@@ -106,7 +107,8 @@ def test_10000_items_into_an_empty_cache_then_one_run_heals_exactly_the_drift(co
     with LiveServer(function_app("webhooks")) as live, httpx.Client(base_url=live.url, timeout=30) as client:
         def event(items, at):
             return {"type": "inventory.updated", "timestamp": at, "data": {"items": items}}
-        assert wms_post(client, wms, event([warehouse.inventory.get(f"SKU-{i:05d}") for i in range(10)], T2)).status_code == 200
+        fresh = [warehouse.inventory.get(f"SKU-{i:05d}") for i in range(10)]
+        assert wms_post(client, wms, event(fresh, T2)).status_code == 200
         assert wms_post(client, wms, event([item(i, T1, available=999) for i in range(10)], T1)).status_code == 200
         assert wms_post(client, wms, event([item(500, "2025-12-01T00:00:00+00:00", available=999)],
                                            "2025-12-01T00:00:00+00:00")).status_code == 200
@@ -126,7 +128,8 @@ def test_10000_items_into_an_empty_cache_then_one_run_heals_exactly_the_drift(co
     one = next(x for x in d["items"] if x["key"] == "SKU-00012")
     assert one["fields"] == {"available": {"cache": 12, "source": 112},
                              "name": {"cache": "Part 12", "source": "Renamed 12"},
-                             "updated_at": {"cache": "2026-01-01T00:00:00+00:00", "source": "2026-02-01T00:00:00+00:00"}}
+                             "updated_at": {"cache": "2026-01-01T00:00:00+00:00",
+                                            "source": "2026-02-01T00:00:00+00:00"}}
     assert_cache_is_source(conn, wms["org"], warehouse)
 
     [again] = reconciler(database).run(INVENTORY)["runs"]
@@ -236,7 +239,8 @@ def test_wms_orders_are_reconciled_and_our_order_learns_the_warehouse_id(conn, d
     assert set(rows) == {"W-1", "W-2"}
     assert (rows["W-1"]["status"], rows["W-1"]["lines"], rows["W-1"]["crm_order_id"]) == (
         "picking", [{"sku": "SKU-1", "qty": 2}], order)
-    assert conn.execute("select wms_order_id from public.orders where id = %s", (order,)).fetchone()["wms_order_id"] == "W-1"
+    linked = conn.execute("select wms_order_id from public.orders where id = %s", (order,)).fetchone()
+    assert linked["wms_order_id"] == "W-1"
     stale = next(x for x in report(conn, run["id"])["discrepancies"]["items"] if x["key"] == "W-1")
     assert set(stale["fields"]) == {"crm_customer_id", "crm_order_id", "status", "lines", "updated_at"}
 
