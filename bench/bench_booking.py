@@ -99,10 +99,17 @@ def merge(parts: list[dict]) -> dict:
 
 
 # -- HTTP ------------------------------------------------------------------------------------------
+def booking_request(n: int, client_no: int) -> tuple[str, bytes, dict[str, str]]:
+    """Booking `n` from client `client_no`: path, body, headers."""
+    return "/", json.dumps(payload(n)).encode(), {
+        "Content-Type": "application/json", "Idempotency-Key": f"bench-{n}-{uuid.uuid4().hex}",
+        "X-Forwarded-For": f"10.{client_no // 250}.{client_no % 250}.1"}
+
+
 def http_client(port: int, client_no: int, counter: Counter, until: float, out: list, errs: list,
-                interval: float | None = None, start_at: float | None = None) -> None:
+                interval: float | None = None, start_at: float | None = None,
+                make=booking_request, expect: int = 201) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    forwarded = f"10.{client_no // 250}.{client_no % 250}.1"
     latencies: list[float] = []
     errors = 0
     scheduled = start_at or time.perf_counter()
@@ -115,15 +122,12 @@ def http_client(port: int, client_no: int, counter: Counter, until: float, out: 
         begin = scheduled if interval is not None else time.perf_counter()
         if time.perf_counter() >= until:
             break
-        n = counter.next()
-        body = json.dumps(payload(n)).encode()
+        path, body, headers = make(counter.next(), client_no)
         try:
-            conn.request("POST", "/", body=body, headers={
-                "Content-Type": "application/json", "Idempotency-Key": f"bench-{n}-{uuid.uuid4().hex}",
-                "X-Forwarded-For": forwarded})
+            conn.request("POST", path, body=body, headers=headers)
             resp = conn.getresponse()
             resp.read()
-            ok = resp.status == 201
+            ok = resp.status == expect
         except (OSError, http.client.HTTPException):
             conn.close()
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -137,7 +141,9 @@ def http_client(port: int, client_no: int, counter: Counter, until: float, out: 
     errs.append(errors)
 
 
-def run_http(port: int, clients: int, seconds: float, counter: Counter, rate: float | None = None) -> dict:
+def run_http(port: int, clients: int, seconds: float, counter: Counter, rate: float | None = None,
+             make=booking_request, expect: int = 201) -> dict:
+    """`clients` keep-alive clients sending `make(n, client_no)` requests; `rate`: open loop at that rate."""
     out: list[float] = []
     errs: list[int] = []
     start = time.perf_counter()
@@ -145,7 +151,7 @@ def run_http(port: int, clients: int, seconds: float, counter: Counter, rate: fl
     interval = clients / rate if rate else None
     threads = [threading.Thread(target=http_client,
                                 args=(port, i, counter, until, out, errs, interval,
-                                      start + i * (interval or 0) / clients))
+                                      start + i * (interval or 0) / clients, make, expect))
                for i in range(clients)]
     for t in threads:
         t.start()

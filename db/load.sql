@@ -14,6 +14,7 @@
 \ir migrations/0008_webhooks_out.sql
 \ir migrations/0009_webhooks_in.sql
 \ir migrations/0010_warehouse.sql
+\ir functions/booking.sql
 \ir functions/customers.sql
 \ir functions/inbox.sql
 \ir functions/warehouse.sql

@@ -136,7 +136,7 @@ begin
   end;
   insert into private.integration_secrets (integration_id, name, pending)
   select integ.id, e.key, e.value from pg_catalog.jsonb_each_text(v_secrets) e;
-  perform pg_catalog.pg_notify('crm_inbox', 'secret');  -- a worker seals them now
+  -- process-inbox seals them (every 5 s under crm dev and crm worker); until then the receiver reads them parked.
   return pg_catalog.to_jsonb(integ) || pg_catalog.jsonb_build_object('secrets', generated);
 end
 $$;
@@ -185,7 +185,6 @@ begin
   insert into private.integration_secrets (integration_id, name, pending)
   values (integ.id, rotate_integration_secret.name, v_value);
   update public.integrations i set updated_at = pg_catalog.now() where i.id = integ.id;
-  perform pg_catalog.pg_notify('crm_inbox', 'secret');
   return pg_catalog.jsonb_build_object('integration_id', integ.id, 'name', rotate_integration_secret.name,
                                        'old_valid_until', old_until)
          || case when generated then pg_catalog.jsonb_build_object('value', v_value) else '{}' end;

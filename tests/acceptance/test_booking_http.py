@@ -11,6 +11,7 @@ import pytest
 
 from crm import booking as intake
 from crm.devserver import build_app
+from crm.sealing import generate_key
 from tests.helpers import BOOKING_EXAMPLE as EXAMPLE
 from tests.helpers import LiveServer, acting_as, assert_refuses_to_start, function_app, make_org, start_function
 
@@ -278,6 +279,7 @@ def test_crm_dev_mounts_booking(database, slug, monkeypatch):
     monkeypatch.setenv("CRM_JWT_SECRET", "dev-secret-" + "x" * 32)
     monkeypatch.setenv("CRM_CRON_SECRET", "cron-secret")
     monkeypatch.setenv("CRM_PUBLIC_URL", "http://127.0.0.1:8000")
+    monkeypatch.setenv("CRM_SECRETS_KEY", generate_key())
     with LiveServer(build_app()) as live, httpx.Client(base_url=live.url, timeout=15) as client:
         resp = client.post("/booking", json=booking_body(slug))
         assert resp.status_code == 201, resp.text

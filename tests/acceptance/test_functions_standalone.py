@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from crm import ROOT
+from crm.sealing import generate_key
 from tests.helpers import assert_refuses_to_start, first_answer, start_function
 
 FUNCTIONS = sorted(p.parent.name for p in (ROOT / "functions").glob("*/main.py"))
@@ -16,7 +17,7 @@ FUNCTIONS = sorted(p.parent.name for p in (ROOT / "functions").glob("*/main.py")
 def function_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CRM_"))}
     env.update({"CRM_JWT_SECRET": "standalone-test-secret-of-32-bytes!!", "CRM_CRON_SECRET": "cron-secret",
-                "CRM_PUBLIC_URL": "https://crm.example.com",
+                "CRM_PUBLIC_URL": "https://crm.example.com", "CRM_SECRETS_KEY": generate_key(),
                 "CRM_STORAGE_DIR": str(Path(tempfile.gettempdir()) / "crm-standalone-media")})
     env.update(extra)
     return env
@@ -40,3 +41,11 @@ def test_missing_database_url_is_a_startup_error_naming_it(folder, tmp_path):
     log = tmp_path / "ff.log"
     proc, _ = start_function(folder, function_env(), log)
     assert_refuses_to_start(proc, log, "DATABASE_URL")
+
+
+def test_webhooks_without_secrets_key_is_a_startup_error_naming_it(db_url, tmp_path):
+    log = tmp_path / "ff.log"
+    env = function_env(DATABASE_URL=db_url)
+    env.pop("CRM_SECRETS_KEY")
+    proc, _ = start_function("webhooks", env, log)
+    assert_refuses_to_start(proc, log, "CRM_SECRETS_KEY")
