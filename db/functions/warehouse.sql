@@ -149,7 +149,10 @@ as $$
              as older,
            c as cached
       from src s
-      left join public.inventory_items c on c.org_id = run.org_id and c.sku = s.sku
+      -- Lateral with a limit (never flattened into a join): one primary-key probe per item, whatever
+      -- the statistics say; a hash join would scan the organization's whole cache for every page.
+      left join lateral (select i.* from public.inventory_items i
+                          where i.org_id = run.org_id and i.sku = s.sku limit 1) c on true
   ), seen as (
     insert into private.sync_run_seen (run_id, key) select run.id, s.sku from src s
   ), heal as (
@@ -230,7 +233,8 @@ as $$
              as older,
            c as cached
       from src s
-      left join public.wms_orders c on c.org_id = run.org_id and c.wms_order_id = s.wms_order_id
+      left join lateral (select w.* from public.wms_orders w
+                          where w.org_id = run.org_id and w.wms_order_id = s.wms_order_id limit 1) c on true
   ), seen as (
     insert into private.sync_run_seen (run_id, key) select run.id, s.wms_order_id from src s
   ), heal as (
@@ -333,6 +337,10 @@ begin
     raise sqlstate 'PT502' using message = 'the warehouse answered a page without an items array',
       detail = 'bad_page';
   end if;
+  -- A cache page need not wait for its WAL flush: a crash loses at most the last pages' healing,
+  -- which the next run does again (the run itself is failed as abandoned). Runs, keys and
+  -- everything else commit as usual.
+  perform pg_catalog.set_config('synchronous_commit', 'off', true);
   -- The fast path: the whole page in one statement.
   begin
     res := private.sync_apply(run, items, room);

@@ -56,13 +56,15 @@ create index sync_runs_integration_fkey_idx on private.sync_runs (org_id, integr
 
 -- Keys a run has seen (one row per source item): the extra rows of the cache are those not seen
 -- by a complete pass. Unlogged: only a running run needs them, and a crash fails the run anyway.
+-- No foreign key: its check would cost a lookup per row; the run's end deletes the run's rows.
 create unlogged table private.sync_run_seen (
-  run_id uuid not null references private.sync_runs (id) on delete cascade,
+  run_id uuid not null,
   key text not null
 ) with (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 5000);
 comment on table private.sync_run_seen is
   'Keys (sku, wms_order_id) seen by a running reconciliation; emptied when the run ends.';
-create index sync_run_seen_run_idx on private.sync_run_seen (run_id);
+-- (run_id, key): the end-of-pass anti-join probes it, however stale the statistics of the table are.
+create index sync_run_seen_run_key_idx on private.sync_run_seen (run_id, key);
 
 -- Reconciliation rewrites few rows, webhooks many: leave room for HOT updates.
 alter table public.inventory_items set (fillfactor = 90);
