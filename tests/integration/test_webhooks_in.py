@@ -555,3 +555,23 @@ def test_create_integration_rules(conn, org):
     assert len(meta["settings"]["verify_token"]) >= 20  # generated, a setting (not a secret)
     with pytest.raises(Exception, match="give the new value"):
         conn.execute("select public.rotate_integration_secret(%s, 'app_secret')", (meta["id"],))
+
+
+def test_crm_dev_mounts_webhooks_and_twilio_signs_the_public_url(conn, database, org, monkeypatch):
+    """`crm dev` serves the function under /webhooks; its CRM_PUBLIC_URL + that path is what Twilio signs."""
+    from crm.devserver import build_app
+
+    monkeypatch.setenv("CRM_JWT_SECRET", "dev-secret-" + "x" * 32)
+    monkeypatch.setenv("CRM_CRON_SECRET", "cron-secret")
+    monkeypatch.setenv("CRM_PUBLIC_URL", "http://127.0.0.1:1")  # the real one is known once it listens
+    integ = create_integration(conn, org, "twilio", secrets={"auth_token": TWILIO_TOKEN})
+    slug = slug_of(conn, org)
+    with LiveServer(build_app()) as live, httpx.Client(base_url=live.url, timeout=15) as http:
+        monkeypatch.setenv("CRM_PUBLIC_URL", live.url)
+        form = call()
+        sig = RequestValidator(TWILIO_TOKEN).compute_signature(f"{live.url}/webhooks/twilio/{slug}", form)
+        r = http.post(f"/webhooks/twilio/{slug}", content=urlencode(form).encode(),
+                      headers={"X-Twilio-Signature": sig, "content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 200, r.text
+        assert http.get("/webhooks/healthz").status_code == 200
+    assert [e["integration_id"] for e in inbound(conn)] == [uuid.UUID(integ["id"])]
