@@ -124,6 +124,32 @@ end
 $$;
 revoke all on function private.sync_run_record(private.sync_runs, text, integer, integer, integer, jsonb, jsonb, jsonb, boolean) from public;
 
+-- What one page found: counts by kind, a tally of the stale fields, the first `room` items by key.
+create or replace function private.sync_page_result(checked bigint, synced bigint, diffs jsonb, room integer)
+returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object(
+           'checked', checked,
+           'synced', synced,
+           'counts', (select pg_catalog.jsonb_build_object(
+                               'missing', pg_catalog.count(*) filter (where d ->> 'kind' = 'missing'),
+                               'stale', pg_catalog.count(*) filter (where d ->> 'kind' = 'stale'),
+                               'newer_in_cache', pg_catalog.count(*) filter (where d ->> 'kind' = 'newer_in_cache'))
+                        from pg_catalog.jsonb_array_elements(diffs) d),
+           'fields', (select coalesce(pg_catalog.jsonb_object_agg(k, n), '{}')
+                        from (select k, pg_catalog.count(*) as n
+                                from pg_catalog.jsonb_array_elements(diffs) d,
+                                     pg_catalog.jsonb_object_keys(coalesce(d -> 'fields', '{}')) k
+                               where d ->> 'kind' = 'stale' group by k) t),
+           'items', (select coalesce(pg_catalog.jsonb_agg(t.d order by t.d ->> 'key'), '[]')
+                       from (select d from pg_catalog.jsonb_array_elements(diffs) d
+                              order by d ->> 'key' limit greatest(room, 0)) t),
+           'more', pg_catalog.jsonb_array_length(diffs) > greatest(room, 0))
+$$;
+revoke all on function private.sync_page_result(bigint, bigint, jsonb, integer) from public;
+
 -- One page of inventory items, assumed well-formed (the caller falls back to one item at a time).
 -- Last writer by the source's updated_at: a cache row newer than the source (a webhook that came
 -- in after the page was served) is left alone and counted as newer_in_cache.
@@ -186,25 +212,13 @@ as $$
       from cmp c
      where c.missing or c.differs
   )
-  select pg_catalog.jsonb_build_object(
-           'checked', (select pg_catalog.count(*) from src),
-           'synced', (select pg_catalog.count(*) from heal),
-           'counts', (select pg_catalog.jsonb_build_object(
-                               'missing', pg_catalog.count(*) filter (where d.kind = 'missing'),
-                               'stale', pg_catalog.count(*) filter (where d.kind = 'stale'),
-                               'newer_in_cache', pg_catalog.count(*) filter (where d.kind = 'newer_in_cache'))
-                        from diffs d),
-           'fields', (select coalesce(pg_catalog.jsonb_object_agg(k, n), '{}')
-                        from (select k, pg_catalog.count(*) as n
-                                from diffs d, pg_catalog.jsonb_object_keys(d.fields) k
-                               where d.kind = 'stale' group by k) t),
-           'items', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(
-                                       pg_catalog.jsonb_build_object('key', t.sku, 'kind', t.kind))
-                                     || case when t.fields is not null
-                                             then pg_catalog.jsonb_build_object('fields', t.fields) else '{}' end
-                                     order by t.sku), '[]')
-                       from (select * from diffs d order by d.sku limit greatest(room, 0)) t),
-           'more', (select pg_catalog.count(*) > greatest(room, 0) from diffs))
+  select private.sync_page_result((select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
+                                  (select coalesce(pg_catalog.jsonb_agg(
+                                            pg_catalog.jsonb_build_object('key', d.sku, 'kind', d.kind)
+                                            || case when d.fields is not null
+                                                    then pg_catalog.jsonb_build_object('fields', d.fields)
+                                                    else '{}' end), '[]')
+                                     from diffs d), room)
 $$;
 revoke all on function private.sync_inventory_apply(private.sync_runs, jsonb, integer) from public;
 
@@ -275,24 +289,13 @@ as $$
       from cmp c
      where c.missing or c.differs
   )
-  select pg_catalog.jsonb_build_object(
-           'checked', (select pg_catalog.count(*) from src),
-           'synced', (select pg_catalog.count(*) from heal),
-           'counts', (select pg_catalog.jsonb_build_object(
-                               'missing', pg_catalog.count(*) filter (where d.kind = 'missing'),
-                               'stale', pg_catalog.count(*) filter (where d.kind = 'stale'),
-                               'newer_in_cache', pg_catalog.count(*) filter (where d.kind = 'newer_in_cache'))
-                        from diffs d),
-           'fields', (select coalesce(pg_catalog.jsonb_object_agg(k, n), '{}')
-                        from (select k, pg_catalog.count(*) as n
-                                from diffs d, pg_catalog.jsonb_object_keys(d.fields) k
-                               where d.kind = 'stale' group by k) t),
-           'items', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('key', t.key, 'kind', t.kind)
-                                     || case when t.fields is not null
-                                             then pg_catalog.jsonb_build_object('fields', t.fields) else '{}' end
-                                     order by t.key), '[]')
-                       from (select * from diffs d order by d.key limit greatest(room, 0)) t),
-           'more', (select pg_catalog.count(*) > greatest(room, 0) from diffs))
+  select private.sync_page_result((select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
+                                  (select coalesce(pg_catalog.jsonb_agg(
+                                            pg_catalog.jsonb_build_object('key', d.key, 'kind', d.kind)
+                                            || case when d.fields is not null
+                                                    then pg_catalog.jsonb_build_object('fields', d.fields)
+                                                    else '{}' end), '[]')
+                                     from diffs d), room)
 $$;
 revoke all on function private.sync_wms_orders_apply(private.sync_runs, jsonb, integer) from public;
 
@@ -491,7 +494,7 @@ grant select on public.sync_run_reports to authenticated, service_role;
 -- ---------------------------------------------------------------------------------------------
 -- API keys
 -- ---------------------------------------------------------------------------------------------
-create or replace function hidden.api_key_admin_check(org uuid)
+create or replace function hidden.org_admin_check(org uuid, what text)
 returns void
 language plpgsql stable
 set search_path = ''
@@ -504,11 +507,13 @@ begin
   elsif role is null then
     raise sqlstate 'PT404' using message = 'organization not found', detail = 'not_found';
   elsif role <> 'admin' then
-    raise sqlstate 'PT403' using message = 'only admins manage API keys', detail = 'forbidden';
+    raise sqlstate 'PT403' using message = 'only admins manage ' || what, detail = 'forbidden';
   end if;
 end
 $$;
-revoke all on function hidden.api_key_admin_check(uuid) from public;
+comment on function hidden.org_admin_check(uuid, text) is
+  'PT404 when the caller is not staff of the org (nothing to see), PT403 when staff but not admin ("only admins manage <what>"); the owner passes.';
+revoke all on function hidden.org_admin_check(uuid, text) from public;
 
 create or replace function public.create_api_key(org_id uuid, name text, scopes text[],
                                                  expires_at timestamptz default null)
@@ -521,7 +526,7 @@ declare
   v_scopes text[];
   k public.api_keys;
 begin
-  perform hidden.api_key_admin_check(create_api_key.org_id);
+  perform hidden.org_admin_check(create_api_key.org_id, 'API keys');
   if pg_catalog.char_length(pg_catalog.btrim(coalesce(create_api_key.name, ''))) not between 1 and 200 then
     raise sqlstate 'PT422' using message = 'name must be 1 to 200 characters', detail = 'name_invalid', hint = 'name';
   end if;
@@ -562,7 +567,7 @@ begin
   if not found then
     raise sqlstate 'PT404' using message = 'API key not found', detail = 'not_found';
   end if;
-  perform hidden.api_key_admin_check(k.org_id);
+  perform hidden.org_admin_check(k.org_id, 'API keys');
   update public.api_keys a set revoked_at = coalesce(a.revoked_at, pg_catalog.now())
    where a.id = k.id
   returning * into k;

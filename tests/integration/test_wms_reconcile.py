@@ -18,18 +18,12 @@ from tests.fake_warehouse import FakeWarehouse
 from tests.helpers import LiveServer, function_app, make_org
 from tests.integration.test_payments import make_order
 from tests.integration.test_webhooks_in import KEY, create_integration, slug_of, wms_post
+from tests.integration.test_webhooks_in import _env  # noqa: F401 — the same settings (autouse)
 
 API_KEY = "wms-api-key-" + uuid.uuid4().hex
 T0 = "2026-01-01T00:00:00+00:00"
 T1 = "2026-01-01T06:00:00+00:00"
 T2 = "2026-02-01T00:00:00+00:00"
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch):
-    monkeypatch.setenv("CRM_SECRETS_KEY", KEY)
-    monkeypatch.setenv("CRM_WEBHOOK_ALLOW_LOOPBACK", "1")
-    monkeypatch.delenv("CRM_PUBLIC_URL", raising=False)
 
 
 @pytest.fixture
