@@ -17,8 +17,13 @@ from crm.wms.reconcile import INVENTORY, WMS_ORDERS, Reconciler, Settings
 from tests.fake_warehouse import FakeWarehouse
 from tests.helpers import LiveServer, function_app, make_org
 from tests.integration.test_payments import make_order
-from tests.integration.test_webhooks_in import KEY, create_integration, slug_of, wms_post
-from tests.integration.test_webhooks_in import _env  # noqa: F401 — the same settings (autouse)
+from tests.integration.test_webhooks_in import (
+    KEY,
+    _env,  # noqa: F401 — the same settings (autouse)
+    create_integration,
+    slug_of,
+    wms_post,
+)
 
 API_KEY = "wms-api-key-" + uuid.uuid4().hex
 T0 = "2026-01-01T00:00:00+00:00"
