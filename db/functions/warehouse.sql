@@ -28,14 +28,18 @@ as $$
 $$;
 revoke all on function private.sync_run_lock(uuid, text) from public;
 
+drop function if exists private.sync_run_start(uuid, text, interval);
 create or replace function private.sync_run_start(p_integration_id uuid, p_sync_type text,
-                                                  p_lease interval default '5 minutes')
+                                                  p_lease interval default '5 minutes',
+                                                  p_full_every interval default null)
 returns setof private.sync_runs
 language plpgsql volatile security definer
 set search_path = ''
 as $$
 declare
   integ public.integrations;
+  last_full timestamptz;
+  v_since timestamptz;
 begin
   select i.* into integ from public.integrations i where i.id = p_integration_id;
   if not found then
@@ -56,16 +60,27 @@ begin
               where r.integration_id = integ.id and r.sync_type = p_sync_type and r.status = 'running') then
     return;  -- another run is under way: nothing to do
   end if;
+  -- Between full passes (at most p_full_every apart) only what changed since the last success,
+  -- with ten minutes of look-back for clocks and transactions that committed late.
+  if p_full_every is not null then
+    select max(r.started_at) into last_full from private.sync_runs r
+     where r.integration_id = integ.id and r.sync_type = p_sync_type and r.status = 'succeeded'
+       and r.updated_since is null;
+    if last_full > pg_catalog.now() - p_full_every then
+      select max(r.started_at) - interval '10 minutes' into v_since from private.sync_runs r
+       where r.integration_id = integ.id and r.sync_type = p_sync_type and r.status = 'succeeded';
+    end if;
+  end if;
   return query
-    insert into private.sync_runs (org_id, integration_id, sync_type)
-    values (integ.org_id, integ.id, p_sync_type)
+    insert into private.sync_runs (org_id, integration_id, sync_type, updated_since)
+    values (integ.org_id, integ.id, p_sync_type, v_since)
     returning *;
 end
 $$;
-comment on function private.sync_run_start(uuid, text, interval) is
-  'A new running reconciliation of one integration''s cache, or no row when another is running (after failing one that made no progress within the lease).';
-revoke all on function private.sync_run_start(uuid, text, interval) from public;
-grant execute on function private.sync_run_start(uuid, text, interval) to service_role;
+comment on function private.sync_run_start(uuid, text, interval, interval) is
+  'A new running reconciliation of one integration''s cache, or no row when another is running (after failing one that made no progress within the lease). With p_full_every, a run within that time of the last successful full pass only asks for what changed (updated_since).';
+revoke all on function private.sync_run_start(uuid, text, interval, interval) from public;
+grant execute on function private.sync_run_start(uuid, text, interval, interval) to service_role;
 
 create or replace function private.sync_run_touch(p_run_id uuid)
 returns private.sync_runs
@@ -399,8 +414,11 @@ declare
   room integer := 500 - pg_catalog.jsonb_array_length(run.discrepancies -> 'items');
 begin
   -- A complete pass: cache rows the source did not list are extra. Rows a webhook wrote since the
-  -- run started are not judged (the source may have listed them before they existed).
-  if run.sync_type = 'inventory' then
+  -- run started are not judged (the source may have listed them before they existed). A run of
+  -- changes only (updated_since) judges none.
+  if run.updated_since is not null then
+    extra := '{}';
+  elsif run.sync_type = 'inventory' then
     with gone as (
       delete from public.inventory_items i
        where i.org_id = run.org_id and i.cached_at < run.started_at
@@ -461,16 +479,20 @@ grant execute on function private.sync_run_fail(uuid, text, integer, text) to se
 
 -- Admins read the runs of their organizations: a private table behind a definer function filtered
 -- by the caller's admin organizations, exposed by a security_invoker view.
-create or replace function hidden.sync_run_reports()
+-- Dropped first: a changed column list cannot be replaced in place (grants are given again below).
+drop view if exists public.sync_run_reports;
+drop function if exists hidden.sync_run_reports();
+create function hidden.sync_run_reports()
 returns table (id uuid, org_id uuid, integration_id uuid, sync_type text, status text, started_at timestamptz,
-               completed_at timestamptz, pages integer, records_checked integer, records_synced integer,
-               records_failed integer, discrepancies jsonb, error text, failed_at jsonb)
+               completed_at timestamptz, updated_since timestamptz, pages integer, records_checked integer,
+               records_synced integer, records_failed integer, discrepancies jsonb, error text, failed_at jsonb)
 language plpgsql stable security definer
 set search_path = ''
 as $$
 begin
   return query
-    select r.id, r.org_id, r.integration_id, r.sync_type, r.status, r.started_at, r.completed_at, r.pages,
+    select r.id, r.org_id, r.integration_id, r.sync_type, r.status, r.started_at, r.completed_at, r.updated_since,
+           r.pages,
            r.records_checked, r.records_synced, r.records_failed, r.discrepancies, r.error, r.failed_at
       from private.sync_runs r
      where pg_catalog.current_setting('role') in ('service_role', 'none')
@@ -482,7 +504,7 @@ comment on function hidden.sync_run_reports() is
 revoke all on function hidden.sync_run_reports() from public;
 grant execute on function hidden.sync_run_reports() to authenticated, service_role;
 
-create or replace view public.sync_run_reports
+create view public.sync_run_reports
 with (security_invoker = true)
 as
 select * from hidden.sync_run_reports();
