@@ -22,7 +22,7 @@ from typing import Any
 
 from crm import config
 from crm.db import Database
-from crm.errors import CrmError
+from crm.errors import CrmError, NotFound
 from crm.images.jobs import Progress
 from crm.inbox.receive import load_integration
 from crm.jobs import job
@@ -135,7 +135,11 @@ class Reconciler:
 
     def run_one(self, kind: SyncType, integration_id: str, org_id: str) -> dict[str, Any]:
         with self.db.transaction("service_role") as s:
-            integ = load_integration(s, self.box, "wms", org_id)
+            try:
+                integ = load_integration(s, self.box, "wms", org_id)
+            except NotFound:
+                return {"integration_id": integration_id, "org_id": org_id, "sync_type": kind.name,
+                        "status": "skipped", "reason": "the integration was disabled"}
             full_every = (f"{self.settings.full_pass_hours} hours"
                           if kind.incremental and self.settings.full_pass_hours else None)
             run = s.fetch_one("sync_run_start", {"integration_id": integration_id, "sync_type": kind.name,
