@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 from tests.helpers import acting_as, make_org, make_staff
 from tests.integration.test_rls_integrations import MATRIX as INTEGRATIONS_MATRIX
 from tests.integration.test_rls_payments import MATRIX as PAYMENTS_MATRIX
+from tests.integration.test_rls_wms import MATRIX as WMS_MATRIX
 
 ACTORS = ("anon", "other_org", "viewer", "agent_assigned", "agent_other", "manager", "admin", "service_role")
 
@@ -234,7 +235,7 @@ def test_matrix_covers_every_table_in_public(world: World) -> None:
         "select c.relname from pg_class c where c.relnamespace = 'public'::regnamespace"
         " and c.relkind in ('r', 'v') and c.relname not in ('organizations', 'staff')")}
     covered = ({table for table, _ in MATRIX} | {table for table, _ in PAYMENTS_MATRIX}
-               | {table for table, _ in INTEGRATIONS_MATRIX})
+               | {table for table, _ in INTEGRATIONS_MATRIX} | {table for table, _ in WMS_MATRIX})
     assert tables <= covered, f"tables without a role matrix: {sorted(tables - covered)}"
 
 
