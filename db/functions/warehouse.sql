@@ -170,70 +170,78 @@ revoke all on function private.sync_page_result(bigint, bigint, jsonb, integer) 
 -- in after the page was served) is left alone and counted as newer_in_cache.
 create or replace function private.sync_inventory_apply(run private.sync_runs, items jsonb, room integer)
 returns jsonb
-language sql volatile
+language plpgsql volatile
 set search_path = ''
 as $$
-  with src as (
-    select distinct on (x.sku) x.sku, x.name, coalesce(x.attributes, '{}') as attributes, x.available,
-           x.reserved, x.total, x.unit, x.updated_at
-      from pg_catalog.jsonb_to_recordset(items) as x(sku text, name text, attributes jsonb, available numeric,
-                                                     reserved numeric, total numeric, unit text,
-                                                     updated_at timestamptz)
-     order by x.sku, x.updated_at desc nulls last
-  ), cmp as (
-    select s.*, c.sku is null as missing,
-           c.sku is not null
-             and (c.name, c.attributes, c.available, c.reserved, c.total, c.unit, c.source_updated_at)
-                 is distinct from (s.name, s.attributes, s.available, s.reserved, s.total, s.unit, s.updated_at)
-             as differs,
-           c.source_updated_at is not null and (s.updated_at is null or s.updated_at < c.source_updated_at)
-             as older,
-           c as cached
-      from src s
-      -- Lateral with a limit (never flattened into a join): one primary-key probe per item, whatever
-      -- the statistics say; a hash join would scan the organization's whole cache for every page.
-      left join lateral (select i.* from public.inventory_items i
-                          where i.org_id = run.org_id and i.sku = s.sku limit 1) c on true
-  ), seen as (
-    insert into private.sync_run_seen (run_id, key) select run.id, s.sku from src s
-  ), heal as (
-    insert into public.inventory_items as i (org_id, sku, name, attributes, available, reserved, total, unit,
-                                             source_updated_at, cached_at)
-    select run.org_id, c.sku, c.name, c.attributes, c.available, c.reserved, c.total, c.unit, c.updated_at,
-           pg_catalog.now()
-      from cmp c
-     where c.missing or (c.differs and not c.older)
-    on conflict on constraint inventory_items_pkey do update
-       set name = excluded.name, attributes = excluded.attributes, available = excluded.available,
-           reserved = excluded.reserved, total = excluded.total, unit = excluded.unit,
-           source_updated_at = excluded.source_updated_at, cached_at = excluded.cached_at
-     where i.source_updated_at is null
-        or (excluded.source_updated_at is not null and excluded.source_updated_at >= i.source_updated_at)
-    returning i.sku
-  ), diffs as (
-    select c.sku, case when c.missing then 'missing' when c.older then 'newer_in_cache' else 'stale' end as kind,
-           case when not c.missing then
-             (select pg_catalog.jsonb_object_agg(f.k, pg_catalog.jsonb_build_object('cache', f.was, 'source', f.now))
-                from (values ('name', pg_catalog.to_jsonb((c.cached).name), pg_catalog.to_jsonb(c.name)),
-                             ('attributes', (c.cached).attributes, c.attributes),
-                             ('available', pg_catalog.to_jsonb((c.cached).available), pg_catalog.to_jsonb(c.available)),
-                             ('reserved', pg_catalog.to_jsonb((c.cached).reserved), pg_catalog.to_jsonb(c.reserved)),
-                             ('total', pg_catalog.to_jsonb((c.cached).total), pg_catalog.to_jsonb(c.total)),
-                             ('unit', pg_catalog.to_jsonb((c.cached).unit), pg_catalog.to_jsonb(c.unit)),
-                             ('updated_at', pg_catalog.to_jsonb((c.cached).source_updated_at),
-                                            pg_catalog.to_jsonb(c.updated_at))) f(k, was, now)
-               where f.was is distinct from f.now)
-           end as fields
-      from cmp c
-     where c.missing or c.differs
-  )
-  select private.sync_page_result((select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
-                                  (select coalesce(pg_catalog.jsonb_agg(
-                                            pg_catalog.jsonb_build_object('key', d.sku, 'kind', d.kind)
-                                            || case when d.fields is not null
-                                                    then pg_catalog.jsonb_build_object('fields', d.fields)
-                                                    else '{}' end), '[]')
-                                     from diffs d), room)
+-- plpgsql, not sql: its statement's plan is cached per connection (an sql function with this many
+-- CTEs is planned again on every call, which cost more than the page itself).
+declare
+  result jsonb;
+begin
+    with src as (
+      select distinct on (x.sku) x.sku, x.name, coalesce(x.attributes, '{}') as attributes, x.available,
+             x.reserved, x.total, x.unit, x.updated_at
+        from pg_catalog.jsonb_to_recordset(items) as x(sku text, name text, attributes jsonb, available numeric,
+                                                       reserved numeric, total numeric, unit text,
+                                                       updated_at timestamptz)
+       order by x.sku, x.updated_at desc nulls last
+    ), cmp as (
+      select s.*, c.sku is null as missing,
+             c.sku is not null
+               and (c.name, c.attributes, c.available, c.reserved, c.total, c.unit, c.source_updated_at)
+                   is distinct from (s.name, s.attributes, s.available, s.reserved, s.total, s.unit, s.updated_at)
+               as differs,
+             c.source_updated_at is not null and (s.updated_at is null or s.updated_at < c.source_updated_at)
+               as older,
+             c as cached
+        from src s
+        -- Lateral with a limit (never flattened into a join): one primary-key probe per item, whatever
+        -- the statistics say; a hash join would scan the organization's whole cache for every page.
+        left join lateral (select i.* from public.inventory_items i
+                            where i.org_id = run.org_id and i.sku = s.sku limit 1) c on true
+    ), seen as (
+      insert into private.sync_run_seen (run_id, key) select run.id, s.sku from src s
+    ), heal as (
+      insert into public.inventory_items as i (org_id, sku, name, attributes, available, reserved, total, unit,
+                                               source_updated_at, cached_at)
+      select run.org_id, c.sku, c.name, c.attributes, c.available, c.reserved, c.total, c.unit, c.updated_at,
+             pg_catalog.now()
+        from cmp c
+       where c.missing or (c.differs and not c.older)
+      on conflict on constraint inventory_items_pkey do update
+         set name = excluded.name, attributes = excluded.attributes, available = excluded.available,
+             reserved = excluded.reserved, total = excluded.total, unit = excluded.unit,
+             source_updated_at = excluded.source_updated_at, cached_at = excluded.cached_at
+       where i.source_updated_at is null
+          or (excluded.source_updated_at is not null and excluded.source_updated_at >= i.source_updated_at)
+      returning i.sku
+    ), diffs as (
+      select c.sku, case when c.missing then 'missing' when c.older then 'newer_in_cache' else 'stale' end as kind,
+             case when not c.missing then
+               (select pg_catalog.jsonb_object_agg(f.k, pg_catalog.jsonb_build_object('cache', f.was, 'source', f.now))
+                  from (values ('name', pg_catalog.to_jsonb((c.cached).name), pg_catalog.to_jsonb(c.name)),
+                               ('attributes', (c.cached).attributes, c.attributes),
+                               ('available', pg_catalog.to_jsonb((c.cached).available), pg_catalog.to_jsonb(c.available)),
+                               ('reserved', pg_catalog.to_jsonb((c.cached).reserved), pg_catalog.to_jsonb(c.reserved)),
+                               ('total', pg_catalog.to_jsonb((c.cached).total), pg_catalog.to_jsonb(c.total)),
+                               ('unit', pg_catalog.to_jsonb((c.cached).unit), pg_catalog.to_jsonb(c.unit)),
+                               ('updated_at', pg_catalog.to_jsonb((c.cached).source_updated_at),
+                                              pg_catalog.to_jsonb(c.updated_at))) f(k, was, now)
+                 where f.was is distinct from f.now)
+             end as fields
+        from cmp c
+       where c.missing or c.differs
+    )
+    select private.sync_page_result((select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
+                                    (select coalesce(pg_catalog.jsonb_agg(
+                                              pg_catalog.jsonb_build_object('key', d.sku, 'kind', d.kind)
+                                              || case when d.fields is not null
+                                                      then pg_catalog.jsonb_build_object('fields', d.fields)
+                                                      else '{}' end), '[]')
+                                       from diffs d), room)
+      into result;
+  return result;
+end
 $$;
 revoke all on function private.sync_inventory_apply(private.sync_runs, jsonb, integer) from public;
 
@@ -241,76 +249,84 @@ revoke all on function private.sync_inventory_apply(private.sync_runs, jsonb, in
 -- our order learns the warehouse's id as the webhooks teach it (unless another order has it).
 create or replace function private.sync_wms_orders_apply(run private.sync_runs, items jsonb, room integer)
 returns jsonb
-language sql volatile
+language plpgsql volatile
 set search_path = ''
 as $$
-  with src as (
-    select distinct on (x.wms_order_id) x.wms_order_id, private.inbox_uuid(x.crm_customer_id) as crm_customer_id,
-           private.inbox_uuid(x.crm_order_id) as crm_order_id, x.status, coalesce(x.lines, '[]') as lines,
-           x.shipment, x.updated_at
-      from pg_catalog.jsonb_to_recordset(items) as x(wms_order_id text, crm_customer_id text, crm_order_id text,
-                                                     status text, lines jsonb, shipment jsonb,
-                                                     updated_at timestamptz)
-     order by x.wms_order_id, x.updated_at desc nulls last
-  ), cmp as (
-    select s.*, c.wms_order_id is null as missing,
-           c.wms_order_id is not null
-             and (c.crm_customer_id, c.crm_order_id, c.status, c.lines, c.shipment, c.source_updated_at)
-                 is distinct from (s.crm_customer_id, s.crm_order_id, s.status, s.lines, s.shipment, s.updated_at)
-             as differs,
-           c.source_updated_at is not null and (s.updated_at is null or s.updated_at < c.source_updated_at)
-             as older,
-           c as cached
-      from src s
-      left join lateral (select w.* from public.wms_orders w
-                          where w.org_id = run.org_id and w.wms_order_id = s.wms_order_id limit 1) c on true
-  ), seen as (
-    insert into private.sync_run_seen (run_id, key) select run.id, s.wms_order_id from src s
-  ), heal as (
-    insert into public.wms_orders as w (org_id, wms_order_id, crm_customer_id, crm_order_id, status, lines, shipment,
-                                        source_updated_at, cached_at)
-    select run.org_id, c.wms_order_id, c.crm_customer_id, c.crm_order_id, c.status, c.lines, c.shipment,
-           c.updated_at, pg_catalog.now()
-      from cmp c
-     where c.missing or (c.differs and not c.older)
-    on conflict on constraint wms_orders_pkey do update
-       set crm_customer_id = excluded.crm_customer_id, crm_order_id = excluded.crm_order_id,
-           status = excluded.status, lines = excluded.lines, shipment = excluded.shipment,
-           source_updated_at = excluded.source_updated_at, cached_at = excluded.cached_at
-     where w.source_updated_at is null
-        or (excluded.source_updated_at is not null and excluded.source_updated_at >= w.source_updated_at)
-    returning w.wms_order_id
-  ), link as (
-    update public.orders o set wms_order_id = l.wms_order_id
-      from (select distinct on (s.crm_order_id) s.crm_order_id, s.wms_order_id
-              from src s where s.crm_order_id is not null order by s.crm_order_id, s.wms_order_id) l
-     where o.org_id = run.org_id and o.id = l.crm_order_id and o.wms_order_id is null
-       and not exists (select from public.orders x where x.org_id = run.org_id and x.wms_order_id = l.wms_order_id)
-  ), diffs as (
-    select c.wms_order_id as key,
-           case when c.missing then 'missing' when c.older then 'newer_in_cache' else 'stale' end as kind,
-           case when not c.missing then
-             (select pg_catalog.jsonb_object_agg(f.k, pg_catalog.jsonb_build_object('cache', f.was, 'source', f.now))
-                from (values ('crm_customer_id', pg_catalog.to_jsonb((c.cached).crm_customer_id),
-                                                 pg_catalog.to_jsonb(c.crm_customer_id)),
-                             ('crm_order_id', pg_catalog.to_jsonb((c.cached).crm_order_id), pg_catalog.to_jsonb(c.crm_order_id)),
-                             ('status', pg_catalog.to_jsonb((c.cached).status), pg_catalog.to_jsonb(c.status)),
-                             ('lines', (c.cached).lines, c.lines),
-                             ('shipment', (c.cached).shipment, c.shipment),
-                             ('updated_at', pg_catalog.to_jsonb((c.cached).source_updated_at),
-                                            pg_catalog.to_jsonb(c.updated_at))) f(k, was, now)
-               where f.was is distinct from f.now)
-           end as fields
-      from cmp c
-     where c.missing or c.differs
-  )
-  select private.sync_page_result((select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
-                                  (select coalesce(pg_catalog.jsonb_agg(
-                                            pg_catalog.jsonb_build_object('key', d.key, 'kind', d.kind)
-                                            || case when d.fields is not null
-                                                    then pg_catalog.jsonb_build_object('fields', d.fields)
-                                                    else '{}' end), '[]')
-                                     from diffs d), room)
+-- plpgsql, not sql: its statement's plan is cached per connection (an sql function with this many
+-- CTEs is planned again on every call, which cost more than the page itself).
+declare
+  result jsonb;
+begin
+    with src as (
+      select distinct on (x.wms_order_id) x.wms_order_id, private.inbox_uuid(x.crm_customer_id) as crm_customer_id,
+             private.inbox_uuid(x.crm_order_id) as crm_order_id, x.status, coalesce(x.lines, '[]') as lines,
+             x.shipment, x.updated_at
+        from pg_catalog.jsonb_to_recordset(items) as x(wms_order_id text, crm_customer_id text, crm_order_id text,
+                                                       status text, lines jsonb, shipment jsonb,
+                                                       updated_at timestamptz)
+       order by x.wms_order_id, x.updated_at desc nulls last
+    ), cmp as (
+      select s.*, c.wms_order_id is null as missing,
+             c.wms_order_id is not null
+               and (c.crm_customer_id, c.crm_order_id, c.status, c.lines, c.shipment, c.source_updated_at)
+                   is distinct from (s.crm_customer_id, s.crm_order_id, s.status, s.lines, s.shipment, s.updated_at)
+               as differs,
+             c.source_updated_at is not null and (s.updated_at is null or s.updated_at < c.source_updated_at)
+               as older,
+             c as cached
+        from src s
+        left join lateral (select w.* from public.wms_orders w
+                            where w.org_id = run.org_id and w.wms_order_id = s.wms_order_id limit 1) c on true
+    ), seen as (
+      insert into private.sync_run_seen (run_id, key) select run.id, s.wms_order_id from src s
+    ), heal as (
+      insert into public.wms_orders as w (org_id, wms_order_id, crm_customer_id, crm_order_id, status, lines, shipment,
+                                          source_updated_at, cached_at)
+      select run.org_id, c.wms_order_id, c.crm_customer_id, c.crm_order_id, c.status, c.lines, c.shipment,
+             c.updated_at, pg_catalog.now()
+        from cmp c
+       where c.missing or (c.differs and not c.older)
+      on conflict on constraint wms_orders_pkey do update
+         set crm_customer_id = excluded.crm_customer_id, crm_order_id = excluded.crm_order_id,
+             status = excluded.status, lines = excluded.lines, shipment = excluded.shipment,
+             source_updated_at = excluded.source_updated_at, cached_at = excluded.cached_at
+       where w.source_updated_at is null
+          or (excluded.source_updated_at is not null and excluded.source_updated_at >= w.source_updated_at)
+      returning w.wms_order_id
+    ), link as (
+      update public.orders o set wms_order_id = l.wms_order_id
+        from (select distinct on (s.crm_order_id) s.crm_order_id, s.wms_order_id
+                from src s where s.crm_order_id is not null order by s.crm_order_id, s.wms_order_id) l
+       where o.org_id = run.org_id and o.id = l.crm_order_id and o.wms_order_id is null
+         and not exists (select from public.orders x where x.org_id = run.org_id and x.wms_order_id = l.wms_order_id)
+    ), diffs as (
+      select c.wms_order_id as key,
+             case when c.missing then 'missing' when c.older then 'newer_in_cache' else 'stale' end as kind,
+             case when not c.missing then
+               (select pg_catalog.jsonb_object_agg(f.k, pg_catalog.jsonb_build_object('cache', f.was, 'source', f.now))
+                  from (values ('crm_customer_id', pg_catalog.to_jsonb((c.cached).crm_customer_id),
+                                                   pg_catalog.to_jsonb(c.crm_customer_id)),
+                               ('crm_order_id', pg_catalog.to_jsonb((c.cached).crm_order_id), pg_catalog.to_jsonb(c.crm_order_id)),
+                               ('status', pg_catalog.to_jsonb((c.cached).status), pg_catalog.to_jsonb(c.status)),
+                               ('lines', (c.cached).lines, c.lines),
+                               ('shipment', (c.cached).shipment, c.shipment),
+                               ('updated_at', pg_catalog.to_jsonb((c.cached).source_updated_at),
+                                              pg_catalog.to_jsonb(c.updated_at))) f(k, was, now)
+                 where f.was is distinct from f.now)
+             end as fields
+        from cmp c
+       where c.missing or c.differs
+    )
+    select private.sync_page_result((select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
+                                    (select coalesce(pg_catalog.jsonb_agg(
+                                              pg_catalog.jsonb_build_object('key', d.key, 'kind', d.kind)
+                                              || case when d.fields is not null
+                                                      then pg_catalog.jsonb_build_object('fields', d.fields)
+                                                      else '{}' end), '[]')
+                                       from diffs d), room)
+      into result;
+  return result;
+end
 $$;
 revoke all on function private.sync_wms_orders_apply(private.sync_runs, jsonb, integer) from public;
 
