@@ -561,12 +561,15 @@ set search_path = ''
 as $$
 declare
   v_key text := 'crm_' || hidden.random_token(32);
+  v_name text;
   v_scopes text[];
   k public.api_keys;
 begin
   perform hidden.org_admin_check(create_api_key.org_id, 'API keys');
-  if pg_catalog.char_length(pg_catalog.btrim(coalesce(create_api_key.name, ''))) not between 1 and 200 then
-    raise sqlstate 'PT422' using message = 'name must be 1 to 200 characters', detail = 'name_invalid', hint = 'name';
+  v_name := hidden.text_normalize(coalesce(create_api_key.name, ''), 'name');
+  if hidden.text_problem(v_name, 'name') is not null then
+    raise sqlstate 'PT422' using message = 'name must be 1 to 200 visible characters without control characters',
+      detail = 'name_' || hidden.text_problem(v_name, 'name'), hint = 'name';
   end if;
   select coalesce(pg_catalog.array_agg(distinct s order by s), '{}') into v_scopes
     from pg_catalog.unnest(create_api_key.scopes) s;
@@ -580,7 +583,7 @@ begin
       hint = 'expires_at';
   end if;
   insert into public.api_keys (org_id, name, prefix, scopes, created_by, expires_at)
-  values (create_api_key.org_id, pg_catalog.btrim(create_api_key.name), pg_catalog.left(v_key, 12), v_scopes,
+  values (create_api_key.org_id, v_name, pg_catalog.left(v_key, 12), v_scopes,
           (select u.id from auth.users u where u.id = auth.uid()), create_api_key.expires_at)
   returning * into k;
   insert into private.api_key_hashes (key_id, key_hash)

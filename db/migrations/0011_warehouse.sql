@@ -89,7 +89,8 @@ create table public.api_keys (
   revoked_at timestamptz,
   last_used_at timestamptz,
   constraint api_keys_org_id_id_key unique (org_id, id),
-  constraint api_keys_name_length check (char_length(btrim(name)) between 1 and 200),
+  -- The text rules of every name (normalised, visible, no controls, at most 200 characters).
+  constraint api_keys_name_clean check (hidden.is_clean_text(name, 'name')),
   constraint api_keys_prefix_shape check (prefix ~ '^crm_[A-Za-z0-9_-]{8}$'),
   constraint api_keys_scopes_known check (
     cardinality(scopes) >= 1 and scopes <@ array['customers:read', 'orders:read', 'leads:write']::text[])
