@@ -42,7 +42,7 @@ from crm.wms.client import ClientPolicy, WarehouseClient  # noqa: E402
 from crm.wms.reconcile import INVENTORY, Reconciler, Settings  # noqa: E402
 
 API_KEY = os.environ.setdefault("BENCH_WMS_KEY", "bench-wms-key-" + secrets.token_hex(8))  # the child inherits it
-PAGE = 500
+PAGE = 1000
 
 
 def item(i: int, version: int = 0) -> dict:

@@ -200,7 +200,8 @@ begin
         left join lateral (select i.* from public.inventory_items i
                             where i.org_id = run.org_id and i.sku = s.sku limit 1) c on true
     ), seen as (
-      insert into private.sync_run_seen (run_id, key) select run.id, s.sku from src s
+      insert into private.sync_run_seen (run_id, keys) select run.id, pg_catalog.array_agg(s.sku) from src s
+        having pg_catalog.count(*) > 0
     ), heal as (
       insert into public.inventory_items as i (org_id, sku, name, attributes, available, reserved, total, unit,
                                                source_updated_at, cached_at)
@@ -278,7 +279,8 @@ begin
         left join lateral (select w.* from public.wms_orders w
                             where w.org_id = run.org_id and w.wms_order_id = s.wms_order_id limit 1) c on true
     ), seen as (
-      insert into private.sync_run_seen (run_id, key) select run.id, s.wms_order_id from src s
+      insert into private.sync_run_seen (run_id, keys) select run.id, pg_catalog.array_agg(s.wms_order_id) from src s
+        having pg_catalog.count(*) > 0
     ), heal as (
       insert into public.wms_orders as w (org_id, wms_order_id, crm_customer_id, crm_order_id, status, lines, shipment,
                                           source_updated_at, cached_at)
@@ -435,17 +437,21 @@ begin
   if run.updated_since is not null then
     extra := '{}';
   elsif run.sync_type = 'inventory' then
-    with gone as (
+    with seen as materialized (
+      select k as key from private.sync_run_seen s, pg_catalog.unnest(s.keys) k where s.run_id = run.id
+    ), gone as (
       delete from public.inventory_items i
        where i.org_id = run.org_id and i.cached_at < run.started_at
-         and not exists (select from private.sync_run_seen s where s.run_id = run.id and s.key = i.sku)
+         and not exists (select from seen where seen.key = i.sku)
       returning i.sku)
     select coalesce(pg_catalog.array_agg(g.sku order by g.sku), '{}') into extra from gone g;
   else
-    with gone as (
+    with seen as materialized (
+      select k as key from private.sync_run_seen s, pg_catalog.unnest(s.keys) k where s.run_id = run.id
+    ), gone as (
       delete from public.wms_orders w
        where w.org_id = run.org_id and w.cached_at < run.started_at
-         and not exists (select from private.sync_run_seen s where s.run_id = run.id and s.key = w.wms_order_id)
+         and not exists (select from seen where seen.key = w.wms_order_id)
       returning w.wms_order_id)
     select coalesce(pg_catalog.array_agg(g.wms_order_id order by g.wms_order_id), '{}') into extra from gone g;
   end if;
