@@ -46,7 +46,7 @@ WMS_ORDERS = SyncType("wms_orders", "orders", "reconcile-wms-orders", incrementa
 
 @dataclass(frozen=True)
 class Settings:
-    page_size: int = 500
+    page_size: int = 1000
     lease_seconds: int = 300
     allow_loopback: bool = False
     #: wms orders: a full pass at least this often, else only what changed (0: always full)
@@ -54,7 +54,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        return cls(page_size=max(1, min(config.env_int("CRM_WMS_PAGE_SIZE", 500), 5000)),
+        return cls(page_size=max(1, min(config.env_int("CRM_WMS_PAGE_SIZE", 1000), 5000)),
                    lease_seconds=max(30, config.env_int("CRM_WMS_LEASE_SECONDS", 300)),
                    allow_loopback=config.env_flag("CRM_WEBHOOK_ALLOW_LOOPBACK"),
                    full_pass_hours=max(0, config.env_int("CRM_WMS_FULL_PASS_HOURS", 24)))
