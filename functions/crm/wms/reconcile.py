@@ -114,10 +114,17 @@ class Reconciler:
     def __init__(self, db: Database, *, box: SecretBox | None = None, settings: Settings | None = None,
                  policy: ClientPolicy | None = None, progress: bool = False):
         self.db = db
-        self.box = box or SecretBox.from_env()
+        self._box = box
         self.settings = settings or Settings.from_env()
         self.policy = policy or ClientPolicy()
         self.progress = progress
+
+    @property
+    def box(self) -> SecretBox:
+        """CRM_SECRETS_KEY is needed only once there is an integration to reconcile."""
+        if self._box is None:
+            self._box = SecretBox.from_env()
+        return self._box
 
     def run(self, kind: SyncType) -> dict[str, Any]:
         with self.db.transaction("service_role") as s:
