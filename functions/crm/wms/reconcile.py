@@ -4,8 +4,8 @@ the warehouse, heal them, and record each run in `private.sync_runs`.
 For every enabled wms integration: start a run (none when another one is under way for that
 integration: the database says so, under a transaction-scoped lock), then page through the source
 with no transaction open during a request, and hand each page's raw bytes to one SQL call that
-compares and heals it in its own short transaction (db/functions/warehouse.sql). Memory is one page.
-After the last page the run is finished: cache rows the source never listed are removed (a complete
+compares and heals it in its own short transaction (db/functions/warehouse.sql). Memory is two
+pages at most (the next is fetched while one is applied). After the last page the run is finished: cache rows the source never listed are removed (a complete
 pass only). A source failing mid-run fails the run with where it stopped; what was healed stays,
 and the next run starts over and completes.
 """
