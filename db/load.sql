@@ -14,8 +14,11 @@
 \ir migrations/0008_database_rules.sql
 \ir migrations/0009_webhooks_out.sql
 \ir migrations/0010_webhooks_in.sql
-\ir migrations/0011_warehouse.sql
+\ir migrations/0011_status_machines.sql
+\ir migrations/0012_class_sessions.sql
+\ir migrations/0013_warehouse.sql
 \ir functions/booking.sql
+\ir functions/class_sessions.sql
 \ir functions/customers.sql
 \ir functions/inbox.sql
 \ir functions/warehouse.sql
@@ -23,6 +26,7 @@
 \ir policies/000_access_helpers.sql
 \ir policies/activities.sql
 \ir policies/api_keys.sql
+\ir policies/class_sessions.sql
 \ir policies/customers.sql
 \ir policies/inspections.sql
 \ir policies/integrations.sql
@@ -40,6 +44,7 @@
 \ir policies/wms_orders.sql
 \ir triggers/000_timestamps.sql
 \ir triggers/001_crm_common.sql
+\ir triggers/class_sessions.sql
 \ir triggers/customers.sql
 \ir triggers/erasure.sql
 \ir triggers/integrations.sql
@@ -48,6 +53,7 @@
 \ir triggers/orders_money.sql
 \ir triggers/outbox.sql
 \ir triggers/payments.sql
+\ir triggers/session_bookings.sql
 \ir triggers/shipments.sql
 \ir triggers/staff.sql
 \ir triggers/tasks.sql
