@@ -17,14 +17,17 @@
 \ir migrations/0011_status_machines.sql
 \ir migrations/0012_class_sessions.sql
 \ir migrations/0013_imports.sql
+\ir migrations/0014_warehouse.sql
 \ir functions/booking.sql
 \ir functions/class_sessions.sql
 \ir functions/customers.sql
 \ir functions/imports.sql
 \ir functions/inbox.sql
+\ir functions/warehouse.sql
 \ir functions/webhooks.sql
 \ir policies/000_access_helpers.sql
 \ir policies/activities.sql
+\ir policies/api_keys.sql
 \ir policies/class_sessions.sql
 \ir policies/customers.sql
 \ir policies/inspections.sql

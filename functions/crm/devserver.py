@@ -36,6 +36,7 @@ FUNCTIONS = {
     "/leads": ("leads", "leads"),
     "/webhooks": ("webhooks", "webhooks"),
     "/reconcile": ("reconcile", "reconcile"),
+    "/api": ("api", "api"),
 }
 
 DEMO_ORG = "demo"

@@ -1,0 +1,326 @@
+"""Reconciliation of the warehouse caches (SPEC 11) against a warehouse on loopback
+(tests/fake_warehouse.py), with webhooks delivered through the real webhooks function."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from crm.sealing import SecretBox, parse_key
+from crm.wms.client import ClientPolicy, WarehouseClient, WarehouseError
+from crm.wms.reconcile import INVENTORY, WMS_ORDERS, Reconciler, Settings
+from tests.fake_warehouse import FakeWarehouse
+from tests.helpers import LiveServer, function_app, make_org
+from tests.integration.test_payments import make_order
+from tests.integration.test_webhooks_in import (
+    KEY,
+    _env,  # noqa: F401 — the same settings (autouse)
+    create_integration,
+    slug_of,
+    wms_post,
+)
+
+API_KEY = "wms-api-key-" + uuid.uuid4().hex
+T0 = "2026-01-01T00:00:00+00:00"
+T1 = "2026-01-01T06:00:00+00:00"
+T2 = "2026-02-01T00:00:00+00:00"
+
+
+@pytest.fixture
+def warehouse():
+    with FakeWarehouse(API_KEY) as w:
+        yield w
+
+
+@pytest.fixture
+def wms(conn, warehouse):
+    org = make_org(conn)
+    conn.execute("set crm.webhook_allow_loopback = 'on'")
+    integ = create_integration(conn, org, "wms", {"base_url": warehouse.url}, {"api_key": API_KEY})
+    return {"org": org, "slug": slug_of(conn, org), "id": integ["id"], "secret": integ["secrets"]["webhook_secret"]}
+
+
+def reconciler(database, page_size=500, **kw) -> Reconciler:
+    return Reconciler(database, box=SecretBox(parse_key(KEY)),
+                      settings=Settings(page_size=page_size, allow_loopback=True, **kw),
+                      policy=ClientPolicy(timeout=10, backoff=(0.05, 0.1, 0.2)))
+
+
+def item(i: int | str, updated_at: str = T0, **changes) -> dict:
+    n = i if isinstance(i, int) else 7
+    sku = f"SKU-{i:05d}" if isinstance(i, int) else i
+    return {"sku": sku, "name": f"Part {n}", "attributes": {"bin": f"B{n % 50}", "color": "black"},
+            "available": n % 17, "reserved": n % 3, "total": n % 17 + n % 3, "unit": "pcs",
+            "updated_at": updated_at, **changes}
+
+
+def cache(conn, org) -> dict[str, dict]:
+    rows = conn.execute("select sku, name, attributes, available, reserved, total, unit, source_updated_at"
+                        " from public.inventory_items where org_id = %s", (org,)).fetchall()
+    return {r["sku"]: r for r in rows}
+
+
+def assert_cache_is_source(conn, org, warehouse) -> None:
+    rows = cache(conn, org)
+    assert set(rows) == set(warehouse.inventory.rows)
+    for sku in rows:
+        src, got = warehouse.inventory.get(sku), rows[sku]
+        assert (got["name"], got["attributes"], got["available"], got["reserved"], got["total"], got["unit"]) == (
+            src["name"], src["attributes"], src["available"], src["reserved"], src["total"], src["unit"]), sku
+        assert got["source_updated_at"] == datetime.fromisoformat(src["updated_at"]), sku
+
+
+def report(conn, run_id) -> dict:
+    return conn.execute("select * from public.sync_run_reports where id = %s", (run_id,)).fetchone()
+
+
+def test_10000_items_into_an_empty_cache_then_one_run_heals_exactly_the_drift(conn, database, warehouse, wms):
+    for i in range(10_000):
+        warehouse.inventory.put(item(i))
+    first = reconciler(database).run(INVENTORY)
+    [run] = first["runs"]
+    assert run["status"] == "succeeded", run
+    counts = (run["pages"], run["records_checked"], run["records_synced"], run["records_failed"])
+    assert counts == (20, 10_000, 10_000, 0)
+    assert run["discrepancies"] == {"missing": 10_000, "stale": 0, "extra": 0, "invalid": 0, "newer_in_cache": 0}
+    stored = report(conn, run["id"])
+    assert len(stored["discrepancies"]["items"]) == 500 and stored["discrepancies"]["truncated"] is True
+    assert_cache_is_source(conn, wms["org"], warehouse)
+
+    # Drift: 30 items change at the source, 5 disappear, 7 appear.
+    for i in range(30):
+        warehouse.inventory.put(item(i, T2, available=100 + i, **({"name": f"Renamed {i}"} if 10 <= i < 15 else {})))
+    removed = [f"SKU-{i:05d}" for i in range(9990, 9995)]
+    for sku in removed:
+        warehouse.inventory.remove(sku)
+    added = [f"SKU-NEW-{i}" for i in range(7)]
+    for sku in added:
+        warehouse.inventory.put(item(sku, T2))
+    # Webhooks, out of order: items 0-9 arrive in their new version, then an older one (ignored), and
+    # an old update of an unchanged item (ignored: the cache is newer).
+    with LiveServer(function_app("webhooks")) as live, httpx.Client(base_url=live.url, timeout=30) as client:
+        def event(items, at):
+            return {"type": "inventory.updated", "timestamp": at, "data": {"items": items}}
+        fresh = [warehouse.inventory.get(f"SKU-{i:05d}") for i in range(10)]
+        assert wms_post(client, wms, event(fresh, T2)).status_code == 200
+        assert wms_post(client, wms, event([item(i, T1, available=999) for i in range(10)], T1)).status_code == 200
+        assert wms_post(client, wms, event([item(500, "2025-12-01T00:00:00+00:00", available=999)],
+                                           "2025-12-01T00:00:00+00:00")).status_code == 200
+    assert cache(conn, wms["org"])["SKU-00003"]["available"] == 103
+    assert cache(conn, wms["org"])["SKU-00500"]["available"] == 500 % 17
+
+    [run] = reconciler(database).run(INVENTORY)["runs"]
+    assert run["status"] == "succeeded", run
+    assert run["discrepancies"] == {"missing": 7, "stale": 20, "extra": 5, "invalid": 0, "newer_in_cache": 0}
+    assert (run["records_checked"], run["records_synced"], run["records_failed"]) == (10_002, 32, 0)
+    d = report(conn, run["id"])["discrepancies"]
+    assert d["truncated"] is False
+    assert d["fields"] == {"available": 20, "updated_at": 20, "name": 5}
+    kinds = {(x["key"], x["kind"]) for x in d["items"]}
+    assert kinds == ({(f"SKU-{i:05d}", "stale") for i in range(10, 30)} | {(s, "missing") for s in added}
+                     | {(s, "extra") for s in removed})
+    one = next(x for x in d["items"] if x["key"] == "SKU-00012")
+    assert one["fields"] == {"available": {"cache": 12, "source": 112},
+                             "name": {"cache": "Part 12", "source": "Renamed 12"},
+                             "updated_at": {"cache": "2026-01-01T00:00:00+00:00",
+                                            "source": "2026-02-01T00:00:00+00:00"}}
+    assert_cache_is_source(conn, wms["org"], warehouse)
+
+    [again] = reconciler(database).run(INVENTORY)["runs"]
+    assert again["discrepancies"] == {"missing": 0, "stale": 0, "extra": 0, "invalid": 0, "newer_in_cache": 0}
+    assert again["records_synced"] == 0
+    assert conn.execute("select count(*) as n from private.sync_run_seen").fetchone()["n"] == 0
+    # Every request carried the integration's key.
+    assert {auth for _, _, auth in warehouse.requests} == {f"Bearer {API_KEY}"}
+
+
+def test_a_source_failing_on_page_3_fails_the_run_keeps_the_cache_consistent_and_the_next_run_completes(
+        conn, database, warehouse, wms):
+    for i in range(2000):
+        warehouse.inventory.put(item(i))
+    assert reconciler(database).run(INVENTORY)["runs"][0]["status"] == "succeeded"
+    for i in (10, 600, 1600):  # pages 1, 2 and 4 (500 a page)
+        warehouse.inventory.put(item(i, T2, available=1000))
+    warehouse.inventory.remove("SKU-01999")  # extra: judged only by a complete pass
+    warehouse.fail_page = 3
+
+    [run] = reconciler(database).run(INVENTORY)["runs"]
+    assert run["status"] == "failed"
+    assert run["failed_at"]["page"] == 3 and run["failed_at"]["cursor"]
+    assert "page 3" in run["error"] and "HTTP 500" in run["error"]
+    assert (run["pages"], run["records_checked"], run["records_synced"]) == (2, 1000, 2)
+    rows = cache(conn, wms["org"])
+    assert (rows["SKU-00010"]["available"], rows["SKU-00600"]["available"]) == (1000, 1000)  # healed
+    assert rows["SKU-01600"]["available"] == 1600 % 17  # not reached: as it was
+    assert "SKU-01999" in rows  # no extra removed by an incomplete pass
+    assert conn.execute("select count(*) as n from private.sync_run_seen").fetchone()["n"] == 0
+    stored = report(conn, run["id"])
+    assert stored["status"] == "failed" and stored["completed_at"] is not None
+
+    warehouse.fail_page = None
+    [run] = reconciler(database).run(INVENTORY)["runs"]
+    assert run["status"] == "succeeded"
+    assert run["discrepancies"] == {"missing": 0, "stale": 1, "extra": 1, "invalid": 0, "newer_in_cache": 0}
+    assert_cache_is_source(conn, wms["org"], warehouse)
+
+
+def test_two_runs_at_once_never_interleave(conn, database, warehouse, wms):
+    for i in range(600):
+        warehouse.inventory.put(item(i))
+    warehouse.delay = 0.15
+    results: list[dict] = []
+    barrier = threading.Barrier(2)
+
+    def go() -> None:
+        barrier.wait()
+        results.extend(reconciler(database, page_size=100).run(INVENTORY)["runs"])
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(r["status"] for r in results) == ["skipped", "succeeded"]
+    assert conn.execute("select count(*) as n from private.sync_runs").fetchone()["n"] == 1
+    assert len(cache(conn, wms["org"])) == 600
+
+
+def test_an_abandoned_run_is_failed_after_its_lease_and_the_next_one_goes(conn, database, warehouse, wms):
+    warehouse.inventory.put(item(1))
+    stale = conn.execute("select * from private.sync_run_start(%s, 'inventory')", (wms["id"],)).fetchone()
+    conn.execute("update private.sync_runs set heartbeat_at = now() - interval '1 hour' where id = %s", (stale["id"],))
+    [run] = reconciler(database).run(INVENTORY)["runs"]
+    assert run["status"] == "succeeded"
+    old = report(conn, stale["id"])
+    assert old["status"] == "failed" and old["error"].startswith("abandoned")
+    # The abandoned run's worker, coming back, is told it no longer owns the run.
+    with pytest.raises(Exception, match="no longer running"):
+        conn.execute("select private.sync_run_page(%s, '{\"items\": []}', null)", (stale["id"],))
+
+
+def test_malformed_items_are_counted_failed_and_the_rest_is_healed(conn, database, warehouse, wms):
+    warehouse.inventory.put(item(1))
+    warehouse.inventory.put(item(2, available="lots"))
+    warehouse.inventory.put(item(3, updated_at="last tuesday-ish"))
+    warehouse.inventory.put(item(4))
+    [run] = reconciler(database).run(INVENTORY)["runs"]
+    assert run["status"] == "succeeded"
+    assert (run["records_checked"], run["records_synced"], run["records_failed"]) == (4, 2, 2)
+    assert run["discrepancies"]["invalid"] == 2
+    assert set(cache(conn, wms["org"])) == {"SKU-00001", "SKU-00004"}
+    invalid = [x for x in report(conn, run["id"])["discrepancies"]["items"] if x["kind"] == "invalid"]
+    assert {x["key"] for x in invalid} == {"SKU-00002", "SKU-00003"} and all(x["error"] for x in invalid)
+
+
+def test_wms_orders_are_reconciled_and_our_order_learns_the_warehouse_id(conn, database, warehouse, wms):
+    org = wms["org"]
+    customer = conn.execute("insert into public.customers (org_id, full_name, phone_e164)"
+                            " values (%s, 'Anna', '+4915100000001') returning id", (org,)).fetchone()["id"]
+    order = make_order(conn, org, customer)
+    conn.execute("insert into public.wms_orders (org_id, wms_order_id, status, source_updated_at, cached_at)"
+                 " values (%s, 'W-GONE', 'created', %s, now() - interval '1 day'),"
+                 " (%s, 'W-1', 'created', %s, now() - interval '1 day')", (org, T0, org, T0))
+    warehouse.orders.put({"wms_order_id": "W-1", "crm_customer_id": str(customer), "crm_order_id": str(order),
+                          "status": "picking", "lines": [{"sku": "SKU-1", "qty": 2}], "shipment": None,
+                          "updated_at": T1})
+    warehouse.orders.put({"wms_order_id": "W-2", "crm_customer_id": None, "crm_order_id": None,
+                          "status": "created", "lines": [], "shipment": None, "updated_at": T1})
+    [run] = reconciler(database).run(WMS_ORDERS)["runs"]
+    assert run["status"] == "succeeded", run
+    assert run["discrepancies"] == {"missing": 1, "stale": 1, "extra": 1, "invalid": 0, "newer_in_cache": 0}
+    rows = {r["wms_order_id"]: r for r in conn.execute("select * from public.wms_orders where org_id = %s",
+                                                         (org,)).fetchall()}
+    assert set(rows) == {"W-1", "W-2"}
+    assert (rows["W-1"]["status"], rows["W-1"]["lines"], rows["W-1"]["crm_order_id"]) == (
+        "picking", [{"sku": "SKU-1", "qty": 2}], order)
+    linked = conn.execute("select wms_order_id from public.orders where id = %s", (order,)).fetchone()
+    assert linked["wms_order_id"] == "W-1"
+    stale = next(x for x in report(conn, run["id"])["discrepancies"]["items"] if x["key"] == "W-1")
+    assert set(stale["fields"]) == {"crm_customer_id", "crm_order_id", "status", "lines", "updated_at"}
+
+
+def test_integration_without_base_url_or_with_a_wrong_key_is_a_failed_run_saying_why(conn, database, warehouse):
+    org = make_org(conn)
+    create_integration(conn, org, "wms", {}, {"api_key": API_KEY})
+    [run] = reconciler(database).run(INVENTORY)["runs"]
+    assert run["status"] == "failed" and "base_url" in run["error"]
+
+    other = make_org(conn)
+    conn.execute("set crm.webhook_allow_loopback = 'on'")
+    create_integration(conn, other, "wms", {"base_url": warehouse.url}, {"api_key": "not-the-right-key"})
+    runs = {str(r["org_id"]): r for r in reconciler(database).run(INVENTORY)["runs"]}
+    assert runs[str(other)]["status"] == "failed" and "HTTP 401" in runs[str(other)]["error"]
+    assert "not-the-right-key" not in json.dumps(runs, default=str)
+
+
+# -- the client -------------------------------------------------------------------------------------
+def test_client_honours_retry_after_bounded_and_retries_a_bounded_number_of_times(warehouse):
+    warehouse.inventory.put(item(1))
+    waits: list[float] = []
+    policy = ClientPolicy(timeout=5, max_attempts=3, backoff=(0.01, 0.02), max_retry_after=5)
+    with WarehouseClient(warehouse.url, API_KEY, allow_loopback=True, policy=policy, sleep=waits.append) as c:
+        warehouse.throttle = 2
+        [page] = list(c.inventory(limit=10))
+        assert [x["sku"] for x in page.items] == ["SKU-00001"] and waits == [1.0, 1.0]
+
+        warehouse.throttle = 5
+        with pytest.raises(WarehouseError, match="page 1 .*HTTP 429"):
+            list(c.inventory(limit=10))
+        assert len(warehouse.requests) == 3 + 3  # three attempts each time, never more
+    long_wait = ClientPolicy(timeout=5, max_attempts=3, max_retry_after=0.5)
+    warehouse.throttle = 1
+    with WarehouseClient(warehouse.url, API_KEY, allow_loopback=True, policy=long_wait, sleep=waits.append) as c:
+        with pytest.raises(WarehouseError, match="longer than we wait"):
+            list(c.inventory(limit=10))
+
+
+def test_client_refuses_loopback_unless_allowed_and_never_shows_the_key(warehouse):
+    with WarehouseClient(warehouse.url, API_KEY, policy=ClientPolicy(max_attempts=2)) as c:
+        with pytest.raises(WarehouseError) as info:
+            list(c.inventory(limit=10))
+    assert API_KEY not in str(info.value)
+    assert warehouse.requests == []
+
+
+def test_wms_orders_between_full_passes_ask_only_for_what_changed(conn, database, warehouse, wms):
+    def order(n: int, status: str, at: str) -> dict:
+        return {"wms_order_id": f"W-{n}", "crm_customer_id": None, "crm_order_id": None, "status": status,
+                "lines": [], "shipment": None, "updated_at": at}
+
+    for n in range(5):
+        warehouse.orders.put(order(n, "created", T0))
+    [full] = reconciler(database).run(WMS_ORDERS)["runs"]
+    assert full["status"] == "succeeded" and full["updated_since"] is None and full["records_checked"] == 5
+
+    now = datetime.now(UTC).isoformat()
+    warehouse.orders.put(order(1, "picking", now))
+    warehouse.orders.remove("W-4")
+    warehouse.requests.clear()
+    [run] = reconciler(database).run(WMS_ORDERS)["runs"]
+    assert run["status"] == "succeeded" and run["updated_since"] is not None
+    [(_, query, _)] = warehouse.requests
+    assert query["updated_since"] == [run["updated_since"].isoformat()]
+    assert run["records_checked"] == 1
+    assert run["discrepancies"] == {"missing": 0, "stale": 1, "extra": 0, "invalid": 0, "newer_in_cache": 0}
+    statuses = {r["wms_order_id"]: r["status"]
+                for r in conn.execute("select wms_order_id, status from public.wms_orders").fetchall()}
+    assert statuses["W-1"] == "picking" and "W-4" in statuses  # extras wait for the next full pass
+
+    [again] = reconciler(database, full_pass_hours=0).run(WMS_ORDERS)["runs"]
+    assert again["updated_since"] is None and again["discrepancies"]["extra"] == 1
+
+
+def test_both_jobs_are_registered_and_need_no_key_without_integrations(database, monkeypatch):
+    from crm import jobs
+
+    monkeypatch.delenv("CRM_SECRETS_KEY")
+    registry = jobs.load_all()
+    for name in ("reconcile-inventory", "reconcile-wms-orders"):
+        assert registry[name].every_seconds
+        assert registry[name].fn(database, {"progress": False}) == {"job": name, "runs": [], "failed": 0,
+                                                                     "skipped": 0}
