@@ -35,7 +35,8 @@ Answer = Callable[[Received], tuple[int, dict[str, str]]]
 class Receiver:
     def __init__(self, answer: Answer | None = None):
         self.answer: Answer = answer or (lambda r: (204, {}))
-        self.requests: list[Received] = []
+        self.requests: list[Received] = []  # complete requests, in arrival order
+        self.incomplete: list[Received] = []  # cut off before the whole body arrived
         self.lock = threading.Lock()
         receiver = self
 
@@ -46,6 +47,13 @@ class Receiver:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 got = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                if len(body) < length:
+                    # The client went away mid-request (a killed worker wrote its headers, not all of
+                    # its body): no server hands that to its application, so it is not received.
+                    with receiver.lock:
+                        receiver.incomplete.append(got)
+                    self.close_connection = True
+                    return
                 with receiver.lock:
                     receiver.requests.append(got)
                 status, headers = receiver.answer(got)
@@ -62,7 +70,10 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # listen backlog: several workers connect at once (the default is 5)
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
