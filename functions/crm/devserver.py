@@ -21,10 +21,10 @@ import psycopg
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import make_server
 
-from crm import ROOT, config, jobs
+from crm import ROOT, config, jobs, openapi
 from crm.db import Database, set_database
 from crm.errors import NotFound
-from crm.http import endpoint, problem_response
+from crm.http import endpoint, problem_response, require_method
 
 log = logging.getLogger("crm.dev")
 
@@ -72,6 +72,9 @@ def root_app(media_dir: Path | None) -> flask.Flask:
 
     @endpoint
     def _root(request: flask.Request) -> flask.Response:
+        if request.path == "/openapi.json":
+            require_method(request, "GET", "HEAD")
+            return openapi.response()
         if request.path.startswith("/media/") and media_dir is not None and request.method in ("GET", "HEAD"):
             return _media(media_dir, request.path.removeprefix("/media/"))
         raise NotFound(f"No route for {request.method} {request.path}.")
