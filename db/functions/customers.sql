@@ -21,15 +21,16 @@ begin
   -- By phone, then by email, else created. ON CONFLICT DO NOTHING against both unique indexes makes
   -- concurrent first contacts of one new person meet on one row: the loser waits for the winner's
   -- commit, inserts nothing, and finds the winner's row on the next pass (a new snapshot per
-  -- statement under READ COMMITTED). An erased customer has neither phone nor email any more
-  -- (erase_customer), so it is never found again: the next contact creates a new customer.
+  -- statement under READ COMMITTED). An erased customer is never found again (erase_customer also
+  -- removed its phone and email): the next contact creates a new customer.
   for attempt in 1..3 loop
     v_id := null;
     if v_phone is not null then
-      select c.id into v_id from public.customers c where c.org_id = p_org and c.phone_e164 = v_phone;
+      select c.id into v_id from public.customers c where c.org_id = p_org and c.phone_e164 = v_phone and c.erased_at is null;
     end if;
     if v_id is null and v_email is not null then
-      select c.id into v_id from public.customers c where c.org_id = p_org and pg_catalog.lower(c.email) = v_email;
+      select c.id into v_id from public.customers c where c.org_id = p_org and pg_catalog.lower(c.email) = v_email
+         and c.erased_at is null;
     end if;
     if v_id is not null then
       return query select v_id, false;

@@ -28,14 +28,18 @@ as $$
 $$;
 revoke all on function private.sync_run_lock(uuid, text) from public;
 
+drop function if exists private.sync_run_start(uuid, text, interval);
 create or replace function private.sync_run_start(p_integration_id uuid, p_sync_type text,
-                                                  p_lease interval default '5 minutes')
+                                                  p_lease interval default '5 minutes',
+                                                  p_full_every interval default null)
 returns setof private.sync_runs
 language plpgsql volatile security definer
 set search_path = ''
 as $$
 declare
   integ public.integrations;
+  last_full timestamptz;
+  v_since timestamptz;
 begin
   select i.* into integ from public.integrations i where i.id = p_integration_id;
   if not found then
@@ -56,16 +60,27 @@ begin
               where r.integration_id = integ.id and r.sync_type = p_sync_type and r.status = 'running') then
     return;  -- another run is under way: nothing to do
   end if;
+  -- Between full passes (at most p_full_every apart) only what changed since the last success,
+  -- with ten minutes of look-back for clocks and transactions that committed late.
+  if p_full_every is not null then
+    select max(r.started_at) into last_full from private.sync_runs r
+     where r.integration_id = integ.id and r.sync_type = p_sync_type and r.status = 'succeeded'
+       and r.updated_since is null;
+    if last_full > pg_catalog.now() - p_full_every then
+      select max(r.started_at) - interval '10 minutes' into v_since from private.sync_runs r
+       where r.integration_id = integ.id and r.sync_type = p_sync_type and r.status = 'succeeded';
+    end if;
+  end if;
   return query
-    insert into private.sync_runs (org_id, integration_id, sync_type)
-    values (integ.org_id, integ.id, p_sync_type)
+    insert into private.sync_runs (org_id, integration_id, sync_type, updated_since)
+    values (integ.org_id, integ.id, p_sync_type, v_since)
     returning *;
 end
 $$;
-comment on function private.sync_run_start(uuid, text, interval) is
-  'A new running reconciliation of one integration''s cache, or no row when another is running (after failing one that made no progress within the lease).';
-revoke all on function private.sync_run_start(uuid, text, interval) from public;
-grant execute on function private.sync_run_start(uuid, text, interval) to service_role;
+comment on function private.sync_run_start(uuid, text, interval, interval) is
+  'A new running reconciliation of one integration''s cache, or no row when another is running (after failing one that made no progress within the lease). With p_full_every, a run within that time of the last successful full pass only asks for what changed (updated_since).';
+revoke all on function private.sync_run_start(uuid, text, interval, interval) from public;
+grant execute on function private.sync_run_start(uuid, text, interval, interval) to service_role;
 
 create or replace function private.sync_run_touch(p_run_id uuid)
 returns private.sync_runs
@@ -155,70 +170,78 @@ revoke all on function private.sync_page_result(bigint, bigint, jsonb, integer) 
 -- in after the page was served) is left alone and counted as newer_in_cache.
 create or replace function private.sync_inventory_apply(run private.sync_runs, items jsonb, room integer)
 returns jsonb
-language sql volatile
+language plpgsql volatile
 set search_path = ''
 as $$
-  with src as (
-    select distinct on (x.sku) x.sku, x.name, coalesce(x.attributes, '{}') as attributes, x.available,
-           x.reserved, x.total, x.unit, x.updated_at
-      from pg_catalog.jsonb_to_recordset(items) as x(sku text, name text, attributes jsonb, available numeric,
-                                                     reserved numeric, total numeric, unit text,
-                                                     updated_at timestamptz)
-     order by x.sku, x.updated_at desc nulls last
-  ), cmp as (
-    select s.*, c.sku is null as missing,
-           c.sku is not null
-             and (c.name, c.attributes, c.available, c.reserved, c.total, c.unit, c.source_updated_at)
-                 is distinct from (s.name, s.attributes, s.available, s.reserved, s.total, s.unit, s.updated_at)
-             as differs,
-           c.source_updated_at is not null and (s.updated_at is null or s.updated_at < c.source_updated_at)
-             as older,
-           c as cached
-      from src s
-      -- Lateral with a limit (never flattened into a join): one primary-key probe per item, whatever
-      -- the statistics say; a hash join would scan the organization's whole cache for every page.
-      left join lateral (select i.* from public.inventory_items i
-                          where i.org_id = run.org_id and i.sku = s.sku limit 1) c on true
-  ), seen as (
-    insert into private.sync_run_seen (run_id, key) select run.id, s.sku from src s
-  ), heal as (
-    insert into public.inventory_items as i (org_id, sku, name, attributes, available, reserved, total, unit,
-                                             source_updated_at, cached_at)
-    select run.org_id, c.sku, c.name, c.attributes, c.available, c.reserved, c.total, c.unit, c.updated_at,
-           pg_catalog.now()
-      from cmp c
-     where c.missing or (c.differs and not c.older)
-    on conflict on constraint inventory_items_pkey do update
-       set name = excluded.name, attributes = excluded.attributes, available = excluded.available,
-           reserved = excluded.reserved, total = excluded.total, unit = excluded.unit,
-           source_updated_at = excluded.source_updated_at, cached_at = excluded.cached_at
-     where i.source_updated_at is null
-        or (excluded.source_updated_at is not null and excluded.source_updated_at >= i.source_updated_at)
-    returning i.sku
-  ), diffs as (
-    select c.sku, case when c.missing then 'missing' when c.older then 'newer_in_cache' else 'stale' end as kind,
-           case when not c.missing then
-             (select pg_catalog.jsonb_object_agg(f.k, pg_catalog.jsonb_build_object('cache', f.was, 'source', f.now))
-                from (values ('name', pg_catalog.to_jsonb((c.cached).name), pg_catalog.to_jsonb(c.name)),
-                             ('attributes', (c.cached).attributes, c.attributes),
-                             ('available', pg_catalog.to_jsonb((c.cached).available), pg_catalog.to_jsonb(c.available)),
-                             ('reserved', pg_catalog.to_jsonb((c.cached).reserved), pg_catalog.to_jsonb(c.reserved)),
-                             ('total', pg_catalog.to_jsonb((c.cached).total), pg_catalog.to_jsonb(c.total)),
-                             ('unit', pg_catalog.to_jsonb((c.cached).unit), pg_catalog.to_jsonb(c.unit)),
-                             ('updated_at', pg_catalog.to_jsonb((c.cached).source_updated_at),
-                                            pg_catalog.to_jsonb(c.updated_at))) f(k, was, now)
-               where f.was is distinct from f.now)
-           end as fields
-      from cmp c
-     where c.missing or c.differs
-  )
-  select private.sync_page_result((select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
-                                  (select coalesce(pg_catalog.jsonb_agg(
-                                            pg_catalog.jsonb_build_object('key', d.sku, 'kind', d.kind)
-                                            || case when d.fields is not null
-                                                    then pg_catalog.jsonb_build_object('fields', d.fields)
-                                                    else '{}' end), '[]')
-                                     from diffs d), room)
+-- plpgsql, not sql: its statement's plan is cached per connection (an sql function with this many
+-- CTEs is planned again on every call, which cost more than the page itself).
+declare
+  result jsonb;
+begin
+    with src as (
+      select distinct on (x.sku) x.sku, x.name, coalesce(x.attributes, '{}') as attributes, x.available,
+             x.reserved, x.total, x.unit, x.updated_at
+        from pg_catalog.jsonb_to_recordset(items) as x(sku text, name text, attributes jsonb, available numeric,
+                                                       reserved numeric, total numeric, unit text,
+                                                       updated_at timestamptz)
+       order by x.sku, x.updated_at desc nulls last
+    ), cmp as (
+      select s.*, c.sku is null as missing,
+             c.sku is not null
+               and (c.name, c.attributes, c.available, c.reserved, c.total, c.unit, c.source_updated_at)
+                   is distinct from (s.name, s.attributes, s.available, s.reserved, s.total, s.unit, s.updated_at)
+               as differs,
+             c.source_updated_at is not null and (s.updated_at is null or s.updated_at < c.source_updated_at)
+               as older,
+             c as cached
+        from src s
+        -- Lateral with a limit (never flattened into a join): one primary-key probe per item, whatever
+        -- the statistics say; a hash join would scan the organization's whole cache for every page.
+        left join lateral (select i.* from public.inventory_items i
+                            where i.org_id = run.org_id and i.sku = s.sku limit 1) c on true
+    ), seen as (
+      insert into private.sync_run_seen (run_id, key) select run.id, s.sku from src s
+    ), heal as (
+      insert into public.inventory_items as i (org_id, sku, name, attributes, available, reserved, total, unit,
+                                               source_updated_at, cached_at)
+      select run.org_id, c.sku, c.name, c.attributes, c.available, c.reserved, c.total, c.unit, c.updated_at,
+             pg_catalog.now()
+        from cmp c
+       where c.missing or (c.differs and not c.older)
+      on conflict on constraint inventory_items_pkey do update
+         set name = excluded.name, attributes = excluded.attributes, available = excluded.available,
+             reserved = excluded.reserved, total = excluded.total, unit = excluded.unit,
+             source_updated_at = excluded.source_updated_at, cached_at = excluded.cached_at
+       where i.source_updated_at is null
+          or (excluded.source_updated_at is not null and excluded.source_updated_at >= i.source_updated_at)
+      returning i.sku
+    ), diffs as (
+      select c.sku, case when c.missing then 'missing' when c.older then 'newer_in_cache' else 'stale' end as kind,
+             case when not c.missing then
+               (select pg_catalog.jsonb_object_agg(f.k, pg_catalog.jsonb_build_object('cache', f.was, 'source', f.now))
+                  from (values ('name', pg_catalog.to_jsonb((c.cached).name), pg_catalog.to_jsonb(c.name)),
+                               ('attributes', (c.cached).attributes, c.attributes),
+                               ('available', pg_catalog.to_jsonb((c.cached).available), pg_catalog.to_jsonb(c.available)),
+                               ('reserved', pg_catalog.to_jsonb((c.cached).reserved), pg_catalog.to_jsonb(c.reserved)),
+                               ('total', pg_catalog.to_jsonb((c.cached).total), pg_catalog.to_jsonb(c.total)),
+                               ('unit', pg_catalog.to_jsonb((c.cached).unit), pg_catalog.to_jsonb(c.unit)),
+                               ('updated_at', pg_catalog.to_jsonb((c.cached).source_updated_at),
+                                              pg_catalog.to_jsonb(c.updated_at))) f(k, was, now)
+                 where f.was is distinct from f.now)
+             end as fields
+        from cmp c
+       where c.missing or c.differs
+    )
+    select private.sync_page_result((select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
+                                    (select coalesce(pg_catalog.jsonb_agg(
+                                              pg_catalog.jsonb_build_object('key', d.sku, 'kind', d.kind)
+                                              || case when d.fields is not null
+                                                      then pg_catalog.jsonb_build_object('fields', d.fields)
+                                                      else '{}' end), '[]')
+                                       from diffs d), room)
+      into result;
+  return result;
+end
 $$;
 revoke all on function private.sync_inventory_apply(private.sync_runs, jsonb, integer) from public;
 
@@ -226,76 +249,84 @@ revoke all on function private.sync_inventory_apply(private.sync_runs, jsonb, in
 -- our order learns the warehouse's id as the webhooks teach it (unless another order has it).
 create or replace function private.sync_wms_orders_apply(run private.sync_runs, items jsonb, room integer)
 returns jsonb
-language sql volatile
+language plpgsql volatile
 set search_path = ''
 as $$
-  with src as (
-    select distinct on (x.wms_order_id) x.wms_order_id, private.inbox_uuid(x.crm_customer_id) as crm_customer_id,
-           private.inbox_uuid(x.crm_order_id) as crm_order_id, x.status, coalesce(x.lines, '[]') as lines,
-           x.shipment, x.updated_at
-      from pg_catalog.jsonb_to_recordset(items) as x(wms_order_id text, crm_customer_id text, crm_order_id text,
-                                                     status text, lines jsonb, shipment jsonb,
-                                                     updated_at timestamptz)
-     order by x.wms_order_id, x.updated_at desc nulls last
-  ), cmp as (
-    select s.*, c.wms_order_id is null as missing,
-           c.wms_order_id is not null
-             and (c.crm_customer_id, c.crm_order_id, c.status, c.lines, c.shipment, c.source_updated_at)
-                 is distinct from (s.crm_customer_id, s.crm_order_id, s.status, s.lines, s.shipment, s.updated_at)
-             as differs,
-           c.source_updated_at is not null and (s.updated_at is null or s.updated_at < c.source_updated_at)
-             as older,
-           c as cached
-      from src s
-      left join lateral (select w.* from public.wms_orders w
-                          where w.org_id = run.org_id and w.wms_order_id = s.wms_order_id limit 1) c on true
-  ), seen as (
-    insert into private.sync_run_seen (run_id, key) select run.id, s.wms_order_id from src s
-  ), heal as (
-    insert into public.wms_orders as w (org_id, wms_order_id, crm_customer_id, crm_order_id, status, lines, shipment,
-                                        source_updated_at, cached_at)
-    select run.org_id, c.wms_order_id, c.crm_customer_id, c.crm_order_id, c.status, c.lines, c.shipment,
-           c.updated_at, pg_catalog.now()
-      from cmp c
-     where c.missing or (c.differs and not c.older)
-    on conflict on constraint wms_orders_pkey do update
-       set crm_customer_id = excluded.crm_customer_id, crm_order_id = excluded.crm_order_id,
-           status = excluded.status, lines = excluded.lines, shipment = excluded.shipment,
-           source_updated_at = excluded.source_updated_at, cached_at = excluded.cached_at
-     where w.source_updated_at is null
-        or (excluded.source_updated_at is not null and excluded.source_updated_at >= w.source_updated_at)
-    returning w.wms_order_id
-  ), link as (
-    update public.orders o set wms_order_id = l.wms_order_id
-      from (select distinct on (s.crm_order_id) s.crm_order_id, s.wms_order_id
-              from src s where s.crm_order_id is not null order by s.crm_order_id, s.wms_order_id) l
-     where o.org_id = run.org_id and o.id = l.crm_order_id and o.wms_order_id is null
-       and not exists (select from public.orders x where x.org_id = run.org_id and x.wms_order_id = l.wms_order_id)
-  ), diffs as (
-    select c.wms_order_id as key,
-           case when c.missing then 'missing' when c.older then 'newer_in_cache' else 'stale' end as kind,
-           case when not c.missing then
-             (select pg_catalog.jsonb_object_agg(f.k, pg_catalog.jsonb_build_object('cache', f.was, 'source', f.now))
-                from (values ('crm_customer_id', pg_catalog.to_jsonb((c.cached).crm_customer_id),
-                                                 pg_catalog.to_jsonb(c.crm_customer_id)),
-                             ('crm_order_id', pg_catalog.to_jsonb((c.cached).crm_order_id), pg_catalog.to_jsonb(c.crm_order_id)),
-                             ('status', pg_catalog.to_jsonb((c.cached).status), pg_catalog.to_jsonb(c.status)),
-                             ('lines', (c.cached).lines, c.lines),
-                             ('shipment', (c.cached).shipment, c.shipment),
-                             ('updated_at', pg_catalog.to_jsonb((c.cached).source_updated_at),
-                                            pg_catalog.to_jsonb(c.updated_at))) f(k, was, now)
-               where f.was is distinct from f.now)
-           end as fields
-      from cmp c
-     where c.missing or c.differs
-  )
-  select private.sync_page_result((select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
-                                  (select coalesce(pg_catalog.jsonb_agg(
-                                            pg_catalog.jsonb_build_object('key', d.key, 'kind', d.kind)
-                                            || case when d.fields is not null
-                                                    then pg_catalog.jsonb_build_object('fields', d.fields)
-                                                    else '{}' end), '[]')
-                                     from diffs d), room)
+-- plpgsql, not sql: its statement's plan is cached per connection (an sql function with this many
+-- CTEs is planned again on every call, which cost more than the page itself).
+declare
+  result jsonb;
+begin
+    with src as (
+      select distinct on (x.wms_order_id) x.wms_order_id, private.inbox_uuid(x.crm_customer_id) as crm_customer_id,
+             private.inbox_uuid(x.crm_order_id) as crm_order_id, x.status, coalesce(x.lines, '[]') as lines,
+             x.shipment, x.updated_at
+        from pg_catalog.jsonb_to_recordset(items) as x(wms_order_id text, crm_customer_id text, crm_order_id text,
+                                                       status text, lines jsonb, shipment jsonb,
+                                                       updated_at timestamptz)
+       order by x.wms_order_id, x.updated_at desc nulls last
+    ), cmp as (
+      select s.*, c.wms_order_id is null as missing,
+             c.wms_order_id is not null
+               and (c.crm_customer_id, c.crm_order_id, c.status, c.lines, c.shipment, c.source_updated_at)
+                   is distinct from (s.crm_customer_id, s.crm_order_id, s.status, s.lines, s.shipment, s.updated_at)
+               as differs,
+             c.source_updated_at is not null and (s.updated_at is null or s.updated_at < c.source_updated_at)
+               as older,
+             c as cached
+        from src s
+        left join lateral (select w.* from public.wms_orders w
+                            where w.org_id = run.org_id and w.wms_order_id = s.wms_order_id limit 1) c on true
+    ), seen as (
+      insert into private.sync_run_seen (run_id, key) select run.id, s.wms_order_id from src s
+    ), heal as (
+      insert into public.wms_orders as w (org_id, wms_order_id, crm_customer_id, crm_order_id, status, lines, shipment,
+                                          source_updated_at, cached_at)
+      select run.org_id, c.wms_order_id, c.crm_customer_id, c.crm_order_id, c.status, c.lines, c.shipment,
+             c.updated_at, pg_catalog.now()
+        from cmp c
+       where c.missing or (c.differs and not c.older)
+      on conflict on constraint wms_orders_pkey do update
+         set crm_customer_id = excluded.crm_customer_id, crm_order_id = excluded.crm_order_id,
+             status = excluded.status, lines = excluded.lines, shipment = excluded.shipment,
+             source_updated_at = excluded.source_updated_at, cached_at = excluded.cached_at
+       where w.source_updated_at is null
+          or (excluded.source_updated_at is not null and excluded.source_updated_at >= w.source_updated_at)
+      returning w.wms_order_id
+    ), link as (
+      update public.orders o set wms_order_id = l.wms_order_id
+        from (select distinct on (s.crm_order_id) s.crm_order_id, s.wms_order_id
+                from src s where s.crm_order_id is not null order by s.crm_order_id, s.wms_order_id) l
+       where o.org_id = run.org_id and o.id = l.crm_order_id and o.wms_order_id is null
+         and not exists (select from public.orders x where x.org_id = run.org_id and x.wms_order_id = l.wms_order_id)
+    ), diffs as (
+      select c.wms_order_id as key,
+             case when c.missing then 'missing' when c.older then 'newer_in_cache' else 'stale' end as kind,
+             case when not c.missing then
+               (select pg_catalog.jsonb_object_agg(f.k, pg_catalog.jsonb_build_object('cache', f.was, 'source', f.now))
+                  from (values ('crm_customer_id', pg_catalog.to_jsonb((c.cached).crm_customer_id),
+                                                   pg_catalog.to_jsonb(c.crm_customer_id)),
+                               ('crm_order_id', pg_catalog.to_jsonb((c.cached).crm_order_id), pg_catalog.to_jsonb(c.crm_order_id)),
+                               ('status', pg_catalog.to_jsonb((c.cached).status), pg_catalog.to_jsonb(c.status)),
+                               ('lines', (c.cached).lines, c.lines),
+                               ('shipment', (c.cached).shipment, c.shipment),
+                               ('updated_at', pg_catalog.to_jsonb((c.cached).source_updated_at),
+                                              pg_catalog.to_jsonb(c.updated_at))) f(k, was, now)
+                 where f.was is distinct from f.now)
+             end as fields
+        from cmp c
+       where c.missing or c.differs
+    )
+    select private.sync_page_result((select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
+                                    (select coalesce(pg_catalog.jsonb_agg(
+                                              pg_catalog.jsonb_build_object('key', d.key, 'kind', d.kind)
+                                              || case when d.fields is not null
+                                                      then pg_catalog.jsonb_build_object('fields', d.fields)
+                                                      else '{}' end), '[]')
+                                       from diffs d), room)
+      into result;
+  return result;
+end
 $$;
 revoke all on function private.sync_wms_orders_apply(private.sync_runs, jsonb, integer) from public;
 
@@ -399,8 +430,11 @@ declare
   room integer := 500 - pg_catalog.jsonb_array_length(run.discrepancies -> 'items');
 begin
   -- A complete pass: cache rows the source did not list are extra. Rows a webhook wrote since the
-  -- run started are not judged (the source may have listed them before they existed).
-  if run.sync_type = 'inventory' then
+  -- run started are not judged (the source may have listed them before they existed). A run of
+  -- changes only (updated_since) judges none.
+  if run.updated_since is not null then
+    extra := '{}';
+  elsif run.sync_type = 'inventory' then
     with gone as (
       delete from public.inventory_items i
        where i.org_id = run.org_id and i.cached_at < run.started_at
@@ -461,16 +495,20 @@ grant execute on function private.sync_run_fail(uuid, text, integer, text) to se
 
 -- Admins read the runs of their organizations: a private table behind a definer function filtered
 -- by the caller's admin organizations, exposed by a security_invoker view.
-create or replace function hidden.sync_run_reports()
+-- Dropped first: a changed column list cannot be replaced in place (grants are given again below).
+drop view if exists public.sync_run_reports;
+drop function if exists hidden.sync_run_reports();
+create function hidden.sync_run_reports()
 returns table (id uuid, org_id uuid, integration_id uuid, sync_type text, status text, started_at timestamptz,
-               completed_at timestamptz, pages integer, records_checked integer, records_synced integer,
-               records_failed integer, discrepancies jsonb, error text, failed_at jsonb)
+               completed_at timestamptz, updated_since timestamptz, pages integer, records_checked integer,
+               records_synced integer, records_failed integer, discrepancies jsonb, error text, failed_at jsonb)
 language plpgsql stable security definer
 set search_path = ''
 as $$
 begin
   return query
-    select r.id, r.org_id, r.integration_id, r.sync_type, r.status, r.started_at, r.completed_at, r.pages,
+    select r.id, r.org_id, r.integration_id, r.sync_type, r.status, r.started_at, r.completed_at, r.updated_since,
+           r.pages,
            r.records_checked, r.records_synced, r.records_failed, r.discrepancies, r.error, r.failed_at
       from private.sync_runs r
      where pg_catalog.current_setting('role') in ('service_role', 'none')
@@ -482,7 +520,7 @@ comment on function hidden.sync_run_reports() is
 revoke all on function hidden.sync_run_reports() from public;
 grant execute on function hidden.sync_run_reports() to authenticated, service_role;
 
-create or replace view public.sync_run_reports
+create view public.sync_run_reports
 with (security_invoker = true)
 as
 select * from hidden.sync_run_reports();

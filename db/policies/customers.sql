@@ -1,4 +1,5 @@
--- customers: staff read their organization's customers; admins and managers change them.
+-- customers: staff read their organization's customers; admins and managers change them; nobody
+-- deletes them (erase_customer scrubs personal data instead).
 -- Contact data: no policy for anon, ever.
 
 drop policy if exists "Staff read customers of their organization" on public.customers;
@@ -23,9 +24,5 @@ create policy "Admins and managers update customers of their organization" on pu
 comment on policy "Admins and managers update customers of their organization" on public.customers is
   'Agents and viewers cannot change customers.';
 
+-- History is never deleted through the API (SPEC 6.6): no delete policy (and no DELETE grant).
 drop policy if exists "Admins and managers delete customers of their organization" on public.customers;
-create policy "Admins and managers delete customers of their organization" on public.customers
-  for delete to authenticated
-  using (org_id = any ((select hidden.staff_org_ids('admin', 'manager'))::uuid[]));
-comment on policy "Admins and managers delete customers of their organization" on public.customers is
-  'Deleting a customer deletes their leads and orders.';

@@ -1,5 +1,6 @@
 -- leads: staff read their organization's leads; admins and managers change them; agents change
--- only leads assigned to them (and may add leads assigned to themselves).
+-- only leads assigned to them (and may add leads assigned to themselves). Nobody deletes leads:
+-- they are closed as lost or junk.
 
 drop policy if exists "Staff read leads of their organization" on public.leads;
 create policy "Staff read leads of their organization" on public.leads
@@ -29,9 +30,5 @@ create policy "Admins, managers and assigned agents update leads" on public.lead
 comment on policy "Admins, managers and assigned agents update leads" on public.leads is
   'An agent cannot hand a row to someone else (with check) nor touch rows of others (using).';
 
+-- History is never deleted through the API (SPEC 6.6): no delete policy (and no DELETE grant).
 drop policy if exists "Admins and managers delete leads of their organization" on public.leads;
-create policy "Admins and managers delete leads of their organization" on public.leads
-  for delete to authenticated
-  using (org_id = any ((select hidden.staff_org_ids('admin', 'manager'))::uuid[]));
-comment on policy "Admins and managers delete leads of their organization" on public.leads is
-  'Agents change their leads but do not delete them.';

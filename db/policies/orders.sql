@@ -1,4 +1,5 @@
--- orders: staff read their organization's orders; only admins and managers change them.
+-- orders: staff read their organization's orders; only admins and managers change them. Nobody
+-- deletes orders: they are cancelled.
 
 drop policy if exists "Staff read orders of their organization" on public.orders;
 create policy "Staff read orders of their organization" on public.orders
@@ -22,9 +23,5 @@ create policy "Admins and managers update orders of their organization" on publi
 comment on policy "Admins and managers update orders of their organization" on public.orders is
   'Agents and viewers cannot change orders.';
 
+-- History is never deleted through the API (SPEC 6.6): no delete policy (and no DELETE grant).
 drop policy if exists "Admins and managers delete orders of their organization" on public.orders;
-create policy "Admins and managers delete orders of their organization" on public.orders
-  for delete to authenticated
-  using (org_id = any ((select hidden.staff_org_ids('admin', 'manager'))::uuid[]));
-comment on policy "Admins and managers delete orders of their organization" on public.orders is
-  'Agents and viewers cannot delete orders.';

@@ -1,3 +1,6 @@
+-- organizations: staff read their own; only admins change the settings (name, default_country).
+-- Nobody creates or deletes one through the API (the CLI does, as the owner).
+
 drop policy if exists "Staff read their organizations" on public.organizations;
 create policy "Staff read their organizations" on public.organizations
   for select to authenticated

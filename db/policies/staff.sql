@@ -1,3 +1,6 @@
+-- staff: staff read their organization's members; only admins add, change roles of and remove
+-- members (the last admin stays: db/triggers/staff.sql).
+
 drop policy if exists "Staff read the staff of their organizations" on public.staff;
 create policy "Staff read the staff of their organizations" on public.staff
   for select to authenticated

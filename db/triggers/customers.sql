@@ -1,4 +1,5 @@
--- customers: normalised email, protected org_id, timestamps, outbox events.
+-- customers: normalised email and text (the text rules), protected org_id, erased rows frozen,
+-- timestamps, outbox events (customer.erased for an erasure, db/triggers/erasure.sql).
 
 create or replace function hidden.tg_customers__normalize()
 returns trigger
@@ -7,13 +8,13 @@ set search_path = ''
 as $$
 begin
   new.email := nullif(pg_catalog.lower(pg_catalog.btrim(new.email)), '');
-  new.full_name := pg_catalog.btrim(new.full_name);
-  new.city := nullif(pg_catalog.btrim(new.city), '');
+  new.full_name := hidden.text_normalize(new.full_name, 'name');
+  new.city := nullif(hidden.text_normalize(new.city, 'city'), '');
   return new;
 end
 $$;
 comment on function hidden.tg_customers__normalize() is
-  'Stores email lower-case and trimmed (so the per-org unique index is case-insensitive), trims name and city.';
+  'Stores email lower-case and trimmed (so the per-org unique index is case-insensitive); name and city in the text rules'' normalised form (the CHECKs refuse what stays invalid).';
 revoke all on function hidden.tg_customers__normalize() from public;
 
 create or replace function hidden.tg_customers__outbox()
@@ -24,23 +25,46 @@ as $$
 begin
   perform hidden.outbox_write(
     new.org_id,
-    case tg_op when 'INSERT' then 'customer.created' else 'customer.updated' end,
+    case when tg_op = 'INSERT' then 'customer.created'
+         when new.erased_at is not null then 'customer.erased' else 'customer.updated' end,
     'customer', new.id,
-    pg_catalog.jsonb_build_object(
+    case when new.erased_at is not null then
+      pg_catalog.jsonb_build_object('id', new.id, 'org_id', new.org_id, 'erased_at', new.erased_at)
+    else pg_catalog.jsonb_build_object(
       'id', new.id, 'org_id', new.org_id, 'full_name', new.full_name, 'phone_e164', new.phone_e164,
       'email', new.email, 'preferred_channel', new.preferred_channel, 'city', new.city,
-      'stage', new.stage, 'created_at', new.created_at, 'updated_at', new.updated_at));
+      'stage', new.stage, 'created_at', new.created_at, 'updated_at', new.updated_at) end);
   return null;
 end
 $$;
 comment on function hidden.tg_customers__outbox() is
-  'Writes customer.created / customer.updated to private.outbox in the changing transaction.';
+  'Writes customer.created / customer.updated / customer.erased (ids and time only) to private.outbox in the changing transaction.';
+
+create or replace function hidden.tg_customers__erased_frozen()
+returns trigger
+language plpgsql volatile
+set search_path = ''
+as $$
+begin
+  raise sqlstate 'PT409' using message = 'this customer was erased and cannot be changed',
+    detail = 'customer_erased';
+end
+$$;
+comment on function hidden.tg_customers__erased_frozen() is
+  'Refuses any change to an erased customer (no writer may put personal data back on it).';
+revoke all on function hidden.tg_customers__erased_frozen() from public;
 revoke all on function hidden.tg_customers__outbox() from public;
 
 drop trigger if exists _040_normalize on public.customers;
 create trigger _040_normalize
   before insert or update of email, full_name, city on public.customers
   for each row execute function hidden.tg_customers__normalize();
+
+drop trigger if exists _030_erased_frozen on public.customers;
+create trigger _030_erased_frozen
+  before update on public.customers
+  for each row when (old.erased_at is not null)
+  execute function hidden.tg_customers__erased_frozen();
 
 drop trigger if exists _050_protect on public.customers;
 create trigger _050_protect
@@ -52,9 +76,10 @@ drop trigger if exists _100_timestamps on public.customers;
 create trigger _100_timestamps
   before update on public.customers
   for each row when (
-    (old.org_id, old.full_name, old.phone_e164, old.email, old.preferred_channel, old.city, old.stage)
+    (old.org_id, old.full_name, old.phone_e164, old.email, old.preferred_channel, old.city, old.stage,
+     old.erased_at)
     is distinct from (new.org_id, new.full_name, new.phone_e164, new.email, new.preferred_channel, new.city,
-                      new.stage))
+                      new.stage, new.erased_at))
   execute function hidden.tg__set_updated_at();
 
 drop trigger if exists _900_outbox_created on public.customers;
@@ -66,6 +91,7 @@ drop trigger if exists _900_outbox_updated on public.customers;
 create trigger _900_outbox_updated
   after update on public.customers
   for each row when (
-    (old.full_name, old.phone_e164, old.email, old.preferred_channel, old.city, old.stage)
-    is distinct from (new.full_name, new.phone_e164, new.email, new.preferred_channel, new.city, new.stage))
+    (old.full_name, old.phone_e164, old.email, old.preferred_channel, old.city, old.stage, old.erased_at)
+    is distinct from (new.full_name, new.phone_e164, new.email, new.preferred_channel, new.city, new.stage,
+                      new.erased_at))
   execute function hidden.tg_customers__outbox();

@@ -14,10 +14,10 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import math
 import re
 import threading
 import time
-import unicodedata
 import uuid
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -37,9 +37,17 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from crm import config
+from crm import config, textrules
 from crm.db import Database
-from crm.errors import BadRequest, ConfigError, CrmError, FieldError, NotFound, Unprocessable
+from crm.errors import (
+    BadRequest,
+    ConfigError,
+    CrmError,
+    FieldError,
+    NotFound,
+    TooManyRequests,
+    Unprocessable,
+)
 from crm.jobs import job
 
 MAX_IMAGES = 20
@@ -66,41 +74,36 @@ def _fail(kind: str, message: str) -> PydanticCustomError:
 # still a booking), identifiers, URLs and contact data are refused when too long (cutting them would
 # store something else).
 
-# Lone surrogates cannot be stored (not UTF-8); control characters (Unicode category Cc; NUL cannot
-# even be stored) are refused, except whitespace ones: single-line fields collapse them into a space,
-# notes keep line breaks and tabs.
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+# The text rules (what is refused, collapsed, how long) are the database's, mirrored in
+# crm.textrules; URLs keep their own stricter rule.
 _URL_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-def _clean(value: Any, *, multiline: bool = False) -> str:
+def _clean(value: Any, kind: str) -> str:
+    """The text in its stored form, or a field error when the text rules refuse it."""
     if not isinstance(value, str):
         raise _fail("wrong_type", "must be a string")
-    if _SURROGATE.search(value):
-        raise _fail("invalid_characters", "contains invalid characters")
-    if _CONTROL.search(value):
-        raise _fail("invalid_characters", "must not contain control characters")
-    value = unicodedata.normalize("NFC", value)
-    if multiline:
-        return "\n".join(line.rstrip() for line in value.strip().splitlines())
-    return " ".join(value.split())
+    cleaned = textrules.normalize(value, kind)
+    if cleaned and (problem := textrules.problem(cleaned, kind)) and problem != "too_long":
+        raise _fail(problem, textrules.message(problem, kind))
+    return cleaned
 
 
-def text(cap: int, *, multiline: bool = False):
-    """Free text: trimmed (inner whitespace runs collapsed unless multiline), cut at `cap`, '' → None."""
+def text(kind: str):
+    """Free text of a kind: normalised, cut at the kind's cap (a 10 KiB title is still a booking),
+    '' → None; refused when the text rules refuse it (controls, bidi overrides, nothing visible)."""
 
     def check(value: Any) -> str | None:
         if value is None:
             return None
-        cleaned = _clean(value, multiline=multiline)[:cap].rstrip()
+        cleaned = textrules.normalize(_clean(value, kind)[:textrules.LIMITS[kind]], kind)
         return cleaned or None
 
     return BeforeValidator(check)
 
 
-def identifier(cap: int):
-    """Catalog ids and sizes: a string or a whole number, refused when longer than `cap`."""
+def identifier(kind: str):
+    """Catalog ids and sizes: a string or a whole number, refused when longer than the kind's cap."""
 
     def check(value: Any) -> str | None:
         if value is None:
@@ -109,9 +112,9 @@ def identifier(cap: int):
             value = str(value)
         if not isinstance(value, str):
             raise _fail("wrong_type", "must be a string or a whole number")
-        cleaned = _clean(value)
-        if len(cleaned) > cap:
-            raise _fail("too_long", f"must be at most {cap} characters")
+        cleaned = _clean(value, kind)
+        if cleaned and textrules.problem(cleaned, kind) == "too_long":
+            raise _fail("too_long", textrules.message("too_long", kind))
         return cleaned or None
 
     return BeforeValidator(check)
@@ -164,7 +167,10 @@ def parse_year(value: Any) -> int | None:
 
 
 def parse_money(value: Any) -> Decimal | None:
-    """A non-negative amount with at most cents; numbers or numeric strings ("2450.00")."""
+    """A non-negative amount with at most cents; numbers or numeric strings ("2450.00").
+
+    More decimals are refused, not rounded (the database refuses them too): 2450.005 is a typo or
+    a computed price, and either way not the amount the customer saw."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -179,6 +185,8 @@ def parse_money(value: Any) -> Decimal | None:
         raise _fail("out_of_range", "must not be negative")
     if amount > MAX_PRICE:
         raise _fail("out_of_range", f"must be at most {MAX_PRICE}")
+    if amount != amount.quantize(CENTS, rounding=ROUND_HALF_EVEN):
+        raise _fail("too_many_decimals", "must have at most 2 decimals")
     return amount.quantize(CENTS, rounding=ROUND_HALF_EVEN)
 
 
@@ -238,11 +246,11 @@ def parse_email(value: Any) -> str | None:
     return address
 
 
-Name = Annotated[str | None, text(200)]
-City = Annotated[str | None, text(100)]
-Title = Annotated[str | None, text(300)]
-Label = Annotated[str | None, text(100)]
-Notes = Annotated[str | None, text(2000, multiline=True)]
+Name = Annotated[str | None, text("name")]
+City = Annotated[str | None, text("city")]
+Title = Annotated[str | None, text("title")]
+Label = Annotated[str | None, text("label")]
+Notes = Annotated[str | None, text("note")]
 Url = Annotated[str | None, BeforeValidator(parse_url)]
 Money = Annotated[Decimal | None, BeforeValidator(parse_money)]
 Currency = Annotated[str | None, BeforeValidator(parse_currency)]
@@ -277,7 +285,7 @@ class CustomerIn(BaseModel):
             value = str(value)
         if not isinstance(value, str):
             raise _fail("wrong_type", "must be a phone number string")
-        raw = _clean(value)
+        raw = _clean(value, "label")
         if not raw:
             return None
         if len(raw) > 40:
@@ -305,14 +313,14 @@ class CustomerIn(BaseModel):
 class ItemIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    item_id: Annotated[str | None, identifier(100)] = None
+    item_id: Annotated[str | None, identifier("item_id")] = None
     url: Url = None
-    external_ref: Annotated[str | None, identifier(200)]
+    external_ref: Annotated[str | None, identifier("external_ref")]
     title: Title
     brand: Label = None
     model: Label = None
     year: Year = None
-    size: Annotated[str | None, identifier(20)] = None
+    size: Annotated[str | None, identifier("size")] = None
     price: Money = None
     currency: Currency = None
     main_photo_url: Url = None
@@ -470,39 +478,70 @@ class Org:
 
 
 class OrgCache:
-    """Org id, default country and token secret by slug or id, per database, for `ttl` seconds.
+    """Org id, default country and token secret by slug or id, per database, for `ttl` seconds;
+    unknown orgs for `negative_ttl` seconds; clients found over the abuse limit until it ends.
 
     Saves the booking a round trip: with a warm cache a booking is exactly one SQL call. A stale
-    entry is harmless: `create_booking` resolves the org again (PT404 if it is gone).
+    entry is harmless: `create_booking` resolves the org again (PT404 if it is gone). Every miss
+    goes through the abuse limit first (`private.booking_org`), and naming an unknown org counts
+    as a booking, so org slugs cannot be probed faster than bookings can be made; a client over
+    the limit is answered 429 before any lookup, the cached ones included. All three maps are
+    bounded (`max_entries`; a full map is emptied, which only costs lookups).
     """
 
-    def __init__(self, ttl: float = 60.0, max_entries: int = 1024):
+    def __init__(self, ttl: float = 60.0, negative_ttl: float = 10.0, max_entries: int = 1024):
         self.ttl = ttl
+        self.negative_ttl = negative_ttl
         self.max_entries = max_entries
-        self._entries: dict[tuple[str, str], tuple[float, Org]] = {}
+        self._entries: dict[tuple[str, str], tuple[float, Org | None]] = {}
+        self._limited: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
-    def get(self, db: Database, org_id: uuid.UUID | None, slug: str | None) -> Org | None:
+    def _put(self, table: dict, key: tuple[str, str], value: Any) -> None:
+        with self._lock:
+            if len(table) >= self.max_entries:
+                table.clear()
+            table[key] = value
+
+    def limited(self, db: Database, client: str, retry_after: str | None) -> None:
+        """Remember that `client` is over the abuse limit for `retry_after` seconds."""
+        seconds = int(retry_after) if retry_after and retry_after.isdigit() else 1
+        self._put(self._limited, (db.url, client), time.monotonic() + seconds)
+
+    def get(self, db: Database, org_id: uuid.UUID | None, slug: str | None, *, client: str | None = None,
+            limit: RateLimit | None = None) -> Org | None:
         key = (db.url, str(org_id) if org_id else f"slug:{slug}")
         now = time.monotonic()
         with self._lock:
             hit = self._entries.get(key)
-            if hit and hit[0] > now:
-                return hit[1]
-        with db.transaction("service_role") as s:
-            row = s.fetch_one("booking_org", {"org_id": org_id, "slug": slug})
+            until = self._limited.get((db.url, client)) if client else None
+        if hit and hit[0] > now and hit[1] is not None:
+            return hit[1]
+        if until and until > now:
+            raise TooManyRequests("Too many bookings from this address; try again later.",
+                                  headers={"Retry-After": str(max(1, math.ceil(until - now)))})
+        if hit and hit[0] > now:
+            return None
+        limit = limit or RateLimit(0, 1)
+        try:
+            with db.transaction("service_role") as s:
+                row = s.fetch_one("booking_org", {"org_id": org_id, "slug": slug, "client": client,
+                                                  "rate_limit": limit.bookings, "rate_window": limit.window_seconds})
+        except TooManyRequests as exc:
+            if client:
+                self.limited(db, client, exc.headers.get("Retry-After"))
+            raise
         if row is None:
+            self._put(self._entries, key, (now + self.negative_ttl, None))
             return None
         org = Org(row["id"], row["default_country"], bytes(row["token_secret"]))
-        with self._lock:
-            if len(self._entries) >= self.max_entries:
-                self._entries.clear()
-            self._entries[key] = (now + self.ttl, org)
+        self._put(self._entries, key, (now + self.ttl, org))
         return org
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._limited.clear()
 
 
 ORGS = OrgCache()
@@ -652,19 +691,27 @@ def create_booking_params(req: BookingRequest, org: Org, *, order_id: uuid.UUID,
 
 def submit(db: Database, body: Any, *, idempotency_key: str | None, client: str,
            limit: RateLimit | None = None) -> Result:
-    """Validate, then one SQL call. A well-formed but unknown org is a 404 before any field error:
-    phone numbers cannot be judged without its country."""
+    """Validate, then one SQL call. The abuse limit comes first (a client over it learns nothing,
+    not even whether the org exists); then a well-formed but unknown org is a 404 before any field
+    error: phone numbers cannot be judged without its country.
+
+    The answer never says whether the phone or email already belonged to a customer (SPEC 7.1): no
+    customer id, the same keys and status either way."""
+    limit = limit or RateLimit.from_env()
     parsed = parse_org(body.get("org")) if isinstance(body, dict) else None
-    org = ORGS.get(db, *parsed) if parsed else None
+    org = ORGS.get(db, *parsed, client=client, limit=limit) if parsed else None
     if parsed and org is None:
         raise NotFound("No such organization.", code="org_not_found")
     req = validate(body, org.default_country if org else None, org_valid=org is not None)
     org = cast(Org, org)  # validate() refused the request unless the org was found
     params = create_booking_params(req, org, order_id=uuid.uuid4(), key=idempotency_key,
-                                   body_hash=request_hash(body), client=client,
-                                   limit=limit or RateLimit.from_env())
-    with db.transaction("service_role") as s:
-        row = s.fetch_one("create_booking", params)
+                                   body_hash=request_hash(body), client=client, limit=limit)
+    try:
+        with db.transaction("service_role") as s:
+            row = s.fetch_one("create_booking", params)
+    except TooManyRequests as exc:
+        ORGS.limited(db, client, exc.headers.get("Retry-After"))
+        raise
     if row is None:
         raise CrmError("create_booking returned no row")
     # A replay answers an earlier order: its token comes from that order's id, not the one sent.
@@ -674,7 +721,6 @@ def submit(db: Database, body: Any, *, idempotency_key: str | None, client: str,
         "tracking_token": tracking_token(org, row["order_id"]),
         "status": row["status"],
         "lead_id": str(row["lead_id"]),
-        "customer_id": str(row["customer_id"]),
     }, replayed=row["replayed"])
 
 

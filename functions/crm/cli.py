@@ -373,4 +373,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m crm.cli` runs this file as `__main__`, a second copy of the module: run the
+    # importable one, so CliError raised by modules that import it from crm.cli is caught above.
+    from crm.cli import main as _main
+
+    sys.exit(_main())

@@ -62,6 +62,14 @@ def _field_of(diag: psycopg.errors.Diagnostic) -> str:
     return diag.column_name or diag.constraint_name or "body"
 
 
+def _not_null_name(state: str, diag: psycopg.errors.Diagnostic) -> str | None:
+    """PostgreSQL 18 names not-null constraints `<table>_<column>_not_null` and reports the name;
+    older servers report only table and column: the same name, so the code does not depend on it."""
+    if state == "23502" and diag.table_name and diag.column_name:
+        return f"{diag.table_name}_{diag.column_name}_not_null"
+    return None
+
+
 def translate(exc: BaseException) -> CrmError:
     """Map a psycopg/pool exception to the project's error (keyed by SQLSTATE and constraint)."""
     if isinstance(exc, CrmError):
@@ -92,7 +100,7 @@ def translate(exc: BaseException) -> CrmError:
         return Conflict(message, code=diag.constraint_name or "unique_violation")
     if state in _UNPROCESSABLE or state.startswith("22"):
         field = _field_of(diag)
-        code = diag.constraint_name or {
+        code = diag.constraint_name or _not_null_name(state, diag) or {
             "23502": "not_null_violation",
             "23503": "foreign_key_violation",
         }.get(state, "invalid_input")

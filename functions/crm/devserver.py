@@ -10,6 +10,7 @@ import logging
 import mimetypes
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -194,23 +195,30 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
     for key, value in dev_secrets(data_dir).items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("CRM_STORAGE_DIR", str(data_dir / "media"))
-    os.environ.setdefault("CRM_PUBLIC_URL", public_url(host, port))
+    # Listen first: `--port 0` takes a free port, and the public URL (image links, printed) is the
+    # real one. Connections wait in the backlog until serve_forever, once the app is built. We bind
+    # the socket ourselves: werkzeug prints two lines and exits on a taken port.
+    try:
+        with socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            server = make_server(host, port, None, threaded=True, fd=sock.fileno())
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    os.environ.setdefault("CRM_PUBLIC_URL", public_url(host, server.port))
     os.environ.setdefault("CRM_WEBHOOK_ALLOW_LOOPBACK", "1")  # a local receiver, as the README shows
     save_dev_settings({k: os.environ[k] for k in ("CRM_STORAGE_DIR", "CRM_PUBLIC_URL")}, data_dir)
 
     embedded = None
-    url = config.env("DATABASE_URL")
-    if not url:
-        print(f"crm dev: starting embedded PostgreSQL in {data_dir / 'pgdata'} …", flush=True)
-        embedded = EmbeddedPostgres(data_dir)
-        url = embedded.start()
-        os.environ["DATABASE_URL"] = url
-
     db: Database | None = None
-    server = None
     runner = None
     continuous = None
     try:
+        url = config.env("DATABASE_URL")
+        if not url:
+            print(f"crm dev: starting embedded PostgreSQL in {data_dir / 'pgdata'} …", flush=True)
+            embedded = EmbeddedPostgres(data_dir)
+            url = embedded.start()
+            os.environ["DATABASE_URL"] = url
+
         with connect(url, autocommit=True) as conn:
             try:
                 Migrator(conn, log=lambda m: print(f"crm dev: {m}", flush=True)).migrate()
@@ -222,10 +230,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
         db.open()
         set_database(db)
 
-        try:
-            server = make_server(host, port, build_app(Path(os.environ["CRM_STORAGE_DIR"])), threaded=True)
-        except OSError as exc:
-            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        server.app = build_app(Path(os.environ["CRM_STORAGE_DIR"]))
 
         if jobs:
             runner = JobRunner(db)
@@ -239,7 +244,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        print(try_it_text(public_url(host, server.server_port), created, demo_manager_id(url)), flush=True)
+        print(try_it_text(public_url(host, server.port), created, demo_manager_id(url)), flush=True)
         server.serve_forever()
         print("crm dev: stopping", file=sys.stderr, flush=True)
         return 0
@@ -249,8 +254,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
             runner.join(timeout=10)
         if continuous is not None:
             continuous.stop()
-        if server is not None:
-            server.server_close()
+        server.server_close()
         if db is not None:
             set_database(None)
             db.close()

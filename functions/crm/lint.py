@@ -25,6 +25,21 @@ PLATFORM_SCHEMAS = (
     "pgsodium_masks", "net", "cron", "pgbouncer", "_realtime", "_analytics", "pgtle", "topology",
 )
 
+# History is never deleted through the API (SPEC 6.6): tables of this list (where they exist) must
+# give no API role DELETE or TRUNCATE and have no delete policy.
+HISTORY_TABLES = (
+    "public.customers", "public.leads", "public.orders", "public.lead_status_events",
+    "public.order_status_events", "public.activities", "public.payments", "public.webhook_deliveries",
+    "private.webhook_deliveries", "private.inbound_events",
+)
+API_ROLES = ("anon", "authenticated", "service_role")
+
+# Columns that hold personal data: commented 'personal: …', or named like contact data (unless
+# commented 'not personal: …'). Each must be scrubbed by erase_customer, i.e. listed by
+# hidden.erased_columns() (kept next to it, db/triggers/erasure.sql). Generated columns follow
+# their sources.
+PERSONAL_NAME = r"(^|_)(phone|email|e_mail|full_name|first_name|last_name|address|city)(_|$)"
+
 # Calls that must be wrapped in `(select …)` inside a policy, so they run once per statement.
 _INITPLAN_CALL = re.compile(r"\b(auth\.(?:uid|jwt|role)|hidden\.[a-z_][a-z0-9_]*)\s*\(", re.IGNORECASE)
 
@@ -173,6 +188,39 @@ _CHECKS: dict[str, str] = {
                                               [1:pg_catalog.cardinality(con.conkey)]) x)
                     = (select array_agg(x order by x) from pg_catalog.unnest(con.conkey) x))
     """,
+    # A DELETE privilege of an API role on a history table (service_role bypasses RLS, so only the
+    # missing privilege stops it).
+    "history_delete_privilege": """
+        select format('%%s may delete from %%I.%%I', r.rolname, n.nspname, c.relname)
+          from pg_catalog.pg_class c
+          join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+          cross join pg_catalog.pg_roles r
+         where format('%%s.%%s', n.nspname, c.relname) = any (%(history)s::text[])
+           and r.rolname = any (%(api_roles)s::text[])
+           and pg_catalog.has_table_privilege(r.oid, c.oid, 'DELETE, TRUNCATE')
+    """,
+    # A delete policy on a history table: a grant added later would make it live.
+    "history_delete_policy": """
+        select format('%%I.%%I policy "%%s" (%%s)', pol.schemaname, pol.tablename, pol.policyname,
+                      lower(pol.cmd))
+          from pg_catalog.pg_policies pol
+         where pol.cmd in ('DELETE', 'ALL')
+           and format('%%s.%%s', pol.schemaname, pol.tablename) = any (%(history)s::text[])
+    """,
+    # Personal data that erase_customer leaves behind.
+    "personal_data_not_erased": """
+        select format('%%s.%%s.%%s', n.nspname, c.relname, a.attname)
+          from pg_catalog.pg_attribute a
+          join pg_catalog.pg_class c on c.oid = a.attrelid
+          join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+         where n.oid in (""" + _OWN_SCHEMAS_SQL + """)
+           and c.relkind in ('r', 'p') and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''
+           and """ + _NOT_EXTENSION_MEMBER.format(catalog="'pg_class'", oid="c.oid") + """
+           and (coalesce(pg_catalog.col_description(c.oid, a.attnum), '') ~* '^personal\\M'
+                or (a.attname ~* %(personal_name)s
+                    and coalesce(pg_catalog.col_description(c.oid, a.attnum), '') !~* '^not personal\\M'))
+           and format('%%s.%%s.%%s', n.nspname, c.relname, a.attname) <> all (%(erased)s::text[])
+    """,
     # A write policy that is literally `true` lets any holder of the grant write any row.
     "rls_policy_always_true": """
         select format('%%I.%%I policy "%%s" (%%s)', pol.schemaname, pol.tablename, pol.policyname,
@@ -221,12 +269,24 @@ def _wrapped_in_select(expression: str, call_start: int) -> bool:
     return False
 
 
+def _erased_columns(cur: psycopg.Cursor) -> list[str]:
+    """What erase_customer scrubs (hidden.erased_columns()), or nothing when it does not exist."""
+    (exists,) = cur.execute("select pg_catalog.to_regprocedure('hidden.erased_columns()') is not null").fetchone()
+    if not exists:
+        return []
+    (columns,) = cur.execute("select hidden.erased_columns()").fetchone()
+    return list(columns or [])
+
+
 def run_lint(conn: psycopg.Connection) -> list[str]:
     """Every finding as `<lint_name>: <object>`; empty when the schema passes."""
     findings: list[str] = []
     with conn.cursor(row_factory=tuple_row) as cur:
+        params = {"platform": list(PLATFORM_SCHEMAS), "history": list(HISTORY_TABLES),
+                  "api_roles": list(API_ROLES), "personal_name": PERSONAL_NAME,
+                  "erased": _erased_columns(cur)}
         for name, query in _CHECKS.items():
-            for (obj,) in cur.execute(query, {"platform": list(PLATFORM_SCHEMAS)}):
+            for (obj,) in cur.execute(query, params):
                 if name == "anon_privilege" and obj in ANON_ALLOWLIST:
                     continue
                 findings.append(f"{name}: {obj}")

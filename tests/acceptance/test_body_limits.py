@@ -9,10 +9,9 @@ import os
 import re
 import socket
 
-import httpx
 import pytest
 
-from tests.helpers import first_answer, start_function
+from tests.helpers import serve_function
 
 ANNOUNCED = 100 * 1024 * 1024
 SENT = 1024 * 1024
@@ -45,9 +44,8 @@ def booking_server(db_url, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CRM_"))}
     env["DATABASE_URL"] = db_url
     log = tmp_path / "ff.log"
-    proc, url = start_function("booking", env, log)
+    proc, url, _ = serve_function("booking", env, log)
     try:
-        first_answer(proc, log, lambda: httpx.get(f"{url}/healthz", timeout=2))
         yield url
     finally:
         proc.terminate()

@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import time
 import uuid
 
 import httpx
@@ -52,11 +53,13 @@ def test_booking_end_to_end(http, conn, org, slug):
     assert resp.headers["Cache-Control"] == "no-store"
     assert "Idempotent-Replayed" not in resp.headers
     out = resp.json()
-    assert set(out) == {"order_id", "order_code", "tracking_token", "status", "lead_id", "customer_id"}
+    # No customer_id: the public must not learn whether a phone or email is a customer (SPEC 7.1).
+    assert set(out) == {"order_id", "order_code", "tracking_token", "status", "lead_id"}
     assert out["status"] == "pending_manager"
     assert out["order_code"].startswith("BK-") and len(out["order_code"]) == 11
 
-    customer = conn.execute("select * from public.customers where id = %s", (out["customer_id"],)).fetchone()
+    customer = conn.execute("select c.* from public.customers c join public.orders o on o.customer_id = c.id"
+                            " where o.id = %s", (out["order_id"],)).fetchone()
     assert customer["org_id"] == org
     assert (customer["full_name"], customer["phone_e164"], customer["email"], customer["preferred_channel"],
             customer["city"], customer["stage"]) == ("Anna Schmidt", "+4915123456789", "anna@example.com",
@@ -106,7 +109,9 @@ def test_org_by_id_and_second_booking_finds_the_customer(http, conn, org):
     first = http.post("/", json=booking_body(str(org))).json()
     second = http.post("/", json=booking_body(str(org), phone="+49 151 23456789", email=None)).json()
     by_email = http.post("/", json=booking_body(str(org), phone=None, email="ANNA@example.com ")).json()
-    assert first["customer_id"] == second["customer_id"] == by_email["customer_id"]
+    customers = conn.execute("select distinct customer_id from public.orders where id = any (%s)",
+                             ([uuid.UUID(r["order_id"]) for r in (first, second, by_email)],)).fetchall()
+    assert len(customers) == 1
     assert len({first["order_id"], second["order_id"], by_email["order_id"]}) == 3
     assert len({first["order_code"], second["order_code"], by_email["order_code"]}) == 3
     assert conn.execute("select count(*) as n from public.customers where org_id = %s", (org,)).fetchone()["n"] == 1
@@ -284,3 +289,76 @@ def test_crm_dev_mounts_booking(database, slug, monkeypatch):
         resp = client.post("/booking", json=booking_body(slug))
         assert resp.status_code == 201, resp.text
         assert client.get("/booking/healthz").status_code == 200
+
+
+def _shape(resp: httpx.Response) -> tuple:
+    """What a caller can compare between two answers: status, header names, body keys and formats."""
+    body = resp.json()
+    formats = {k: (type(v).__name__, len(v) if k in ("order_code", "tracking_token", "status") else None)
+               for k, v in body.items()}
+    return resp.status_code, sorted(h for h in resp.headers if h.lower() not in ("date", "content-length")), formats
+
+
+def test_known_and_unknown_customer_get_the_same_answer(http, conn, org, slug):
+    """Issue 10 finding 5: the 201 told whether a phone/email already belonged to a customer."""
+    first = http.post("/", json=booking_body(slug))
+    # The attack: the same email alone (a known customer), and a fresh email alone (an unknown one).
+    known = http.post("/", json=booking_body(slug, phone=None))
+    unknown = http.post("/", json=booking_body(slug, phone=None, email="someone-else@example.com"))
+    assert first.status_code == known.status_code == unknown.status_code == 201
+    assert "customer_id" not in known.json() and "customer_id" not in unknown.json()
+    assert _shape(known) == _shape(unknown) == _shape(first)
+    assert conn.execute("select count(*) as n from public.customers where org_id = %s", (org,)).fetchone()["n"] == 2
+
+
+def test_a_rate_limited_client_learns_nothing_about_orgs(http, conn, slug, monkeypatch):
+    """Issue 10 finding 7: an unknown org answered 404 even to a client over the abuse limit."""
+    monkeypatch.setenv("CRM_BOOKING_RATE_LIMIT", "2")
+    monkeypatch.setenv("CRM_BOOKING_RATE_WINDOW", "3600")
+    # Naming unknown orgs costs the budget like bookings do.
+    assert [http.post("/", json=booking_body(f"no-such-{i}")).status_code for i in range(2)] == [404, 404]
+    for org in ("no-such-2", "no-such-0", slug):  # unknown, unknown and cached, known
+        resp = http.post("/", json=booking_body(org))
+        assert resp.status_code == 429, (org, resp.text)
+        assert resp.json()["code"] == "rate_limited" and 1 <= int(resp.headers["Retry-After"]) <= 3600
+
+
+def test_unknown_orgs_are_cached_negatively_for_a_short_time(database, conn, monkeypatch):
+    monkeypatch.setenv("CRM_BOOKING_RATE_LIMIT", "100")
+    cache = intake.OrgCache(negative_ttl=0.5, max_entries=4)
+    limit = intake.RateLimit.from_env()
+
+    def hits() -> int:
+        return conn.execute("select coalesce(sum(hits), 0) as n from private.booking_rate_counters"
+                            " where client = '192.0.2.7/32'").fetchone()["n"]
+
+    assert cache.get(database, None, "late-org", client="192.0.2.7/32", limit=limit) is None
+    made = make_org(conn, slug="late-org")
+    # Within the negative TTL: answered from memory (no lookup, nothing counted).
+    assert cache.get(database, None, "late-org", client="192.0.2.7/32", limit=limit) is None
+    assert hits() == 1
+    deadline = time.monotonic() + 10
+    while (found := cache.get(database, None, "late-org", client="192.0.2.7/32", limit=limit)) is None:
+        assert time.monotonic() < deadline, "the negative entry never expired"
+        time.sleep(0.1)
+    assert found.id == made
+    # Bounded: many unknown names never grow it past max_entries.
+    for i in range(10):
+        cache.get(database, None, f"gone-{i}", client="192.0.2.7/32", limit=limit)
+    assert len(cache._entries) <= 4
+
+
+def test_an_erased_customer_is_not_found_again(http, conn, org, slug):
+    first = http.post("/", json=booking_body(slug)).json()
+    old = conn.execute("select customer_id from public.orders where id = %s", (first["order_id"],)).fetchone()
+    conn.execute("select public.erase_customer(%s)", (old["customer_id"],))
+    again = http.post("/", json=booking_body(slug))
+    assert again.status_code == 201, again.text
+    new = conn.execute("select c.id, c.phone_e164, c.email, c.erased_at from public.customers c"
+                       " join public.orders o on o.customer_id = c.id where o.id = %s",
+                       (again.json()["order_id"],)).fetchone()
+    assert new["id"] != old["customer_id"] and new["erased_at"] is None
+    assert (new["phone_e164"], new["email"]) == ("+4915123456789", "anna@example.com")
+    erased = conn.execute("select full_name, phone_e164, email, erased_at from public.customers where id = %s",
+                          (old["customer_id"],)).fetchone()
+    assert (erased["phone_e164"], erased["email"]) == (None, None) and erased["erased_at"] is not None

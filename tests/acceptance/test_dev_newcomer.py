@@ -3,17 +3,15 @@ the demo org, answers /healthz, lets a second terminal use the same server, and 
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import jwt
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import crm_dev_url, embedded_data_dir, start_crm_dev, stop_crm_dev
 
 
 def newcomer_env(data_dir: Path) -> dict[str, str]:
@@ -22,52 +20,36 @@ def newcomer_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def start_dev(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
-    with log.open("w") as out:  # a file, not a pipe: nothing to drain, nothing left open
-        return subprocess.Popen(
-            [sys.executable, "-m", "crm.cli", "dev", "--port", str(port), "--no-jobs"],
-            env=newcomer_env(data_dir), stdout=out, stderr=subprocess.STDOUT)
+def start_dev(data_dir: Path, log: Path) -> subprocess.Popen:
+    return start_crm_dev(["--no-jobs"], newcomer_env(data_dir), log)
 
 
-def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout: float = 60) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            pytest.fail(f"crm dev exited early:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    proc.wait()
-    pytest.fail(f"/healthz not 200 within {timeout}s:\n{log.read_text()}")
+def wait_healthy(proc: subprocess.Popen, log: Path, timeout: float = 90) -> str:
+    """The URL crm dev printed (its own free port), once /healthz answers 200 there."""
+    url = crm_dev_url(proc, log, timeout)
+    assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200, log.read_text()
+    return url
 
 
-def stop(proc: subprocess.Popen, log: Path) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    out = log.read_text()
-    assert proc.returncode == 0, out
-    return out
+@pytest.fixture
+def data_dir():
+    """CRM_DATA_DIR: its embedded server must be able to restart (see embedded_data_dir)."""
+    with embedded_data_dir("crm-newcomer-") as tmp:
+        yield tmp / "crm-data"
 
 
-def test_crm_dev_newcomer_path(tmp_path):
-    data_dir = tmp_path / "crm-data"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+def test_crm_dev_newcomer_path(tmp_path, data_dir):
     log = tmp_path / "dev.log"
-    proc = start_dev(data_dir, port, log)
+    proc = start_dev(data_dir, log)
     try:
-        took = wait_healthy(proc, url, log)
-        assert took < 60
+        url = wait_healthy(proc, log)
         health = httpx.get(f"{url}/healthz")
         assert health.json()["database"] == "up" and health.headers["X-Request-Id"]
         missing = httpx.get(f"{url}/no/such/route")
         assert missing.status_code == 404
         assert missing.headers["Content-Type"] == "application/problem+json"
+        assert missing.json()["status"] == 404
+        assert missing.headers["X-Request-Id"] and missing.headers["X-Request-Id"] != health.headers["X-Request-Id"]
 
         # A second terminal: no DATABASE_URL, same CRM_DATA_DIR → the same embedded server.
         env = newcomer_env(data_dir)
@@ -83,15 +65,16 @@ def test_crm_dev_newcomer_path(tmp_path):
         assert claims["sub"] == added.stdout.strip()
         assert httpx.get(f"{url}/healthz").status_code == 200, "the second terminal stopped the server"
     finally:
-        out = stop(proc, log)
+        out = stop_crm_dev(proc, log)
     assert "Created organization 'demo'" in out
     assert "curl" in out
     assert not (data_dir / "pgdata" / "postmaster.pid").exists(), "embedded server left running"
 
-    # Second start reuses the data: no new demo org, still healthy.
-    proc = start_dev(data_dir, port, log)
+    # Second start reuses the data: no new demo org, still healthy (on a port of its own: the first
+    # one may have been taken meanwhile).
+    proc = start_dev(data_dir, log)
     try:
-        wait_healthy(proc, url, log)
+        wait_healthy(proc, log)
     finally:
-        out = stop(proc, log)
+        out = stop_crm_dev(proc, log)
     assert "Created organization" not in out

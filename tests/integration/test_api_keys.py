@@ -181,3 +181,19 @@ def test_a_key_never_appears_in_clear_in_any_table_or_log(conn, api, orgs, caplo
             sql.Identifier(t["nspname"]), sql.Identifier(t["relname"])), (f"%{secret_part}%",)).fetchone()["n"]
         assert found == 0, f"{t['nspname']}.{t['relname']} holds the key"
     assert secret_part not in caplog.text
+
+
+def test_crm_dev_serves_the_api_under_api(conn, database, orgs, monkeypatch, tmp_path):
+    from crm.devserver import build_app
+    from crm.sealing import generate_key
+
+    for name, value in {"CRM_JWT_SECRET": "dev-test-secret-of-at-least-32-bytes!", "CRM_CRON_SECRET": "cron",
+                        "CRM_PUBLIC_URL": "http://127.0.0.1", "CRM_STORAGE_DIR": str(tmp_path),
+                        "CRM_SECRETS_KEY": generate_key()}.items():
+        monkeypatch.setenv(name, value)
+    key = create_key(conn, orgs["a"], ["customers:read"])["key"]
+    mine = customer(conn, orgs["a"])
+    with LiveServer(build_app(tmp_path)) as live:
+        assert httpx.get(f"{live.url}/api/customers/{mine}").json()["code"] == "api_key_missing"
+        r = httpx.get(f"{live.url}/api/customers/{mine}", headers={"X-Api-Key": key})
+    assert r.status_code == 200 and r.json()["id"] == str(mine)

@@ -52,7 +52,9 @@ def test_random_json_never_gets_a_5xx(database, conn, monkeypatch):
     statuses: dict[int, int] = {}
     with LiveServer(function_app("booking")) as live, httpx.Client(base_url=live.url, timeout=15) as http:
 
-        @settings(max_examples=250, deadline=None, database=None,
+        # derandomize: the same 250 examples every run (and under pytest-randomly's seeds), so the
+        # mix asserted below is a property of this generator, not of luck.
+        @settings(max_examples=250, deadline=None, database=None, derandomize=True,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
         @given(doc=bodies(str(org)), key=st.none() | st.sampled_from(["k1", "k2"]))
         def check(doc, key):

@@ -12,14 +12,14 @@ import psycopg
 import pytest
 
 from crm import booking as intake
-from crm.db import Database, set_database
+from crm.db import CONNECT_TIMEOUT, POOL_TIMEOUT, Database, set_database
 from crm.migrate import Migrator
-from tests.helpers import LiveServer, function_app, stoppable_postgres
+from tests.helpers import LiveServer, function_app, stoppable_postgres, wait_until
 
 
 @pytest.fixture
-def stoppable(tmp_path, monkeypatch):
-    with stoppable_postgres(tmp_path) as (url, stop, start):
+def stoppable(monkeypatch):
+    with stoppable_postgres() as (url, stop, start):
         yield from _serve(url, stop, start, monkeypatch)
 
 
@@ -45,10 +45,15 @@ def booking(i: int) -> dict:
             "item": {"external_ref": f"ref-{i}", "title": "Bike"}}
 
 
+#: A 503 comes after waiting for a pool connection (and one connect attempt): a multiple of those
+#: configured waits, not an absolute number of seconds, bounds "never a hang".
+LIMIT_503 = 3 * (POOL_TIMEOUT + CONNECT_TIMEOUT)
+
+
 def test_bookings_survive_a_database_restart(stoppable):
     url, stop, start = stoppable
     accepted: dict[str, str] = {}  # order_id -> order_code, from every 201
-    with LiveServer(function_app("booking")) as live, httpx.Client(base_url=live.url, timeout=20) as http:
+    with LiveServer(function_app("booking")) as live, httpx.Client(base_url=live.url, timeout=LIMIT_503 * 2) as http:
         first = http.post("/", json=booking(0))
         assert first.status_code == 201, first.text
         accepted[first.json()["order_id"]] = first.json()["order_code"]
@@ -59,7 +64,7 @@ def test_bookings_survive_a_database_restart(stoppable):
 
         def stream() -> None:
             i = 1000
-            with httpx.Client(base_url=live.url, timeout=20) as client:
+            with httpx.Client(base_url=live.url, timeout=LIMIT_503 * 2) as client:
                 while not stop_stream.is_set():
                     i += 1
                     resp = client.post("/", json=booking(i))
@@ -71,7 +76,7 @@ def test_bookings_survive_a_database_restart(stoppable):
         worker = threading.Thread(target=stream)
         worker.start()
         try:
-            time.sleep(0.3)
+            wait_until(lambda: stream_statuses.count(201) >= 3, 30, "the stream's first bookings")
             stop()
             for i in range(1, 4):
                 started = time.monotonic()
@@ -81,7 +86,7 @@ def test_bookings_survive_a_database_restart(stoppable):
                 assert down.headers["Content-Type"] == "application/problem+json"
                 assert int(down.headers["Retry-After"]) > 0
                 assert down.json()["code"] == "database_unavailable"
-                assert elapsed < 5, f"took {elapsed:.1f}s to answer 503"
+                assert elapsed < LIMIT_503, f"took {elapsed:.1f}s to answer 503"
             # The org cache is cold for another org: the lookup itself fails fast too.
             intake.ORGS.clear()
             assert http.post("/", json=booking(9)).status_code == 503
@@ -97,7 +102,8 @@ def test_bookings_survive_a_database_restart(stoppable):
                 time.sleep(0.2)
             assert back is not None and back.status_code == 201, "bookings did not recover"
             accepted[back.json()["order_id"]] = back.json()["order_code"]
-            time.sleep(0.3)
+            recovered_at = len(stream_statuses)
+            wait_until(lambda: 201 in stream_statuses[recovered_at:], 30, "the stream's bookings after recovery")
         finally:
             stop_stream.set()
             worker.join(30)

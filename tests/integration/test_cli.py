@@ -1,5 +1,6 @@
 """The `crm` CLI as scripts use it: ids on stdout, one-line errors on stderr, exit codes 0/1/2."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,6 +8,10 @@ import uuid
 
 import jwt
 import pytest
+from psycopg.types.json import Jsonb
+
+from tests.helpers import make_org, refused_port
+from tests.integration.image_fixtures import ImageServer, encoded, two_tone
 
 
 def crm(*args: str, url: str, **env: str) -> subprocess.CompletedProcess:
@@ -64,6 +69,82 @@ def test_duplicate_org_is_a_clear_error(db_url):
 
 
 def test_unreachable_database_is_one_line(tmp_path):
-    result = crm("db", "status", url="postgresql://postgres@127.0.0.1:1/none")
+    with refused_port() as port:
+        result = crm("db", "status", url=f"postgresql://postgres@127.0.0.1:{port}/none")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "cannot connect" in result.stderr
+
+
+def test_jobs_run_cache_images_prints_its_summary_and_honours_limit(db_url, conn, tmp_path):
+    """`crm jobs run NAME` as an operator or a cron line runs it: one job once, JSON on stdout."""
+    org = make_org(conn)
+    customer = conn.execute("insert into public.customers (org_id, full_name, email)"
+                            " values (%s, 'Anna', 'anna@example.test') returning id", (org,)).fetchone()["id"]
+    media = tmp_path / "media"
+    env = {"CRM_IMAGE_ALLOW_LOOPBACK": "1", "CRM_STORAGE_DIR": str(media), "CRM_DATA_DIR": str(tmp_path / "data"),
+           "CRM_PUBLIC_URL": "https://crm.example.com"}
+    with ImageServer() as images:
+        orders = []
+        for i in range(2):
+            url = images.add(f"/{i}.jpg", encoded(two_tone((60 + i, 40)), "JPEG"), "image/jpeg")
+            orders.append(conn.execute(
+                "insert into public.orders (org_id, customer_id, external_item_ref, item_snapshot)"
+                " values (%s, %s, %s, %s) returning id",
+                (org, customer, f"listing-{i}", Jsonb({"external_ref": f"listing-{i}", "title": "Bike",
+                                                       "images": [url], "images_state": "pending"}))
+            ).fetchone()["id"])
+        first = crm("jobs", "run", "cache-images", "--limit", "1", url=db_url, **env)
+        second = crm("jobs", "run", "cache-images", url=db_url, **env)
+        third = crm("jobs", "run", "cache-images", url=db_url, **env)
+    for result in (first, second, third):
+        assert result.returncode == 0, result.stderr
+    assert json.loads(first.stdout) == {"job": "cache-images", "orders": 1, "cached": 1, "images_cached": 1,
+                                        "images_failed": 0, "images_retrying": 0}
+    assert json.loads(second.stdout)["orders"] == 1
+    assert json.loads(third.stdout) == {"job": "cache-images", "orders": 0}
+    states = conn.execute("select item_snapshot from public.orders where id = any(%s)", (orders,)).fetchall()
+    cached = [s["item_snapshot"]["cached_images"][0] for s in states]
+    assert all(u.startswith("https://crm.example.com/media/") for u in cached)
+    assert all((media / u.rsplit("/", 1)[1]).is_file() for u in cached)
+
+
+def test_jobs_run_backfill_images_dry_run_report_then_apply(db_url, conn, tmp_path):
+    org = make_org(conn)
+    customer = conn.execute("insert into public.customers (org_id, full_name, email)"
+                            " values (%s, 'Anna', 'anna@example.test') returning id", (org,)).fetchone()["id"]
+    env = {"CRM_IMAGE_ALLOW_LOOPBACK": "1", "CRM_STORAGE_DIR": str(tmp_path / "media"),
+           "CRM_DATA_DIR": str(tmp_path / "data"), "CRM_PUBLIC_URL": "https://crm.example.com"}
+    with ImageServer() as images:
+        url = images.add("/legacy.jpg", encoded(two_tone(), "JPEG"), "image/jpeg")
+        order = conn.execute(  # as an older system left it: no images_state at all
+            "insert into public.orders (org_id, customer_id, external_item_ref, item_snapshot)"
+            " values (%s, %s, 'listing-old', %s) returning id",
+            (org, customer, Jsonb({"external_ref": "listing-old", "title": "Bike", "images": [url]}))
+        ).fetchone()["id"]
+        report = tmp_path / "plan.json"
+        dry = crm("jobs", "run", "backfill-images", "--report", str(report), url=db_url, **env)
+        assert dry.returncode == 0, dry.stderr
+        assert images.seen == []  # a dry run downloads nothing
+        applied = crm("jobs", "run", "backfill-images", "--apply", url=db_url, **env)
+        assert applied.returncode == 0, applied.stderr
+    summary = json.loads(dry.stdout)
+    assert (summary["mode"], summary["orders"], summary["report"]) == ("dry_run", 1, str(report))
+    assert [e["order_id"] for e in json.loads(report.read_text())["orders"]] == [str(order)]
+    assert (json.loads(applied.stdout)["mode"], json.loads(applied.stdout)["cached"]) == ("apply", 1)
+    snapshot = conn.execute("select item_snapshot from public.orders where id = %s", (order,)).fetchone()
+    assert snapshot["item_snapshot"]["images_state"] == "cached"
+
+
+def test_jobs_run_purge_booking_state_deletes_only_what_expired(db_url, conn):
+    org = make_org(conn)
+    for key, age in (("old-key", "25 hours"), ("fresh-key", "1 hour")):
+        conn.execute("insert into private.idempotency_keys (org_id, key, request_hash, created_at)"
+                     " values (%s, %s, %s, now() - %s::interval)", (org, key, b"\0" * 32, age))
+    conn.execute("insert into private.booking_rate_counters (client, window_start, hits)"
+                 " values ('192.0.2.1', now() - interval '3 days', 5), ('192.0.2.2', now(), 1)")
+    result = crm("jobs", "run", "purge-booking-state", url=db_url)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"job": "purge-booking-state", "idempotency_keys": 1, "rate_counters": 1}
+    assert [r["key"] for r in conn.execute("select key from private.idempotency_keys")] == ["fresh-key"]
+    assert [str(r["client"]) for r in conn.execute("select client from private.booking_rate_counters")] == [
+        "192.0.2.2"]

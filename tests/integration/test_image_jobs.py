@@ -382,9 +382,10 @@ def test_two_workers_racing_never_do_an_order_twice(env, server, shop, db_url, c
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert errors == []
+    assert errors == [] and len(summaries) == 2
+    # Disjoint work, whoever got how much (the scheduler may let one worker claim everything): the
+    # orders add up to 16 and every image was fetched exactly once.
     assert sum(s["orders"] for s in summaries) == 16
-    assert all(s["orders"] > 0 for s in summaries), f"one worker did everything: {summaries}"
     assert set(requests_for(server).values()) == {1}
     assert len(requests_for(server)) == 32
     for order_id in orders:

@@ -15,9 +15,9 @@ from crm.images import jobs as image_jobs
 from tests.helpers import (
     LiveServer,
     assert_refuses_to_start,
-    first_answer,
     function_app,
     make_org,
+    serve_function,
     start_function,
 )
 from tests.integration.image_fixtures import ImageServer, encoded, two_tone
@@ -55,9 +55,9 @@ def test_reconcile_refuses_to_start_naming_the_bad_setting(tmp_path: Path, setti
 
 def test_reconcile_starts_with_the_deployed_settings(tmp_path: Path) -> None:
     log = tmp_path / "ff.log"
-    proc, url = start_function("reconcile", deployed_env(tmp_path), log)
+    proc, url, _ = serve_function("reconcile", deployed_env(tmp_path), log)
     try:
-        resp = first_answer(proc, log, lambda: httpx.post(f"{url}/reconcile/cache-images", timeout=2))
+        resp = httpx.post(f"{url}/reconcile/cache-images", timeout=30)
         assert resp.status_code == 401  # up, and still asking for the secret
     finally:
         proc.terminate()

@@ -18,7 +18,7 @@ from crm.devserver import root_app
 from crm.errors import ConfigError
 from crm.images.errors import StorageError
 from crm.images.storage import LocalStorage, SupabaseStorage, storage_from_env
-from tests.helpers import LiveServer
+from tests.helpers import LiveServer, refused_port
 
 KEY = "service-role-key-for-tests"
 NAME = "3f" * 32 + ".webp"
@@ -193,11 +193,8 @@ def test_supabase_refusals_are_storage_errors(supabase_server) -> None:
 
 
 def test_supabase_unreachable_is_a_storage_error() -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        store = SupabaseStorage(f"http://127.0.0.1:{s.getsockname()[1]}", KEY, "images")
+    with refused_port() as port:
+        store = SupabaseStorage(f"http://127.0.0.1:{port}", KEY, "images")
         try:
             with pytest.raises(StorageError) as info:
                 store.put(NAME, b"x", "image/webp")

@@ -74,6 +74,26 @@ BAD_OBJECTS = [
      "unindexed_foreign_keys: public.child (task_id) child_task_id_fkey"),
     ("create policy \"Open door\" on public.tasks as restrictive for delete to authenticated using (true)",
      'rls_policy_always_true: public.tasks policy "Open door" (delete)'),
+    # History is never deleted through the API (SPEC 6.6), not even by service_role.
+    ("grant delete on public.customers to authenticated",
+     "history_delete_privilege: authenticated may delete from public.customers"),
+    ("grant truncate on public.order_status_events to service_role",
+     "history_delete_privilege: service_role may delete from public.order_status_events"),
+    ("grant delete on public.leads to anon",
+     "history_delete_privilege: anon may delete from public.leads"),
+    ("create policy \"Managers delete orders\" on public.orders for delete to authenticated"
+     " using (org_id = any ((select hidden.staff_org_ids('manager'))::uuid[]))",
+     'history_delete_policy: public.orders policy "Managers delete orders" (delete)'),
+    # Personal data that erase_customer (hidden.erased_columns()) leaves behind.
+    ("alter table public.shipments add column recipient_phone text",
+     "personal_data_not_erased: public.shipments.recipient_phone"),
+    ("comment on column public.tasks.title is 'personal: may name the customer'",
+     "personal_data_not_erased: public.tasks.title"),
+    ("create or replace function hidden.erased_columns() returns text[] language sql immutable"
+     " set search_path = '' as $$ select array['public.customers.full_name'] $$",
+     "personal_data_not_erased: public.customers.email"),
+    ("drop function hidden.erased_columns() cascade",
+     "personal_data_not_erased: public.leads.notes"),
 ]
 
 
@@ -85,6 +105,36 @@ def test_bad_object_is_caught(lint_conn: psycopg.Connection, ddl: str, finding: 
             lint_conn.execute(statement)
         findings = run_lint(lint_conn)
     assert finding in findings, findings
+
+
+@pytest.mark.parametrize(("ddl", "finding"), BAD_OBJECTS, ids=[f.split(":")[0] + f"-{i}" for i, (_, f) in
+                                                               enumerate(BAD_OBJECTS)])
+def test_cli_exits_one_naming_the_object(clone_database, monkeypatch: pytest.MonkeyPatch, capsys,
+                                         ddl: str, finding: str) -> None:
+    """Every check fires through `crm db lint` itself: exit 1, the finding on stdout, one stderr line."""
+    url = clone_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in ddl.split(";"):
+            conn.execute(statement)
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert crm_main(["db", "lint"]) == 1
+    out, err = capsys.readouterr()
+    assert finding in out.splitlines(), out
+    assert err.count("\n") == 1 and "security lint finding" in err
+
+
+def test_every_check_is_shown_to_fire() -> None:
+    from crm import lint
+
+    shown = {finding.split(":")[0] for _, finding in BAD_OBJECTS}
+    assert shown == set(lint._CHECKS) | {"auth_rls_initplan"}
+
+
+def test_declared_not_personal_and_erased_columns_pass(lint_conn: psycopg.Connection) -> None:
+    with lint_conn.transaction(force_rollback=True):
+        lint_conn.execute("alter table public.shipments add column sender_email text")
+        lint_conn.execute("comment on column public.shipments.sender_email is 'not personal: the shop address'")
+        assert run_lint(lint_conn) == []
 
 
 def test_indexed_foreign_key_and_wrapped_calls_pass(lint_conn: psycopg.Connection) -> None:

@@ -22,26 +22,35 @@ import pytest
 from psycopg import errors as pg
 from psycopg.rows import dict_row
 
-from tests.helpers import acting_as, make_org, make_staff
+from tests.helpers import acting_as, make_org, make_staff, make_user
 from tests.integration.test_rls_integrations import MATRIX as INTEGRATIONS_MATRIX
 from tests.integration.test_rls_payments import MATRIX as PAYMENTS_MATRIX
+from tests.integration.test_rls_wms import MATRIX as WMS_MATRIX
 
 ACTORS = ("anon", "other_org", "viewer", "agent_assigned", "agent_other", "manager", "admin", "service_role")
 
 #                                        anon other viewer ag_own ag_other manager admin service
 MATRIX = {
+    ("organizations", "select"):          "E    0     1      1      1        1       1     1",
+    ("organizations", "insert"):          "E    E     E      E      E        E       E     1",
+    ("organizations", "update"):          "E    0     0      0      0        0       1     1",
+    ("organizations", "delete"):          "E    E     E      E      E        E       E     E",
+    ("staff", "select"):                  "E    0     1      1      1        1       1     1",
+    ("staff", "insert"):                  "E    E     E      E      E        E       1     1",
+    ("staff", "update"):                  "E    0     0      0      0        0       1     1",
+    ("staff", "delete"):                  "E    0     0      0      0        0       1     1",
     ("customers", "select"):              "E    0     1      1      1        1       1     1",
     ("customers", "insert"):              "E    E     E      E      E        1       1     1",
     ("customers", "update"):              "E    0     0      0      0        1       1     1",
-    ("customers", "delete"):              "E    0     0      0      0        1       1     1",
+    ("customers", "delete"):              "E    E     E      E      E        E       E     E",
     ("leads", "select"):                  "E    0     1      1      1        1       1     1",
     ("leads", "insert"):                  "E    E     E      1      E        1       1     1",
     ("leads", "update"):                  "E    0     0      1      0        1       1     1",
-    ("leads", "delete"):                  "E    0     0      0      0        1       1     1",
+    ("leads", "delete"):                  "E    E     E      E      E        E       E     E",
     ("orders", "select"):                 "E    0     1      1      1        1       1     1",
     ("orders", "insert"):                 "E    E     E      E      E        1       1     1",
     ("orders", "update"):                 "E    0     0      0      0        1       1     1",
-    ("orders", "delete"):                 "E    0     0      0      0        1       1     1",
+    ("orders", "delete"):                 "E    E     E      E      E        E       E     E",
     ("shipments", "select"):              "E    0     1      1      1        1       1     1",
     ("shipments", "insert"):              "E    E     E      E      E        1       1     1",
     ("shipments", "update"):              "E    0     0      0      0        1       1     1",
@@ -72,6 +81,14 @@ MATRIX = {
     ("webhook_attempts", "update"):       "E    E     E      E      E        E       E     E",
     ("webhook_attempts", "delete"):       "E    E     E      E      E        E       E     E",
 }
+# Who does what, in words (SPEC 6.6): admins change staff and organization settings, and the CRM
+# data like managers; managers change customers, leads, orders, shipments and tasks; agents change
+# only the leads and tasks assigned to them and add tasks only on their own leads (a task insert is
+# self-assigned, on the lead assigned to agent_assigned); viewers read. Nobody deletes customers,
+# leads, orders or status events, and nobody deletes an organization: not even service_role.
+# Staff cases aim at a viewer member (`target`); a staff insert adds a user who is not staff yet.
+
+STAFF_OF_ORG = ("viewer", "agent_assigned", "agent_other", "manager", "admin")
 
 CASES = [(table, action, actor, expected)
          for (table, action), row in MATRIX.items()
@@ -93,6 +110,8 @@ class World:
     task: uuid.UUID
     agent: uuid.UUID  # the agent the lead and the task are assigned to
     webhooks: dict[str, uuid.UUID | int]  # webhook_endpoints / webhook_deliveries / webhook_attempts rows
+    target: uuid.UUID  # a viewer member of the org: what staff update/delete aim at
+    newcomer: uuid.UUID  # a user who is not staff yet: what a staff insert adds
 
 
 @pytest.fixture(scope="module")
@@ -137,17 +156,36 @@ def world(clone_database) -> Iterator[World]:
             " duration_ms, status_code, outcome) select org_id, id, endpoint_id, event_id, 1, now(), 5, 500,"
             " 'failed' from public.webhook_deliveries where id = %s returning id", (delivery,)).fetchone()["id"]
         webhooks = {"webhook_endpoints": endpoint, "webhook_deliveries": delivery, "webhook_attempts": attempt}
-        yield World(conn, org, users, customer, lead, order, shipment, task, agent, webhooks)
+        target = make_staff(conn, org, "viewer")
+        newcomer = make_user(conn)
+        yield World(conn, org, users, customer, lead, order, shipment, task, agent, webhooks, target, newcomer)
 
 
 def _role(actor: str) -> str:
     return actor if actor in ("anon", "service_role") else "authenticated"
 
 
-def _statement(w: World, table: str, action: str) -> tuple[str, tuple]:
+def _statement(w: World, table: str, action: str, actor: str) -> tuple[str, tuple]:
     """One statement per table and action, always aimed at org A's seeded row (or a new one)."""
     if table.startswith("webhook_"):
         return _webhook_statement(w, table, action)
+    if table == "organizations":
+        return {
+            "select": ("select 1 from public.organizations where id = %s", (w.org,)),
+            "insert": ("insert into public.organizations (slug, name) values (%s, 'New')",
+                       (f"new-{uuid.uuid4().hex[:8]}",)),
+            "update": ("update public.organizations set name = 'Renamed' where id = %s", (w.org,)),
+            "delete": ("delete from public.organizations where id = %s", (w.org,)),
+        }[action]
+    if table == "staff":
+        return {
+            "select": ("select 1 from public.staff where org_id = %s and user_id = %s", (w.org, w.target)),
+            "insert": ("insert into public.staff (org_id, user_id, role) values (%s, %s, 'viewer')",
+                       (w.org, w.newcomer)),
+            "update": ("update public.staff set role = 'agent' where org_id = %s and user_id = %s",
+                       (w.org, w.target)),
+            "delete": ("delete from public.staff where org_id = %s and user_id = %s", (w.org, w.target)),
+        }[action]
     if action == "select":
         key = {"lead_status_events": "lead_id", "order_status_events": "order_id", "order_cards": "id"}.get(table, "id")
         row_id = {"customers": w.customer, "leads": w.lead, "orders": w.order, "shipments": w.shipment,
@@ -174,8 +212,9 @@ def _statement(w: World, table: str, action: str) -> tuple[str, tuple]:
                        " values (%s, %s, 'listing-1', %s)", (w.org, w.customer, json.dumps(SNAPSHOT))),
             "shipments": ("insert into public.shipments (org_id, order_id, provider) values (%s, %s, 'ups')",
                           (w.org, w.order)),
+            # Self-assigned (staff of the org) on the lead assigned to agent_assigned.
             "tasks": ("insert into public.tasks (org_id, lead_id, title, assignee) values (%s, %s, 'Visit', %s)",
-                      (w.org, w.lead, w.agent)),
+                      (w.org, w.lead, w.users[actor] if actor in STAFF_OF_ORG else w.agent)),
         }[table]
     if action == "update":
         return {
@@ -216,7 +255,7 @@ def _webhook_statement(w: World, table: str, action: str) -> tuple[str, tuple]:
 @pytest.mark.parametrize(("table", "action", "actor", "expected"), CASES,
                          ids=[f"{t}-{a}-{r}" for t, a, r, _ in CASES])
 def test_role_matrix(world: World, table: str, action: str, actor: str, expected: str) -> None:
-    sql, params = _statement(world, table, action)
+    sql, params = _statement(world, table, action, actor)
     with acting_as(world.conn, _role(actor), world.users[actor]) as c:
         if expected == "E":
             with pytest.raises(pg.InsufficientPrivilege):
@@ -229,13 +268,13 @@ def test_role_matrix(world: World, table: str, action: str, actor: str, expected
     assert touched == int(expected), f"{actor} {action} on {table}"
 
 
-def test_matrix_covers_every_table_in_public(world: World) -> None:
-    tables = {r["relname"] for r in world.conn.execute(
-        "select c.relname from pg_class c where c.relnamespace = 'public'::regnamespace"
-        " and c.relkind in ('r', 'v') and c.relname not in ('organizations', 'staff')")}
-    covered = ({table for table, _ in MATRIX} | {table for table, _ in PAYMENTS_MATRIX}
-               | {table for table, _ in INTEGRATIONS_MATRIX})
-    assert tables <= covered, f"tables without a role matrix: {sorted(tables - covered)}"
+def test_matrix_covers_every_table_and_operation_in_public(world: World) -> None:
+    rows = world.conn.execute("select c.relname, c.relkind from pg_class c"
+                              " where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'v')").fetchall()
+    wanted = {(r["relname"], action) for r in rows
+              for action in (("select",) if r["relkind"] == "v" else ("select", "insert", "update", "delete"))}
+    covered = set(MATRIX) | set(PAYMENTS_MATRIX) | set(INTEGRATIONS_MATRIX) | set(WMS_MATRIX)
+    assert wanted <= covered, f"without a role matrix: {sorted(wanted - covered)}"
 
 
 COLUMNS_WITHOUT_GRANT = [
@@ -302,3 +341,23 @@ def test_nothing_in_private_for_api_roles(world: World) -> None:
         with pytest.raises(pg.InsufficientPrivilege):
             with acting_as(world.conn, role, world.users["manager"] if role == "authenticated" else None) as c:
                 c.execute("select count(*) from private.outbox")
+
+
+@pytest.mark.parametrize("subject", ["other_lead", "order"])
+def test_an_agent_adds_tasks_only_on_their_own_leads(world: World, subject: str) -> None:
+    """Issue 10 finding 4: an agent could add tasks on leads not assigned to them."""
+    with acting_as(world.conn, "authenticated", world.users["agent_other"]) as c:
+        column, row = ("lead_id", world.lead) if subject == "other_lead" else ("order_id", world.order)
+        with pytest.raises(pg.InsufficientPrivilege, match="row-level security"):
+            c.execute(f"insert into public.tasks (org_id, {column}, title, assignee) values (%s, %s, 'Mine', %s)",
+                      (world.org, row, world.users["agent_other"]))
+
+
+def test_rls_hides_as_not_found_never_forbidden(world: World) -> None:
+    """A row of another org answers 404 from the RPCs, whatever the caller's role there."""
+    with pytest.raises(psycopg.Error) as hidden, acting_as(world.conn, "authenticated", world.users["other_org"]) as c:
+        c.execute("select public.erase_customer(%s)", (world.customer,))
+    assert hidden.value.sqlstate == "PT404"
+    with pytest.raises(psycopg.Error) as seen, acting_as(world.conn, "authenticated", world.users["viewer"]) as c:
+        c.execute("select public.erase_customer(%s)", (world.customer,))
+    assert seen.value.sqlstate == "PT403"

@@ -4,6 +4,7 @@ by parameter name, as the caller's role, inside a transaction that is rolled bac
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -64,9 +65,22 @@ def call(w: World, actor: str, sql: str, params: dict[str, Any]) -> Any:
         return c.execute(sql, params).fetchall()
 
 
+def committed_state(conn: psycopg.Connection) -> dict[str, str]:
+    """A digest of every row of every table in `public` and `private`, read as the owner."""
+    tables = conn.execute("select format('%I.%I', schemaname, tablename) as t from pg_catalog.pg_tables"
+                          " where schemaname in ('public', 'private') order by 1").fetchall()
+    return {t["t"]: conn.execute(f"select md5(coalesce(string_agg(x::text, '|' order by x::text), ''))"
+                                 f" as d from {t['t']} x").fetchone()["d"] for t in tables}
+
+
 def refused(w: World, actor: str, sql: str, params: dict[str, Any]) -> psycopg.Error:
-    with pytest.raises(psycopg.Error) as info:
-        call(w, actor, sql, params)
+    """The call must raise; it runs in a transaction that would COMMIT (as PostgREST's does), and
+    afterwards every committed row must be as before: a refusal writes nothing."""
+    before = committed_state(w.conn)
+    role = actor if actor in ("anon", "service_role") else "authenticated"
+    with pytest.raises(psycopg.Error) as info, acting_as(w.conn, role, w.users.get(actor), commit=True) as c:
+        c.execute(sql, params).fetchall()
+    assert committed_state(w.conn) == before, "a refused call left committed changes"
     return info.value
 
 
@@ -214,9 +228,21 @@ def test_update_lead_refusals(world: World, actor: str, state: str) -> None:
 
 
 def test_update_lead_refused_transition_writes_nothing(world: World) -> None:
+    # refused() commits and then compares every table: neither the note nor an event nor an outbox
+    # row of the half-done patch may survive.
     err = refused(world, "manager", UPDATE_LEAD, _patch(id=world.lead, status="converted", note="x"))
     assert err.sqlstate == "PT409"
     assert world.conn.execute("select notes from public.leads where id = %s", (world.lead,)).fetchone()["notes"] is None
+
+
+def test_committed_state_sees_a_committed_write_and_only_that(conn: psycopg.Connection) -> None:
+    """The check in refused() can fail: a committed write changes the digest, a rolled-back one not."""
+    before = committed_state(conn)
+    with conn.transaction(force_rollback=True):
+        make_org(conn)
+    assert committed_state(conn) == before
+    make_org(conn)  # autocommit
+    assert committed_state(conn) != before
 
 
 @pytest.mark.parametrize("role", ["anon", "service_role"])
@@ -228,30 +254,85 @@ def test_update_lead_is_for_authenticated_only(world: World, role: str) -> None:
 STATS = "select public.dashboard_stats(org_id => %(org)s, since => %(since)s, until => %(until)s) as s"
 
 
+@contextlib.contextmanager
+def fresh_org(w: World) -> Iterator[tuple[uuid.UUID, uuid.UUID, uuid.UUID]]:
+    """(org, its viewer, a customer) created in a transaction that is rolled back: what a test counts
+    there is only what it seeded, whatever other tests or fixtures committed into the shared world."""
+    with w.conn.transaction(force_rollback=True):
+        org = make_org(w.conn)
+        viewer = make_staff(w.conn, org, "viewer")
+        customer = w.conn.execute("insert into public.customers (org_id, full_name, email)"
+                                  " values (%s, 'Stats Person', 'stats@example.test') returning id",
+                                  (org,)).fetchone()["id"]
+        yield org, viewer, customer
+
+
+def _add_order(conn: psycopg.Connection, org: uuid.UUID, customer: uuid.UUID, status: str = "pending_manager",
+               age: str = "0 seconds") -> None:
+    conn.execute("insert into public.orders (org_id, customer_id, external_item_ref, item_snapshot, status,"
+                 " created_at) values (%s, %s, 'listing-1', %s, %s, now() - %s::interval)",
+                 (org, customer, _snapshot(), status, age))
+
+
+def _as_viewer(conn: psycopg.Connection, viewer: uuid.UUID) -> None:
+    conn.execute("select set_config('role', 'authenticated', true), set_config('request.jwt.claims', %s, true)",
+                 (json.dumps({"sub": str(viewer), "role": "authenticated"}),))
+
+
 def test_dashboard_stats_counts(world: World) -> None:
-    conn = world.conn
-    with conn.transaction(force_rollback=True):
-        statuses = ["pending_manager", "pending_manager", "paid_out", "closed", "cancelled"]
-        for status in statuses:
-            conn.execute("insert into public.orders (org_id, customer_id, external_item_ref, item_snapshot, status)"
-                         " values (%s, %s, 'listing-1', %s, %s)", (world.org, world.customer, _snapshot(), status))
-        conn.execute("insert into public.orders (org_id, customer_id, external_item_ref, item_snapshot, created_at)"
-                     " values (%s, %s, 'old', %s, now() - interval '30 days')",
-                     (world.org, world.customer, _snapshot()))
-        conn.execute("select set_config('role', 'authenticated', true), set_config('request.jwt.claims', %s, true)",
-                     (json.dumps({"sub": str(world.users["viewer"]), "role": "authenticated"}),))
-        everything = conn.execute(STATS, {"org": world.org, "since": None, "until": None}).fetchone()["s"]
-        recent = conn.execute(STATS, {"org": world.org, "since": "-infinity", "until": None}).fetchone()["s"]
+    with fresh_org(world) as (org, viewer, customer):
+        conn = world.conn
+        conn.execute("insert into public.leads (org_id, customer_id, source) values (%s, %s, 'manual')",
+                     (org, customer))
+        for status in ["pending_manager", "pending_manager", "pending_manager", "pending_manager", "paid_out",
+                       "closed", "cancelled"]:
+            _add_order(conn, org, customer, status)
+        _add_order(conn, org, customer, age="30 days")
+        _as_viewer(conn, viewer)
+        everything = conn.execute(STATS, {"org": org, "since": None, "until": None}).fetchone()["s"]
+        recent = conn.execute(STATS, {"org": org, "since": "-infinity", "until": None}).fetchone()["s"]
         last_week = conn.execute("select public.dashboard_stats(%s, now() - interval '7 days') as s",
-                                 (world.org,)).fetchone()["s"]
-    # The seeded order is pending_manager too: 7 orders in all, 6 in the last week.
-    assert everything["total_orders"] == 7 == recent["total_orders"]
-    assert everything["awaiting_manager"] == 4
-    assert everything["by_status"] == {"pending_manager": 4, "under_inspection": 0, "deposit_paid": 0,
+                                 (org,)).fetchone()["s"]
+    assert everything["total_orders"] == 8 == recent["total_orders"]
+    assert everything["awaiting_manager"] == 5
+    assert everything["by_status"] == {"pending_manager": 5, "under_inspection": 0, "deposit_paid": 0,
                                        "paid_out": 1, "shipped": 0, "delivered": 0, "closed": 1, "cancelled": 1}
-    assert everything["conversion_rate"] == pytest.approx(2 / 7, abs=1e-4)
+    assert everything["conversion_rate"] == pytest.approx(2 / 8, abs=1e-4)
     assert everything["new_leads"] == 1
-    assert last_week["total_orders"] == 6 and last_week["awaiting_manager"] == 3
+    assert last_week["total_orders"] == 7 and last_week["awaiting_manager"] == 4
+
+
+def test_dashboard_stats_until_is_an_exclusive_upper_bound(world: World) -> None:
+    """[since, until): orders and leads created at or after `until` are not counted."""
+    with fresh_org(world) as (org, viewer, customer):
+        conn = world.conn
+        _add_order(conn, org, customer, "paid_out", age="30 days")
+        _add_order(conn, org, customer, "pending_manager", age="10 days")
+        _add_order(conn, org, customer, "cancelled", age="2 days")
+        _add_order(conn, org, customer)  # created at now(), the transaction's time
+        conn.execute("insert into public.leads (org_id, customer_id, source, created_at)"
+                     " values (%s, %s, 'manual', now() - interval '20 days')", (org, customer))
+        _as_viewer(conn, viewer)
+
+        def stats(since: str | None, until: str | None) -> dict[str, Any]:
+            return conn.execute("select public.dashboard_stats(org_id => %(org)s,"
+                                " since => now() - %(since)s::interval, until => now() - %(until)s::interval) as s",
+                                {"org": org, "since": since, "until": until}).fetchone()["s"]
+
+        up_to_now = stats(None, "0 seconds")
+        before_last_week = stats(None, "7 days")
+        window = stats("15 days", "1 day")
+        everything = stats(None, None)
+        empty = stats("1 day", "1 day")
+    assert everything["total_orders"] == 4 and everything["new_leads"] == 1
+    assert up_to_now["total_orders"] == 3  # `until` = the newest order's created_at excludes it
+    assert before_last_week["total_orders"] == 2 and before_last_week["new_leads"] == 1
+    assert before_last_week["by_status"]["cancelled"] == 0
+    assert before_last_week["conversion_rate"] == pytest.approx(0.5)
+    assert window["total_orders"] == 2 and window["new_leads"] == 0
+    assert window["by_status"]["pending_manager"] == 1 and window["by_status"]["cancelled"] == 1
+    assert window["by_status"]["paid_out"] == 0 and window["conversion_rate"] == 0
+    assert empty["total_orders"] == 0 and empty["new_leads"] == 0
 
 
 def test_dashboard_stats_without_orders_has_zero_rate(world: World) -> None:
@@ -343,10 +424,20 @@ def test_search_customers_validates_max_rows(world: World, n: int | None) -> Non
     assert (err.sqlstate, err.diag.message_hint) == ("PT422", "max_rows")
 
 
-def test_search_customers_default_max_rows(world: World, people: None) -> None:
-    rows = call(world, "manager", "select * from public.search_customers(org_id => %(org)s, q => %(q)s)",
-                {"org": world.org, "q": "a"})
-    assert 0 < len(rows) <= 20
+def test_search_customers_default_and_explicit_max_rows(world: World) -> None:
+    """25 customers match: the default returns exactly 20, `max_rows` exactly what it says, up to all."""
+    with fresh_org(world) as (org, viewer, _):
+        for i in range(25):
+            world.conn.execute("insert into public.customers (org_id, full_name, email) values (%s, %s, %s)",
+                               (org, f"Quokka Person {i:02}", f"q{i:02}@example.test"))
+        with acting_as(world.conn, "authenticated", viewer) as c:
+            default = c.execute("select * from public.search_customers(org_id => %(org)s, q => %(q)s)",
+                                {"org": org, "q": "quokka"}).fetchall()
+            counts = {n: len(c.execute(SEARCH, {"org": org, "q": "quokka", "n": n}).fetchall())
+                      for n in (1, 7, 20, 24, 25, 26, 100)}
+    assert len(default) == 20
+    assert len({r["id"] for r in default}) == 20
+    assert counts == {1: 1, 7: 7, 20: 20, 24: 24, 25: 25, 26: 25, 100: 25}
 
 
 # -- track_order -------------------------------------------------------------------------------------

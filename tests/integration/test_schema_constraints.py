@@ -13,7 +13,7 @@ import pytest
 from psycopg import errors as pg
 from psycopg.rows import dict_row
 
-from tests.helpers import make_org
+from tests.helpers import acting_as, make_org, make_staff
 
 VALID_SNAPSHOT = {
     "item_id": "4711", "url": "https://listings.example/bike/4711", "external_ref": "listing-4711",
@@ -136,14 +136,64 @@ def _without(key: str) -> dict:
     {**VALID_SNAPSHOT, "images": [f"https://img.example/{i}.jpg" for i in range(21)]},
     {**VALID_SNAPSHOT, "cached_images": [1]},
     {**VALID_SNAPSHOT, "images_state": "done"},
+    # The intake's rules, for every writer (issue 10 finding 1).
+    {**VALID_SNAPSHOT, "main_photo_url": "javascript:alert(1)"},
+    {**VALID_SNAPSHOT, "main_photo_url": "data:text/html,<script>alert(1)</script>"},
+    {**VALID_SNAPSHOT, "url": "https://listings.example/" + "a" * 2048},
+    {**VALID_SNAPSHOT, "images": ["https://img.example/" + "a" * 2048]},
+    {**VALID_SNAPSHOT, "title": "x" * 1_000_000},
+    {**VALID_SNAPSHOT, "title": "x" * 301},
+    {**VALID_SNAPSHOT, "brand": "b" * 101},
+    {**VALID_SNAPSHOT, "size": "s" * 21},
+    {**VALID_SNAPSHOT, "item_id": "i" * 101},
+    {**VALID_SNAPSHOT, "title": "Bike \u202egnp.exe"},
+    {**VALID_SNAPSHOT, "title": "\u200b\u200b"},
+    {**VALID_SNAPSHOT, "title": "  Canyon   Spectral "},
+    {**VALID_SNAPSHOT, "model": "a\u0085b"},
+    {**VALID_SNAPSHOT, "price": 2450.005},
+    {**VALID_SNAPSHOT, "price": -1},
+    {**VALID_SNAPSHOT, "currency": "XYZ"},
+    {**VALID_SNAPSHOT, "year": 99999},
+    {**VALID_SNAPSHOT, "padding": "x" * 1_000_000},
+    {**VALID_SNAPSHOT, "cached_images": ["x" * 2049]},
 ])
 def test_item_snapshot_shape_is_checked(db, snapshot) -> None:
     err = fails(db, INSERT_ORDER, pg.CheckViolation, **_order(snapshot=json.dumps(snapshot)))
     assert err.diag.constraint_name == "orders_item_snapshot_shape"
 
 
+@pytest.mark.parametrize("ref", ["listing-4711 ", "other-listing", "l" * 1_000_000])
+def test_snapshot_external_ref_is_the_orders_external_item_ref(db, ref) -> None:
+    """A writer could store an external_ref other than the order's external_item_ref, or 1 MB of it."""
+    err = fails(db, INSERT_ORDER, pg.CheckViolation, **_order(snapshot=json.dumps({**VALID_SNAPSHOT,
+                                                                                   "external_ref": ref})))
+    assert err.diag.constraint_name == "orders_item_snapshot_shape"
+
+
+def test_a_manager_through_postgrest_gets_the_same_check(db) -> None:
+    conn, ids = db
+    manager = make_staff(conn, ids["org"], "manager")
+    bad = {**VALID_SNAPSHOT, "main_photo_url": "javascript:alert(1)"}
+    with pytest.raises(pg.CheckViolation) as info, acting_as(conn, "authenticated", manager) as c:
+        c.execute(INSERT_ORDER, {**ids, **_order(snapshot=json.dumps(bad))})
+    assert info.value.diag.constraint_name == "orders_item_snapshot_shape"
+
+
+@pytest.mark.parametrize(("column", "value"), [("price", 2450.005), ("booking", "99.999")])
+def test_money_with_more_than_cents_is_refused_not_rounded(db, column, value) -> None:
+    err = fails(db, INSERT_ORDER, **_order(**{column: value}))
+    field = {"price": "price_amount", "booking": "booking_amount"}[column]
+    assert (err.sqlstate, err.diag.message_detail, err.diag.message_hint) == ("PT422", "too_many_decimals", field)
+
+
+def test_money_is_stored_at_cents(db) -> None:
+    rows = run(db, INSERT_ORDER.replace("returning order_code", "returning price_amount::text as p,"
+                                        " booking_amount::text as b"), **_order(price=2450, booking="99.9"))
+    assert rows == [{"p": "2450.00", "b": "99.90"}]
+
+
 @pytest.mark.parametrize("snapshot", [
-    {"external_ref": "x", "title": "Minimal"},
+    {"external_ref": "listing-4711", "title": "Minimal"},
     {**VALID_SNAPSHOT, "url": None, "year": None, "price": 12.5, "images": [], "images_state": "none"},
     {**VALID_SNAPSHOT, "images": [f"https://img.example/{i}.jpg" for i in range(20)]},
 ])

@@ -372,6 +372,24 @@ def test_an_anonymous_caller_is_kept_and_ignored(conn, client, twilio):
     assert count(conn, "select from public.customers") == 0
 
 
+def test_erasing_a_caller_scrubs_their_calls_and_the_raw_events(conn, client, twilio, wms):
+    from tests.integration.test_erasure import rows_holding
+
+    number = "+4915100000077"
+    assert twilio_post(client, twilio, call(frm=number)).status_code == 200
+    customer = conn.execute("select id from public.customers where phone_e164 = %s", (number,)).fetchone()["id"]
+    wms_post(client, wms, {"type": "inquiry.created", "data": {"crm_customer_id": str(customer),
+                                                               "note": f"call {number}"}})
+    assert "private.inbound_events" in rows_holding(conn, number.lstrip("+"))
+    conn.execute("select public.erase_customer(%s)", (customer,))
+    assert rows_holding(conn, number.lstrip("+")) == []
+    assert count(conn, "select from public.activities where customer_id = %s", customer) == 2  # history stays
+    # The next call from that number is a new customer: the erased one is never found again.
+    assert twilio_post(client, twilio, call(sid="CA" + "9" * 32, frm=number)).status_code == 200
+    assert count(conn, "select from public.customers where phone_e164 = %s", number) == 1
+    assert conn.execute("select id from public.customers where phone_e164 = %s", (number,)).fetchone()["id"] != customer
+
+
 # -- meta -------------------------------------------------------------------------------------------
 class Graph:
     """Meta's Graph API on loopback: `GET /{leadgen_id}?access_token=` -> the lead; records requests."""
@@ -522,6 +540,17 @@ def test_a_failing_graph_fetch_is_visible_and_retried_with_backoff(conn, databas
     conn.execute("update private.inbound_events set next_attempt_at = now()")
     assert run_inbox(database)["processed"] == 1
     assert count(conn, "select from public.leads where source = 'ads_form'") == 1
+
+
+def test_an_event_failing_its_eighth_attempt_is_dead_and_stays_visible(conn, database, client, meta, graph):
+    graph.fail_with = 503
+    assert meta_post(client, meta, leadgen("555")).status_code == 200
+    conn.execute("update private.inbound_events set attempts = 7")
+    assert run_inbox(database)["dead"] == 1
+    row = conn.execute("select status, attempts, next_attempt_at, error from private.inbound_events").fetchone()
+    assert (row["status"], row["attempts"], row["next_attempt_at"]) == ("dead", 8, None)
+    assert "HTTP 503" in row["error"]
+    assert run_inbox(database)["claimed"] == 0
 
 
 # -- integrations -----------------------------------------------------------------------------------

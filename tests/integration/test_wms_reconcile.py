@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -285,3 +285,31 @@ def test_client_refuses_loopback_unless_allowed_and_never_shows_the_key(warehous
             list(c.inventory(limit=10))
     assert API_KEY not in str(info.value)
     assert warehouse.requests == []
+
+
+def test_wms_orders_between_full_passes_ask_only_for_what_changed(conn, database, warehouse, wms):
+    def order(n: int, status: str, at: str) -> dict:
+        return {"wms_order_id": f"W-{n}", "crm_customer_id": None, "crm_order_id": None, "status": status,
+                "lines": [], "shipment": None, "updated_at": at}
+
+    for n in range(5):
+        warehouse.orders.put(order(n, "created", T0))
+    [full] = reconciler(database).run(WMS_ORDERS)["runs"]
+    assert full["status"] == "succeeded" and full["updated_since"] is None and full["records_checked"] == 5
+
+    now = datetime.now(UTC).isoformat()
+    warehouse.orders.put(order(1, "picking", now))
+    warehouse.orders.remove("W-4")
+    warehouse.requests.clear()
+    [run] = reconciler(database).run(WMS_ORDERS)["runs"]
+    assert run["status"] == "succeeded" and run["updated_since"] is not None
+    [(_, query, _)] = warehouse.requests
+    assert query["updated_since"] == [run["updated_since"].isoformat()]
+    assert run["records_checked"] == 1
+    assert run["discrepancies"] == {"missing": 0, "stale": 1, "extra": 0, "invalid": 0, "newer_in_cache": 0}
+    statuses = {r["wms_order_id"]: r["status"]
+                for r in conn.execute("select wms_order_id, status from public.wms_orders").fetchall()}
+    assert statuses["W-1"] == "picking" and "W-4" in statuses  # extras wait for the next full pass
+
+    [again] = reconciler(database, full_pass_hours=0).run(WMS_ORDERS)["runs"]
+    assert again["updated_since"] is None and again["discrepancies"]["extra"] == 1

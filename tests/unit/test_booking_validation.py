@@ -174,11 +174,19 @@ def test_main_photo_leads_the_gallery_and_images_are_deduplicated():
 
 
 def test_numbers_are_sane_and_exact():
-    req = b.validate(body(item__price="2450.505", booking__amount=99.999, item__year="2020", item__size=56),
+    req = b.validate(body(item__price="2450.50", booking__amount=99.9, item__year="2020", item__size=56),
                      "DE")
-    assert str(req.item.price) == "2450.50" and str(req.booking.amount) == "100.00"
+    assert str(req.item.price) == "2450.50" and str(req.booking.amount) == "99.90"
     assert req.item.year == 2020 and req.item.size == "56"
     assert req.snapshot()["price"] == 2450.5
+    assert str(b.validate(body(item__price="2450.000"), "DE").item.price) == "2450.00"
+
+
+@pytest.mark.parametrize(("field", "value"), [("item__price", 2450.005), ("item__price", "2450.505"),
+                                              ("booking__amount", 99.999), ("booking__amount", "0.001")])
+def test_more_than_two_decimals_is_refused_not_rounded(field, value):
+    """Issue 10 finding 6: 2450.005 was silently rounded."""
+    assert errors_of(body(**{field: value}), "DE") == {field.replace("__", "."): "must have at most 2 decimals"}
 
 
 def test_phone_is_parsed_in_the_org_country():

@@ -2,8 +2,10 @@
 
 -- booking_org --
 -- What the booking function caches per organization: id, phone country, tracking-token key.
+-- Behind the abuse limit (PT429 for a client over it); an unknown org counts against the client.
 select id, default_country, token_secret
-  from private.booking_org(%(org_id)s::uuid, %(slug)s::text)
+  from private.booking_org(%(org_id)s::uuid, %(slug)s::text, %(client)s::inet, %(rate_limit)s::integer,
+                           %(rate_window)s::integer)
 
 -- create_booking --
 -- The one SQL call of a booking (runs as service_role); see db/migrations/0005_booking.sql.

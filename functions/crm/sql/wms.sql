@@ -5,7 +5,8 @@
 select i.id, i.org_id from public.integrations i where i.kind = 'wms' and i.enabled order by i.created_at, i.id
 
 -- sync_run_start --
-select r.* from private.sync_run_start(%(integration_id)s::uuid, %(sync_type)s::text, %(lease)s::interval) r
+select r.* from private.sync_run_start(%(integration_id)s::uuid, %(sync_type)s::text, %(lease)s::interval,
+                                      %(full_every)s::interval) r
 
 -- sync_run_page --
 -- The page's raw JSON as the warehouse sent it, parsed once, in the database.

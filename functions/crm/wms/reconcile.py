@@ -22,7 +22,7 @@ from typing import Any
 
 from crm import config
 from crm.db import Database
-from crm.errors import CrmError
+from crm.errors import CrmError, NotFound
 from crm.images.jobs import Progress
 from crm.inbox.receive import load_integration
 from crm.jobs import job
@@ -37,10 +37,11 @@ class SyncType:
     name: str  # private.sync_runs.sync_type
     resource: str  # the warehouse API path
     job: str
+    incremental: bool  # the source takes `updated_since` (SPEC 11: orders)
 
 
-INVENTORY = SyncType("inventory", "inventory", "reconcile-inventory")
-WMS_ORDERS = SyncType("wms_orders", "orders", "reconcile-wms-orders")
+INVENTORY = SyncType("inventory", "inventory", "reconcile-inventory", incremental=False)
+WMS_ORDERS = SyncType("wms_orders", "orders", "reconcile-wms-orders", incremental=True)
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,15 @@ class Settings:
     page_size: int = 500
     lease_seconds: int = 300
     allow_loopback: bool = False
+    #: wms orders: a full pass at least this often, else only what changed (0: always full)
+    full_pass_hours: int = 24
 
     @classmethod
     def from_env(cls) -> Settings:
         return cls(page_size=max(1, min(config.env_int("CRM_WMS_PAGE_SIZE", 500), 5000)),
                    lease_seconds=max(30, config.env_int("CRM_WMS_LEASE_SECONDS", 300)),
-                   allow_loopback=config.env_flag("CRM_WEBHOOK_ALLOW_LOOPBACK"))
+                   allow_loopback=config.env_flag("CRM_WEBHOOK_ALLOW_LOOPBACK"),
+                   full_pass_hours=max(0, config.env_int("CRM_WMS_FULL_PASS_HOURS", 24)))
 
 
 def prefetched(pages: Iterator[Page]) -> Iterator[Page]:
@@ -99,7 +103,7 @@ def prefetched(pages: Iterator[Page]) -> Iterator[Page]:
 
 
 def _run_summary(run: dict[str, Any]) -> dict[str, Any]:
-    keys = ("id", "org_id", "integration_id", "sync_type", "status", "pages", "records_checked",
+    keys = ("id", "org_id", "integration_id", "sync_type", "status", "updated_since", "pages", "records_checked",
             "records_synced", "records_failed", "error", "failed_at")
     summary = {k: run.get(k) for k in keys}
     summary["discrepancies"] = (run.get("discrepancies") or {}).get("counts")
@@ -131,9 +135,16 @@ class Reconciler:
 
     def run_one(self, kind: SyncType, integration_id: str, org_id: str) -> dict[str, Any]:
         with self.db.transaction("service_role") as s:
-            integ = load_integration(s, self.box, "wms", org_id)
+            try:
+                integ = load_integration(s, self.box, "wms", org_id)
+            except NotFound:
+                return {"integration_id": integration_id, "org_id": org_id, "sync_type": kind.name,
+                        "status": "skipped", "reason": "the integration was disabled"}
+            full_every = (f"{self.settings.full_pass_hours} hours"
+                          if kind.incremental and self.settings.full_pass_hours else None)
             run = s.fetch_one("sync_run_start", {"integration_id": integration_id, "sync_type": kind.name,
-                                                 "lease": f"{self.settings.lease_seconds} seconds"})
+                                                 "lease": f"{self.settings.lease_seconds} seconds",
+                                                 "full_every": full_every})
         if run is None:
             return {"integration_id": integration_id, "org_id": org_id, "sync_type": kind.name,
                     "status": "skipped", "reason": "another run of this integration is under way"}
@@ -150,7 +161,9 @@ class Reconciler:
         try:
             with WarehouseClient(base_url, keys[0], allow_loopback=self.settings.allow_loopback,
                                  policy=self.policy) as client:
-                for page in prefetched(client.pages(kind.resource, limit=self.settings.page_size)):
+                since = run["updated_since"].isoformat() if run["updated_since"] else None
+                pages = client.pages(kind.resource, limit=self.settings.page_size, params={"updated_since": since})
+                for page in prefetched(pages):
                     number, cursor = page.number, page.cursor
                     with self.db.transaction("service_role") as s:
                         s.fetch_one("sync_run_page", {"run_id": run_id, "page": page.raw.decode("utf-8"),

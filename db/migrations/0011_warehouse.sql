@@ -27,6 +27,9 @@ create table private.sync_runs (
   pages integer not null default 0,
   -- The cursor that fetched the last page done: where a failed run stopped.
   last_cursor text,
+  -- null: a full pass (extra rows are judged at its end); else only what the source changed since
+  -- then (reconcile-wms-orders between its daily full passes: `updated_since`).
+  updated_since timestamptz,
   records_checked integer not null default 0,
   records_synced integer not null default 0,
   records_failed integer not null default 0,

@@ -92,6 +92,8 @@ create table private.inbound_events (
 ) with (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 2000);
 comment on table private.inbound_events is
   'Every verified inbound event, once per (integration, event id) (SPEC 10). status: pending (waits for process-inbox), processed, ignored (nothing to do, error says why), failed (retried at next_attempt_at), dead (out of attempts). Nothing verified is lost.';
+comment on column private.inbound_events.payload is
+  'personal: the event as the source sent it (numbers, names); erase_customer empties those of an erased customer''s activities.';
 create index inbound_events_due_idx on private.inbound_events (next_attempt_at) where status in ('pending', 'failed');
 create index inbound_events_org_integration_idx on private.inbound_events (org_id, integration_id, received_at desc);
 
@@ -150,6 +152,7 @@ create table public.activities (
 comment on table public.activities is
   'What happened with a customer, lead or order besides status changes (SPEC 10): calls, ad leads, warehouse events, notes. Staff read; staff (not viewers; agents on their own leads) add notes; integrations add the rest; nobody deletes or edits one.';
 comment on column public.activities.summary is 'personal: free text; shown on the timeline.';
+comment on column public.activities.data is 'personal: what the source said (call numbers, lead form fields).';
 create index activities_org_customer_idx on public.activities (org_id, customer_id, occurred_at) where customer_id is not null;
 create index activities_org_lead_idx on public.activities (org_id, lead_id, occurred_at) where lead_id is not null;
 create index activities_org_order_idx on public.activities (org_id, order_id, occurred_at) where order_id is not null;
