@@ -15,6 +15,7 @@
 \ir migrations/0009_webhooks_out.sql
 \ir migrations/0010_webhooks_in.sql
 \ir migrations/0011_warehouse.sql
+\ir migrations/0012_inline_sql_helpers.sql
 \ir functions/booking.sql
 \ir functions/customers.sql
 \ir functions/inbox.sql

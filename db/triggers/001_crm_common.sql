@@ -35,7 +35,8 @@ revoke all on function hidden.outbox_write(uuid, text, text, uuid, jsonb) from p
 create or replace function hidden.status_note()
 returns text
 language sql stable
-set search_path = ''
+-- No SET clause: the planner inlines it (a SET makes every call a full function call); its one
+-- call is schema-qualified and it is SECURITY INVOKER.
 as $$
   select nullif(pg_catalog.current_setting('crm.status_note', true), '')
 $$;
