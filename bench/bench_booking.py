@@ -2,6 +2,10 @@
 
 The function is served as users deploy it: `functions-framework --source functions/booking/main.py
 --target booking` (gunicorn, gthread worker; WORKERS/THREADS as functions-framework reads them).
+The physical limit is `min`: a transaction of the same shape (customer upsert, lead, order, status
+event, outbox row) on plain tables in a scratch schema, one statement per booking; `SQL÷min` is how
+close `create_booking` with every rule comes to it. HTTP is also driven by `wrk` (when installed):
+a load generator in C in its own process, so the client does not compete for this interpreter.
 For each concurrency N, three paths book for `--seconds` each, alternating in short slices so all see
 the same background load on a shared machine:
 - HTTP: N clients POST over keep-alive loopback connections;
@@ -158,6 +162,48 @@ def run_http(port: int, clients: int, seconds: float, counter: Counter, rate: fl
     for t in threads:
         t.join()
     return summarise(out, sum(errs), time.perf_counter() - start)
+
+
+# -- HTTP through wrk (Debian's load generator: C, its own process, not this interpreter) ---------------
+WRK_SCRIPT = """
+local tid = 0
+function setup(thread) thread:set("tid", tid); tid = tid + 1 end
+function init(args) n = 0 end
+function request()
+  n = n + 1
+  local k = BASE + tid * 10000000 + n
+  local body = string.format(TEMPLATE, k, k % 100000000, k)
+  return wrk.format("POST", "/", {["Content-Type"] = "application/json",
+    ["Idempotency-Key"] = "wrk-" .. k, ["X-Forwarded-For"] = "10.9." .. tid .. ".1"}, body)
+end
+"""
+
+
+def run_wrk(port: int, clients: int, seconds: float, counter: Counter, workdir: Path) -> dict:
+    """`clients` keep-alive connections from wrk for `seconds`; bookings numbered from a fresh range."""
+    base = counter.next() + 10**9
+    for _ in range(clients * 20_000):  # reserve numbers for this run (the counter is shared)
+        counter.next()
+    doc = payload(0)
+    doc["customer"].update(full_name="Bench Client %d", phone="+49151%08d", email="client%d@bench.example")
+    template = json.dumps(doc).replace('"', '\\"')
+    script = workdir / "booking.lua"
+    script.write_text(f'BASE = {base}\nTEMPLATE = "{template}"\n' + WRK_SCRIPT)
+    out = subprocess.run(["wrk", "-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{max(1, round(seconds))}s",
+                          "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
+                         capture_output=True, text=True, check=True).stdout
+
+    def field(prefix: str, index: int = 1) -> str:
+        return next((line.split()[index] for line in out.splitlines() if line.strip().startswith(prefix)), "nan")
+
+    def ms(value: str) -> float:
+        for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+            if value.endswith(unit):
+                return float(value[: -len(unit)]) * scale
+        return float("nan")
+    errors = int(field("Non-2xx", -1)) if "Non-2xx" in out else 0
+    return {"rate": float(field("Requests/sec:")), "p50_ms": ms(field("50%")), "p99_ms": ms(field("99%")),
+            "errors": errors}
 
 
 # -- direct SQL ------------------------------------------------------------------------------------
@@ -366,6 +412,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", (os.cpu_count() or 1) * 4)))
     parser.add_argument("--pool", type=int, default=int(os.environ.get("CRM_DB_POOL_SIZE", 10)))
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument("--no-wrk", action="store_true", help="skip the HTTP runs driven by wrk")
     parser.add_argument("--embedded", action="store_true",
                         help="run a private embedded PostgreSQL (default without DATABASE_URL): no other "
                              "session's checkpoints or load on the database server")
@@ -448,6 +495,17 @@ def main() -> int:
               " 5-insert transaction on plain tables, the physical limit; ckp = server checkpoints meanwhile,\n"
               " e.g. forced by other sessions' CREATE/DROP DATABASE on a shared server)")
 
+        if not args.no_wrk and shutil.which("wrk"):
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="bench-booking-wrk-") as workdir:
+                print(f"\nHTTP driven by wrk (its own process), {args.seconds:.0f} s per level, beside this run's SQL:")
+                for r in results:
+                    w = run_wrk(port, r["clients"], args.seconds, counter, Path(workdir))
+                    r["wrk"] = w
+                    print(f"  N={r['clients']:>2}: {w['rate']:.0f} bookings/s, p50 {w['p50_ms']:.1f} ms, "
+                          f"p99 {w['p99_ms']:.1f} ms, non-201 {w['errors']}; "
+                          f"wrk HTTP÷SQL {w['rate'] / r['sql']['rate']:.2f}")
         peak = max(r["http"]["rate"] for r in results)
         # The saturated runs leave autovacuum and the checkpointer minutes of catch-up work (tens of
         # thousands of bookings in a minute); do it now, so this run measures the steady state.
