@@ -10,7 +10,8 @@ for information). Then the source drifts by `--drift` (0.01: 80 % of it changed 
   whole source, no database;
 - "reconcile" = one `reconcile-inventory` run (`Reconciler.run`, what `crm jobs run` does): every
   page compared and healed in SQL, the seen keys recorded, extras removed at the end, sync_runs kept.
-Both in this run, bare before and after (the machine is shared: their mean is the reference).
+Both in this run, bare before and after (the machine is shared: their mean is the reference); pages
+of 1000, the job's default.
 Ratio = bare / reconcile (goal >= 0.5). Peak RSS of this process during the reconcile run is sampled
 every 5 ms from /proc (goal < 200 MB). A scratch database is created and dropped at the end.
 """
@@ -42,7 +43,7 @@ from crm.wms.client import ClientPolicy, WarehouseClient  # noqa: E402
 from crm.wms.reconcile import INVENTORY, Reconciler, Settings  # noqa: E402
 
 API_KEY = os.environ.setdefault("BENCH_WMS_KEY", "bench-wms-key-" + secrets.token_hex(8))  # the child inherits it
-PAGE = 500
+PAGE = 1000
 
 
 def item(i: int, version: int = 0) -> dict:
@@ -120,7 +121,7 @@ def main() -> None:
         serve(args.items, args.drift)
         return
 
-    server = os.environ.get("DATABASE_URL") or sys.exit("set DATABASE_URL to a server where a database may be created")
+    server = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
     name = f"crm_bench_reconcile_{secrets.token_hex(3)}"
     with psycopg.connect(server, autocommit=True) as c:
         c.execute(sql.SQL("create database {}").format(sql.Identifier(name)))

@@ -200,7 +200,8 @@ begin
         left join lateral (select i.* from public.inventory_items i
                             where i.org_id = run.org_id and i.sku = s.sku limit 1) c on true
     ), seen as (
-      insert into private.sync_run_seen (run_id, key) select run.id, s.sku from src s
+      insert into private.sync_run_seen (run_id, keys) select run.id, pg_catalog.array_agg(s.sku) from src s
+        having pg_catalog.count(*) > 0
     ), heal as (
       insert into public.inventory_items as i (org_id, sku, name, attributes, available, reserved, total, unit,
                                                source_updated_at, cached_at)
@@ -278,7 +279,8 @@ begin
         left join lateral (select w.* from public.wms_orders w
                             where w.org_id = run.org_id and w.wms_order_id = s.wms_order_id limit 1) c on true
     ), seen as (
-      insert into private.sync_run_seen (run_id, key) select run.id, s.wms_order_id from src s
+      insert into private.sync_run_seen (run_id, keys) select run.id, pg_catalog.array_agg(s.wms_order_id) from src s
+        having pg_catalog.count(*) > 0
     ), heal as (
       insert into public.wms_orders as w (org_id, wms_order_id, crm_customer_id, crm_order_id, status, lines, shipment,
                                           source_updated_at, cached_at)
@@ -435,17 +437,21 @@ begin
   if run.updated_since is not null then
     extra := '{}';
   elsif run.sync_type = 'inventory' then
-    with gone as (
+    with seen as materialized (
+      select k as key from private.sync_run_seen s, pg_catalog.unnest(s.keys) k where s.run_id = run.id
+    ), gone as (
       delete from public.inventory_items i
        where i.org_id = run.org_id and i.cached_at < run.started_at
-         and not exists (select from private.sync_run_seen s where s.run_id = run.id and s.key = i.sku)
+         and not exists (select from seen where seen.key = i.sku)
       returning i.sku)
     select coalesce(pg_catalog.array_agg(g.sku order by g.sku), '{}') into extra from gone g;
   else
-    with gone as (
+    with seen as materialized (
+      select k as key from private.sync_run_seen s, pg_catalog.unnest(s.keys) k where s.run_id = run.id
+    ), gone as (
       delete from public.wms_orders w
        where w.org_id = run.org_id and w.cached_at < run.started_at
-         and not exists (select from private.sync_run_seen s where s.run_id = run.id and s.key = w.wms_order_id)
+         and not exists (select from seen where seen.key = w.wms_order_id)
       returning w.wms_order_id)
     select coalesce(pg_catalog.array_agg(g.wms_order_id order by g.wms_order_id), '{}') into extra from gone g;
   end if;
@@ -561,12 +567,15 @@ set search_path = ''
 as $$
 declare
   v_key text := 'crm_' || hidden.random_token(32);
+  v_name text;
   v_scopes text[];
   k public.api_keys;
 begin
   perform hidden.org_admin_check(create_api_key.org_id, 'API keys');
-  if pg_catalog.char_length(pg_catalog.btrim(coalesce(create_api_key.name, ''))) not between 1 and 200 then
-    raise sqlstate 'PT422' using message = 'name must be 1 to 200 characters', detail = 'name_invalid', hint = 'name';
+  v_name := hidden.text_normalize(coalesce(create_api_key.name, ''), 'name');
+  if hidden.text_problem(v_name, 'name') is not null then
+    raise sqlstate 'PT422' using message = 'name must be 1 to 200 visible characters without control characters',
+      detail = 'name_' || hidden.text_problem(v_name, 'name'), hint = 'name';
   end if;
   select coalesce(pg_catalog.array_agg(distinct s order by s), '{}') into v_scopes
     from pg_catalog.unnest(create_api_key.scopes) s;
@@ -580,7 +589,7 @@ begin
       hint = 'expires_at';
   end if;
   insert into public.api_keys (org_id, name, prefix, scopes, created_by, expires_at)
-  values (create_api_key.org_id, pg_catalog.btrim(create_api_key.name), pg_catalog.left(v_key, 12), v_scopes,
+  values (create_api_key.org_id, v_name, pg_catalog.left(v_key, 12), v_scopes,
           (select u.id from auth.users u where u.id = auth.uid()), create_api_key.expires_at)
   returning * into k;
   insert into private.api_key_hashes (key_id, key_hash)

@@ -351,85 +351,84 @@ revoke all on function private.webhook_retry_delay(integer) from public;
 
 create or replace function private.webhook_record_attempts(token uuid, results jsonb)
 returns table (succeeded integer, failed integer, dead integer, lost integer)
-language plpgsql volatile
+language sql volatile
 set search_path = ''
 as $$
 -- results: [{"id", "started_at", "duration_ms", "status_code" | null, "error" | null,
 --            "retry_after" (seconds, or null)}], one per attempt a worker finished under `token`.
-declare
-  r record;
-  d public.webhook_deliveries;
-  outcome text;
-  delay interval;
-  n_ok integer := 0;
-  n_failed integer := 0;
-  n_dead integer := 0;
-  n_lost integer := 0;
-begin
-  for r in
-    select x.id, x.started_at, x.duration_ms, x.status_code, x.error, x.retry_after
-      from pg_catalog.jsonb_to_recordset(results)
-           as x (id uuid, started_at timestamptz, duration_ms integer, status_code integer, error text,
-                 retry_after double precision)
-     order by x.id
-  loop
-    select w.* into d from public.webhook_deliveries w
-     where w.id = r.id and w.lease_token = token for update;
-    if not found then
-      n_lost := n_lost + 1;  -- lease lost (it expired and someone else has it): theirs to record
-      continue;
-    end if;
-    if r.status_code between 200 and 299 then
-      outcome := 'succeeded';
-      update public.webhook_deliveries w
-         set status = 'succeeded', delivered_at = pg_catalog.now(), next_attempt_at = null,
-             last_status_code = r.status_code, last_error = null, locked_until = null, lease_token = null
-       where w.id = d.id;
-      update public.webhook_endpoints e
-         set last_success_at = pg_catalog.now(), failing_since = null
-       where e.id = d.endpoint_id and (e.failing_since is not null or e.last_success_at is null
-                                       or e.last_success_at < pg_catalog.now() - interval '1 minute');
-      n_ok := n_ok + 1;
-    else
-      delay := private.webhook_retry_delay(d.attempts);
-      if r.status_code = 410 or delay is null then
-        outcome := 'dead';
-        n_dead := n_dead + 1;
-      else
-        outcome := 'failed';
-        n_failed := n_failed + 1;
-        if r.status_code in (429, 502, 503, 504) and r.retry_after is not null then
-          -- As told, bounded: never sooner than our schedule, never later than its longest step.
-          delay := greatest(delay, pg_catalog.make_interval(secs => least(greatest(r.retry_after, 1), 36000)));
-        end if;
-      end if;
-      update public.webhook_deliveries w
-         set status = outcome,
-             next_attempt_at = case when outcome = 'failed' then pg_catalog.now() + delay end,
-             last_status_code = r.status_code,
-             last_error = pg_catalog.left(coalesce(r.error, 'HTTP ' || r.status_code), 1000),
-             locked_until = null, lease_token = null
-       where w.id = d.id;
-      update public.webhook_endpoints e
-         set failing_since = coalesce(e.failing_since, r.started_at),
-             enabled = case when r.status_code = 410
-                              or coalesce(e.failing_since, r.started_at) < pg_catalog.now() - interval '5 days'
-                            then false else e.enabled end,
-             disabled_reason = case
-               when not e.enabled then e.disabled_reason
-               when r.status_code = 410 then 'the endpoint answered 410 Gone'
-               when coalesce(e.failing_since, r.started_at) < pg_catalog.now() - interval '5 days'
-                 then 'no successful delivery for 5 days'
-               else e.disabled_reason end
-       where e.id = d.endpoint_id;
-    end if;
-    insert into public.webhook_attempts (org_id, delivery_id, endpoint_id, event_id, attempt, started_at,
-                                         duration_ms, status_code, error, outcome)
-    values (d.org_id, d.id, d.endpoint_id, d.event_id, d.attempts, r.started_at, r.duration_ms,
-            r.status_code, pg_catalog.left(r.error, 1000), outcome);
-  end loop;
-  return query select n_ok, n_failed, n_dead, n_lost;
-end
+-- One statement for the whole batch (a worker records dozens at a time).
+with r as (
+  select x.*
+    from pg_catalog.jsonb_to_recordset(results)
+         as x (id uuid, started_at timestamptz, duration_ms integer, status_code integer, error text,
+               retry_after double precision)
+), mine as (
+  -- Only deliveries still leased to this worker: a lost lease is someone else's to record.
+  select w.id, w.org_id, w.endpoint_id, w.event_id, w.attempts, r.started_at, r.duration_ms, r.status_code,
+         r.error, r.retry_after, private.webhook_retry_delay(w.attempts) as step
+    from public.webhook_deliveries w
+    join r on r.id = w.id
+   where w.lease_token = token
+     for update of w
+), judged as (
+  select m.*,
+         case when m.status_code between 200 and 299 then 'succeeded'
+              when m.status_code = 410 or m.step is null then 'dead'
+              else 'failed' end as outcome,
+         case when m.status_code in (429, 502, 503, 504) and m.retry_after is not null
+              -- As told, bounded: never sooner than our schedule, never later than its longest step.
+              then greatest(m.step, pg_catalog.make_interval(secs => least(greatest(m.retry_after, 1), 36000)))
+              else m.step end as delay
+    from mine m
+), deliveries as (
+  update public.webhook_deliveries w
+     set status = j.outcome,
+         delivered_at = case when j.outcome = 'succeeded' then pg_catalog.now() else w.delivered_at end,
+         next_attempt_at = case when j.outcome = 'failed' then pg_catalog.now() + j.delay end,
+         last_status_code = j.status_code,
+         last_error = case when j.outcome <> 'succeeded'
+                           then pg_catalog.left(coalesce(j.error, 'HTTP ' || j.status_code), 1000) end,
+         locked_until = null, lease_token = null
+    from judged j
+   where w.id = j.id
+), attempts as (
+  insert into public.webhook_attempts (org_id, delivery_id, endpoint_id, event_id, attempt, started_at,
+                                       duration_ms, status_code, error, outcome)
+  select j.org_id, j.id, j.endpoint_id, j.event_id, j.attempts, j.started_at, j.duration_ms, j.status_code,
+         pg_catalog.left(j.error, 1000), j.outcome
+    from judged j
+), per_endpoint as (
+  select j.endpoint_id,
+         bool_or(j.outcome = 'succeeded') as any_success,
+         coalesce(bool_or(j.status_code = 410), false) as gone,  -- no answer: status_code null
+         min(j.started_at) filter (where j.outcome <> 'succeeded') as first_failure
+    from judged j
+   group by j.endpoint_id
+), endpoints as (
+  -- A success anywhere in the batch: healthy. Else 410: disabled. Else the five-day rule.
+  update public.webhook_endpoints e
+     set last_success_at = case when p.any_success then pg_catalog.now() else e.last_success_at end,
+         failing_since = case when p.any_success then null
+                              else coalesce(e.failing_since, p.first_failure) end,
+         enabled = e.enabled and not p.gone
+                   and (p.any_success or coalesce(e.failing_since, p.first_failure) >= pg_catalog.now() - interval '5 days'),
+         disabled_reason = case
+           when not e.enabled then e.disabled_reason
+           when p.gone then 'the endpoint answered 410 Gone'
+           when not p.any_success and coalesce(e.failing_since, p.first_failure) < pg_catalog.now() - interval '5 days'
+             then 'no successful delivery for 5 days'
+           else e.disabled_reason end
+    from per_endpoint p
+   where e.id = p.endpoint_id
+     -- Healthy endpoints are touched at most once a minute (every write is a dead tuple).
+     and (not p.any_success or e.failing_since is not null or e.last_success_at is null
+          or e.last_success_at < pg_catalog.now() - interval '1 minute')
+)
+select (count(*) filter (where j.outcome = 'succeeded'))::integer,
+       (count(*) filter (where j.outcome = 'failed'))::integer,
+       (count(*) filter (where j.outcome = 'dead'))::integer,
+       (pg_catalog.jsonb_array_length(results) - count(*))::integer
+  from judged j
 $$;
 comment on function private.webhook_record_attempts(uuid, jsonb) is
   'Records finished attempts of deliveries still leased under token: 2xx succeeded; 410 dead and the endpoint disabled; else failed on the retry schedule (Retry-After honoured on 429/502/503/504, bounded) or dead after the last step; an endpoint without success for 5 days is disabled. Every attempt goes to webhook_attempts.';

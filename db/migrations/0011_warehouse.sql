@@ -9,8 +9,8 @@
 -- lease on its private.sync_runs row (heartbeat_at), not a session lock: at most one running run
 -- per integration and sync type (partial unique index), and every page transaction takes a
 -- transaction-scoped advisory lock, so two runs never interleave, also behind a transaction pooler.
--- Keys seen in a run go to private.sync_run_seen; extra cache rows are found at the end of a
--- complete pass only.
+-- Keys seen in a run go to private.sync_run_seen (an array per page); extra cache rows are found at
+-- the end of a complete pass only.
 
 -- ---------------------------------------------------------------------------------------------
 -- private.sync_runs
@@ -57,17 +57,17 @@ create unique index sync_runs_one_running_key on private.sync_runs (integration_
 create index sync_runs_org_started_idx on private.sync_runs (org_id, started_at desc);
 create index sync_runs_integration_fkey_idx on private.sync_runs (org_id, integration_id);
 
--- Keys a run has seen (one row per source item): the extra rows of the cache are those not seen
--- by a complete pass. Unlogged: only a running run needs them, and a crash fails the run anyway.
--- No foreign key: its check would cost a lookup per row; the run's end deletes the run's rows.
+-- Keys a run has seen, one row per page (an array: a row per key cost more than the page's
+-- comparison): the extra rows of the cache are those not seen by a complete pass. Unlogged: only a
+-- running run needs them, and a crash fails the run anyway. No foreign key: the run's end deletes
+-- the run's rows.
 create unlogged table private.sync_run_seen (
   run_id uuid not null,
-  key text not null
-) with (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 5000);
+  keys text[] not null
+) with (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 500);
 comment on table private.sync_run_seen is
-  'Keys (sku, wms_order_id) seen by a running reconciliation; emptied when the run ends.';
--- (run_id, key): the end-of-pass anti-join probes it, however stale the statistics of the table are.
-create index sync_run_seen_run_key_idx on private.sync_run_seen (run_id, key);
+  'Keys (sku, wms_order_id) seen by a running reconciliation, one row per page; emptied when the run ends.';
+create index sync_run_seen_run_idx on private.sync_run_seen (run_id);
 
 -- Reconciliation rewrites few rows, webhooks many: leave room for HOT updates.
 alter table public.inventory_items set (fillfactor = 90);
@@ -89,7 +89,8 @@ create table public.api_keys (
   revoked_at timestamptz,
   last_used_at timestamptz,
   constraint api_keys_org_id_id_key unique (org_id, id),
-  constraint api_keys_name_length check (char_length(btrim(name)) between 1 and 200),
+  -- The text rules of every name (normalised, visible, no controls, at most 200 characters).
+  constraint api_keys_name_clean check (hidden.is_clean_text(name, 'name')),
   constraint api_keys_prefix_shape check (prefix ~ '^crm_[A-Za-z0-9_-]{8}$'),
   constraint api_keys_scopes_known check (
     cardinality(scopes) >= 1 and scopes <@ array['customers:read', 'orders:read', 'leads:write']::text[])

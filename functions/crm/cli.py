@@ -240,7 +240,7 @@ def _webhook_call(query: str, params: dict, missing: str = "not found") -> dict:
     with database_url() as url, connect(url) as conn:
         try:
             row = conn.execute(queries.get(query), params).fetchone()
-        except psycopg.errors.InvalidTextRepresentation as exc:
+        except psycopg.DataError as exc:  # a malformed id or timestamp on the command line
             raise UsageError(_one_line(exc)) from exc
         except psycopg.Error as exc:
             raise CliError(_one_line(exc)) from exc
@@ -250,6 +250,9 @@ def _webhook_call(query: str, params: dict, missing: str = "not found") -> dict:
 
 
 def cmd_webhooks_add(args: argparse.Namespace) -> int:
+    from crm.embedded import apply_dev_settings
+
+    apply_dev_settings()  # next to `crm dev`: its loopback receivers are allowed here too
     row = _webhook_call("outbox_cli_add_endpoint", {
         "org": args.org, "url": args.url, "event_types": args.event_type or [], "description": args.description,
         "allow_loopback": "on" if config.env_flag("CRM_WEBHOOK_ALLOW_LOOPBACK") else "off"},

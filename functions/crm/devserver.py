@@ -205,7 +205,8 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     os.environ.setdefault("CRM_PUBLIC_URL", public_url(host, server.port))
     os.environ.setdefault("CRM_WEBHOOK_ALLOW_LOOPBACK", "1")  # a local receiver, as the README shows
-    save_dev_settings({k: os.environ[k] for k in ("CRM_STORAGE_DIR", "CRM_PUBLIC_URL")}, data_dir)
+    save_dev_settings({k: os.environ[k] for k in ("CRM_STORAGE_DIR", "CRM_PUBLIC_URL", "CRM_WEBHOOK_ALLOW_LOOPBACK")},
+                      data_dir)
 
     embedded = None
     db: Database | None = None

@@ -3,7 +3,9 @@
 A job with a `serve` function (dispatch-outbox) runs it in its own thread: it waits for work
 itself (LISTEN/NOTIFY, a poll). Every other job runs on its schedule (`every_seconds`; a job named
 explicitly that has none runs every minute) in one scheduler thread. Stopping lets each finish
-what it holds (dispatch-outbox: the requests in flight) and returns. Any number of workers may
+what it holds (dispatch-outbox: the requests in flight) and returns. A job missing a required
+setting (`ConfigError`) stops the whole worker with that message: a misconfigured worker should
+not look healthy. Any number of workers may
 run at once: every job claims its work with SKIP LOCKED.
 """
 
@@ -84,6 +86,10 @@ class Worker:
                 try:
                     summary = job.fn(self.db, {"apply": True, "progress": False})
                     log.info("job %s: %s", job.name, summary)
+                except ConfigError as exc:
+                    self.failure = f"{job.name}: {exc}"
+                    self.stopping.set()
+                    return
                 except Exception:
                     log.exception("job %s failed; retrying on its next turn", job.name)
                 due[job.name] = time.monotonic() + (job.every_seconds or DEFAULT_EVERY)

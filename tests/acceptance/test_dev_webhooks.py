@@ -10,32 +10,28 @@ import sys
 
 import httpx
 
-from tests.acceptance.test_dev_newcomer import stop, wait_healthy
-from tests.helpers import BOOKING_EXAMPLE, free_port
+from tests.helpers import BOOKING_EXAMPLE, crm_dev_url, start_crm_dev, stop_crm_dev
 from tests.integration.webhook_receiver import Receiver
 
 
 def test_crm_dev_delivers_a_booking_signed(tmp_path, db_url):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CRM_"))}
     env.update(DATABASE_URL=db_url, CRM_DATA_DIR=str(tmp_path / "crm-data"))
-    port = free_port()
     log = tmp_path / "dev.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "crm.cli", "dev", "--port", str(port)], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+    proc = start_crm_dev([], env, log)
     try:
-        wait_healthy(proc, f"http://127.0.0.1:{port}", log)
+        url = crm_dev_url(proc, log)
         with Receiver() as rx:
+            # A second terminal, configured only by what crm dev left in CRM_DATA_DIR.
             added = subprocess.run([sys.executable, "-m", "crm.cli", "webhooks", "add", "--org", "demo",
-                                    "--url", rx.url + "/hook"], env={**env, "CRM_WEBHOOK_ALLOW_LOOPBACK": "1"},
-                                   capture_output=True, text=True, timeout=60)
+                                    "--url", rx.url + "/hook"], env=env, capture_output=True, text=True, timeout=60)
             assert added.returncode == 0, added.stderr
             secret = json.loads(added.stdout)["secret"]
-            booked = httpx.post(f"http://127.0.0.1:{port}/booking", json=BOOKING_EXAMPLE, timeout=30)
+            booked = httpx.post(f"{url}/booking", json=BOOKING_EXAMPLE, timeout=30)
             assert booked.status_code == 201, booked.text
             rx.wait_for(lambda r: len(r.requests) >= 3, timeout=15)
             types = sorted(r.verify(secret)["type"] for r in rx.requests)
             assert types == ["customer.created", "lead.created", "order.created"]
     finally:
-        stop(proc, log)
+        stop_crm_dev(proc, log)
     assert "CRM_SECRETS_KEY" in (tmp_path / "crm-data" / "secrets.json").read_text()

@@ -60,6 +60,15 @@ def test_create_api_key_is_admin_only_shown_once_and_stored_as_a_hash(conn, orgs
         with pytest.raises(psycopg.Error) as info:
             create_key(conn, orgs["a"], scopes, user=orgs["admin"])
         assert info.value.sqlstate == "PT422"
+    for name in ("", "   ", "\u200b", "x\u202ey", "x" * 201):
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute("select public.create_api_key(%s, %s, '{orders:read}')", (orgs["a"], name))
+        assert info.value.sqlstate == "PT422" and info.value.diag.message_hint == "name"
+    spaced = conn.execute("select public.create_api_key(%s, '  Warehouse   one ', '{orders:read}') as k",
+                          (orgs["a"],)).fetchone()["k"]
+    assert spaced["name"] == "Warehouse one"
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("update public.api_keys set name = ' x ' where id = %s", (spaced["id"],))
     with pytest.raises(psycopg.Error, match="future"):
         conn.execute("select public.create_api_key(%s, 'x', '{orders:read}', now() - interval '1 day')", (orgs["a"],))
 

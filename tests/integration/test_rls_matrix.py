@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 from tests.helpers import acting_as, make_org, make_staff, make_user
 from tests.integration.test_rls_integrations import MATRIX as INTEGRATIONS_MATRIX
 from tests.integration.test_rls_payments import MATRIX as PAYMENTS_MATRIX
+from tests.integration.test_rls_webhooks import MATRIX as WEBHOOKS_MATRIX
 from tests.integration.test_rls_wms import MATRIX as WMS_MATRIX
 
 ACTORS = ("anon", "other_org", "viewer", "agent_assigned", "agent_other", "manager", "admin", "service_role")
@@ -68,18 +69,6 @@ MATRIX = {
     ("order_status_events", "update"):    "E    E     E      E      E        E       E     E",
     ("order_status_events", "delete"):    "E    E     E      E      E        E       E     E",
     ("order_cards", "select"):            "E    0     1      1      1        1       1     1",
-    ("webhook_endpoints", "select"):      "E    0     0      0      0        1       1     1",
-    ("webhook_endpoints", "insert"):      "E    E     E      E      E        E       E     E",
-    ("webhook_endpoints", "update"):      "E    0     0      0      0        0       1     1",
-    ("webhook_endpoints", "delete"):      "E    E     E      E      E        E       E     E",
-    ("webhook_deliveries", "select"):     "E    0     0      0      0        0       1     1",
-    ("webhook_deliveries", "insert"):     "E    E     E      E      E        E       E     1",
-    ("webhook_deliveries", "update"):     "E    E     E      E      E        E       E     1",
-    ("webhook_deliveries", "delete"):     "E    E     E      E      E        E       E     E",
-    ("webhook_attempts", "select"):       "E    0     0      0      0        0       1     1",
-    ("webhook_attempts", "insert"):       "E    E     E      E      E        E       E     1",
-    ("webhook_attempts", "update"):       "E    E     E      E      E        E       E     E",
-    ("webhook_attempts", "delete"):       "E    E     E      E      E        E       E     E",
 }
 # Who does what, in words (SPEC 6.6): admins change staff and organization settings, and the CRM
 # data like managers; managers change customers, leads, orders, shipments and tasks; agents change
@@ -109,7 +98,6 @@ class World:
     shipment: uuid.UUID
     task: uuid.UUID
     agent: uuid.UUID  # the agent the lead and the task are assigned to
-    webhooks: dict[str, uuid.UUID | int]  # webhook_endpoints / webhook_deliveries / webhook_attempts rows
     target: uuid.UUID  # a viewer member of the org: what staff update/delete aim at
     newcomer: uuid.UUID  # a user who is not staff yet: what a staff insert adds
 
@@ -144,21 +132,9 @@ def world(clone_database) -> Iterator[World]:
         task = conn.execute(
             "insert into public.tasks (org_id, lead_id, title, assignee) values (%s, %s, 'Call back', %s)"
             " returning id", (org, lead, agent)).fetchone()["id"]
-        endpoint = conn.execute(
-            "insert into public.webhook_endpoints (org_id, url) values (%s, 'https://hooks.example.com/in')"
-            " returning id", (org,)).fetchone()["id"]
-        delivery = conn.execute(
-            "insert into public.webhook_deliveries (org_id, endpoint_id, event_id, event_type)"
-            " select org_id, %s, event_id, event_type from private.outbox where org_id = %s limit 1"
-            " returning id", (endpoint, org)).fetchone()["id"]
-        attempt = conn.execute(
-            "insert into public.webhook_attempts (org_id, delivery_id, endpoint_id, event_id, attempt, started_at,"
-            " duration_ms, status_code, outcome) select org_id, id, endpoint_id, event_id, 1, now(), 5, 500,"
-            " 'failed' from public.webhook_deliveries where id = %s returning id", (delivery,)).fetchone()["id"]
-        webhooks = {"webhook_endpoints": endpoint, "webhook_deliveries": delivery, "webhook_attempts": attempt}
         target = make_staff(conn, org, "viewer")
         newcomer = make_user(conn)
-        yield World(conn, org, users, customer, lead, order, shipment, task, agent, webhooks, target, newcomer)
+        yield World(conn, org, users, customer, lead, order, shipment, task, agent, target, newcomer)
 
 
 def _role(actor: str) -> str:
@@ -167,8 +143,6 @@ def _role(actor: str) -> str:
 
 def _statement(w: World, table: str, action: str, actor: str) -> tuple[str, tuple]:
     """One statement per table and action, always aimed at org A's seeded row (or a new one)."""
-    if table.startswith("webhook_"):
-        return _webhook_statement(w, table, action)
     if table == "organizations":
         return {
             "select": ("select 1 from public.organizations where id = %s", (w.org,)),
@@ -229,29 +203,6 @@ def _statement(w: World, table: str, action: str, actor: str) -> tuple[str, tupl
     return f"delete from public.{table} where id = %s", (row_id,)
 
 
-def _webhook_statement(w: World, table: str, action: str) -> tuple[str, tuple]:
-    row_id = w.webhooks[table]
-    if action == "select":
-        return f"select 1 from public.{table} where id = %s", (row_id,)
-    if action == "delete":
-        return f"delete from public.{table} where id = %s", (row_id,)
-    if action == "update":
-        column = {"webhook_endpoints": "description", "webhook_deliveries": "last_error",
-                  "webhook_attempts": "error"}[table]
-        return f"update public.{table} set {column} = 'x' where id = %s", (row_id,)
-    return {
-        "webhook_endpoints": ("insert into public.webhook_endpoints (org_id, url)"
-                              " values (%s, 'https://hooks.example.com/2')", (w.org,)),
-        "webhook_deliveries": ("insert into public.webhook_deliveries (org_id, endpoint_id, event_id, event_type)"
-                               " values (%s, %s, gen_random_uuid(), 'lead.created')",
-                               (w.org, w.webhooks["webhook_endpoints"])),
-        "webhook_attempts": ("insert into public.webhook_attempts (org_id, delivery_id, endpoint_id, event_id,"
-                             " attempt, started_at, duration_ms, outcome) select org_id, id, endpoint_id, event_id,"
-                             " 2, now(), 1, 'failed' from public.webhook_deliveries where id = %s",
-                             (w.webhooks["webhook_deliveries"],)),
-    }[table]
-
-
 @pytest.mark.parametrize(("table", "action", "actor", "expected"), CASES,
                          ids=[f"{t}-{a}-{r}" for t, a, r, _ in CASES])
 def test_role_matrix(world: World, table: str, action: str, actor: str, expected: str) -> None:
@@ -273,7 +224,8 @@ def test_matrix_covers_every_table_and_operation_in_public(world: World) -> None
                               " where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'v')").fetchall()
     wanted = {(r["relname"], action) for r in rows
               for action in (("select",) if r["relkind"] == "v" else ("select", "insert", "update", "delete"))}
-    covered = set(MATRIX) | set(PAYMENTS_MATRIX) | set(INTEGRATIONS_MATRIX) | set(WMS_MATRIX)
+    covered = (set(MATRIX) | set(PAYMENTS_MATRIX) | set(WEBHOOKS_MATRIX) | set(INTEGRATIONS_MATRIX)
+               | set(WMS_MATRIX))
     assert wanted <= covered, f"without a role matrix: {sorted(wanted - covered)}"
 
 

@@ -537,6 +537,11 @@ def test_a_failing_graph_fetch_is_visible_and_retried_with_backoff(conn, databas
     assert row["next_attempt_at"] > datetime.now(UTC) + timedelta(seconds=20)
     assert run_inbox(database)["claimed"] == 0  # not due yet
     graph.fail_with = None
+    conn.execute("update public.integrations set enabled = false where id = %s", (meta["id"],))
+    conn.execute("update private.inbound_events set next_attempt_at = now()")
+    assert run_inbox(database)["failed"] == 1
+    assert "disabled" in conn.execute("select error from private.inbound_events").fetchone()["error"]
+    conn.execute("update public.integrations set enabled = true where id = %s", (meta["id"],))
     conn.execute("update private.inbound_events set next_attempt_at = now()")
     assert run_inbox(database)["processed"] == 1
     assert count(conn, "select from public.leads where source = 'ads_form'") == 1

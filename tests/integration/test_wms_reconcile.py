@@ -313,3 +313,14 @@ def test_wms_orders_between_full_passes_ask_only_for_what_changed(conn, database
 
     [again] = reconciler(database, full_pass_hours=0).run(WMS_ORDERS)["runs"]
     assert again["updated_since"] is None and again["discrepancies"]["extra"] == 1
+
+
+def test_both_jobs_are_registered_and_need_no_key_without_integrations(database, monkeypatch):
+    from crm import jobs
+
+    monkeypatch.delenv("CRM_SECRETS_KEY")
+    registry = jobs.load_all()
+    for name in ("reconcile-inventory", "reconcile-wms-orders"):
+        assert registry[name].every_seconds
+        assert registry[name].fn(database, {"progress": False}) == {"job": name, "runs": [], "failed": 0,
+                                                                     "skipped": 0}

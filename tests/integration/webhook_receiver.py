@@ -17,6 +17,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float = field(default_factory=time.monotonic)
+    done: float | None = None  # when the answer was written
 
     @property
     def webhook_id(self) -> str:
@@ -54,6 +55,7 @@ class Receiver:
                         self.send_header(k, v)
                     self.send_header("content-length", "0")
                     self.end_headers()
+                    got.done = time.monotonic()
                 except OSError:
                     pass  # the client gave up (timeout test)
 

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from crm import config
 from crm.db import Database
+from crm.errors import NotFound
 from crm.jobs import job
 from crm.net import PostPolicy, SafePoster
 from crm.sealing import SecretBox
@@ -64,7 +65,10 @@ class Inbox:
     def fetch_meta_lead(self, event: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
         from crm.inbox.sources import meta_lead
 
-        tokens = self.secrets("meta", str(event["org_id"])).get("page_access_token", [])
+        try:
+            tokens = self.secrets("meta", str(event["org_id"])).get("page_access_token", [])
+        except NotFound:
+            return None, "the meta integration is disabled or gone: enable it and the event is retried"
         if not tokens:
             return None, "no page_access_token: add it with rotate_integration_secret"
         url = f"{graph_url()}/{quote(event['event_id'], safe='')}?access_token={quote(tokens[0], safe='')}"

@@ -1,14 +1,15 @@
 """dispatch-outbox (SPEC 8, 9): outbox events out to webhook endpoints, signed, leased, retried.
 
-One `Dispatcher` per process. Its loop (one thread, the only one touching the database):
+One `Dispatcher` per process. Its loop (one thread) does the queue's moves:
 - seals secrets the RPCs just generated (the database never has `CRM_SECRETS_KEY`);
 - fans queued outbox events out into deliveries (one statement per 1,000 events);
 - claims due deliveries into the free slots of a thread pool with one `for update skip locked`
   UPDATE that leases them to this worker (`locked_until`, `lease_token`), and renews the leases of
   what is still in flight, so a slow receiver never makes a delivery claimable twice while its
   worker lives, and a killed worker's deliveries are claimed again once their lease runs out;
-- records finished attempts in batches (`private.webhook_record_attempts`: the retry schedule,
-  Retry-After, 410 and the five-day rule are SQL).
+- a recorder thread, on a connection of its own, writes finished attempts in batches
+  (`private.webhook_record_attempts`: the retry schedule, Retry-After, 410 and the five-day rule
+  are SQL), so claiming and recording go on side by side.
 Sending runs in the pool with no transaction open: the outbox payload's exact text is signed
 (Standard Webhooks, `standardwebhooks` library, one signature per live secret) and POSTed through
 `crm.net.SafePoster`. The webhook-id is the outbox event id, the same on every attempt.
@@ -98,21 +99,24 @@ class Dispatcher:
                                                       max_connections=s.concurrency))
         self.token = uuid.uuid4()  # this worker's lease token
         self.pool = ThreadPoolExecutor(s.concurrency, thread_name_prefix="crm-webhook")
-        self.inflight: set[str] = set()
+        self.lock = threading.Lock()
+        self.inflight: set[str] = set()  # claimed and not yet recorded (lock)
+        self.sending = 0  # requests running now (lock)
         self.finished: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self.unrecorded: list[dict[str, Any]] = []
-        self.first_unrecorded = 0.0
         self.wake = threading.Event()  # a result, a NOTIFY, or stop
         self.notified = threading.Event()  # new events or secrets: fan out / seal now
+        self.recorder: threading.Thread | None = None
+        self.recorder_stop = threading.Event()
         self.signers: dict[tuple[str, int], list[tuple[Webhook, datetime | None]]] = {}
         self.stats: Counter[str] = Counter()
         self.last_renewal = time.monotonic()
 
     def close(self) -> None:
+        self._stop_recorder()
         self.pool.shutdown(wait=True)
         self.poster.close()
 
-    # -- database moves (this thread only) ---------------------------------------------------------
+    # -- database moves of the loop's thread ------------------------------------------------------
     def seal_secrets(self) -> int:
         with self.db.transaction("service_role") as s:
             rows = s.fetch_all("outbox_pending_secrets")
@@ -143,8 +147,9 @@ class Dispatcher:
         if wanted:
             self._load_signers(wanted, secrets)
         for row in rows:
-            key = str(row["id"])
-            self.inflight.add(key)
+            with self.lock:
+                self.inflight.add(str(row["id"]))
+                self.sending += 1
             self.pool.submit(self._send, row, self.signers.get((str(row["endpoint_id"]), row["secret_version"]), []))
         self.stats["claimed"] += len(rows)
         return len(rows)
@@ -163,33 +168,9 @@ class Dispatcher:
         for endpoint, version in wanted:
             self.signers[(endpoint, version)] = by_endpoint[endpoint]
 
-    def record(self, *, force: bool = False) -> int:
-        """Write finished attempts: in batches under load, at once when little is in flight."""
-        while True:
-            try:
-                result = self.finished.get_nowait()
-            except queue.Empty:
-                break
-            if not self.unrecorded:
-                self.first_unrecorded = time.monotonic()
-            self.unrecorded.append(result)
-            self.inflight.discard(result["id"])
-        n = len(self.unrecorded)
-        if not n:
-            return 0
-        small = max(1, self.settings.concurrency // 4)
-        if not force and n < small and len(self.inflight) >= small and time.monotonic() - self.first_unrecorded < 0.02:
-            return 0  # more are about to finish: write them together
-        with self.db.transaction("service_role") as s:
-            row = s.fetch_one("outbox_record_attempts", {"token": self.token,
-                                                         "results": json.dumps(self.unrecorded)})
-        self.unrecorded = []
-        for key in ("succeeded", "failed", "dead", "lost"):
-            self.stats[key] += row[key]
-        return n
-
     def renew_leases(self) -> None:
-        ids = list(self.inflight) + [r["id"] for r in self.unrecorded]
+        with self.lock:
+            ids = list(self.inflight)
         self.last_renewal = time.monotonic()
         if ids:
             with self.db.transaction("service_role") as s:
@@ -199,6 +180,57 @@ class Dispatcher:
     def next_due(self) -> float | None:
         with self.db.transaction("service_role") as s:
             return s.fetch_one("outbox_next_due")["seconds"]
+
+    # -- recording (its own thread, so claims and results travel side by side) -----------------------
+    def _start_recorder(self) -> None:
+        if self.recorder is None:
+            self.recorder_stop.clear()
+            self.recorder = threading.Thread(target=self._record_loop, name="crm-outbox-record", daemon=True)
+            self.recorder.start()
+
+    def _stop_recorder(self) -> None:
+        if self.recorder is not None:
+            self.recorder_stop.set()
+            self.recorder.join(timeout=30)
+            self.recorder = None
+
+    def _record_loop(self) -> None:
+        pending: list[dict[str, Any]] = []
+        while True:
+            if not pending:
+                try:
+                    pending.append(self.finished.get(timeout=0.1))
+                except queue.Empty:
+                    if self.recorder_stop.is_set():
+                        return
+                    continue
+            collect_until = time.monotonic() + 0.005  # whatever finishes meanwhile goes in the same write
+            while len(pending) < self.settings.batch:
+                try:
+                    pending.append(self.finished.get(timeout=max(0.0, collect_until - time.monotonic())))
+                except queue.Empty:
+                    break
+            try:
+                self.record(pending)
+            except CrmError as exc:
+                if self.recorder_stop.is_set():
+                    log.warning("dispatch-outbox: %d attempts unrecorded (their leases expire and they are"
+                                " sent again): %s", len(pending), exc)
+                    return
+                log.warning("dispatch-outbox: cannot record attempts (%s); retrying", exc)
+                time.sleep(0.5)
+                continue
+            pending = []
+
+    def record(self, results: list[dict[str, Any]]) -> None:
+        with self.db.transaction("service_role") as s:
+            row = s.fetch_one("outbox_record_attempts", {"token": self.token, "results": json.dumps(results)})
+        with self.lock:
+            for r in results:
+                self.inflight.discard(r["id"])
+        for key in ("succeeded", "failed", "dead", "lost"):
+            self.stats[key] += row[key]
+        self.wake.set()
 
     # -- sending (pool threads) -----------------------------------------------------------------
     def _send(self, row: dict[str, Any], signers: list[tuple[Webhook, datetime | None]]) -> None:
@@ -226,18 +258,25 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - one bad delivery must not stop the worker
             log.exception("webhook delivery %s failed unexpectedly", row["id"])
             result["error"] = f"internal_error: {type(exc).__name__}: {exc}"
+        with self.lock:
+            self.sending -= 1
         self.finished.put(result)
         self.wake.set()
 
     # -- loops ----------------------------------------------------------------------------------
+    def _busy(self) -> bool:
+        with self.lock:
+            return bool(self.inflight)
+
     def _step(self, housekeeping: bool) -> bool:
         worked = False
         if housekeeping:
             worked |= self.seal_secrets() > 0
             worked |= self.fan_out() > 0
-        worked |= self.record() > 0
-        free = self.settings.concurrency - len(self.inflight)
-        if free >= max(1, self.settings.concurrency // 4) or (free > 0 and not self.inflight):
+        with self.lock:
+            free = self.settings.concurrency - self.sending
+            idle = self.sending == 0
+        if free >= max(1, self.settings.concurrency // 4) or (free > 0 and idle):
             worked |= self.claim(min(free, self.settings.batch)) > 0
         if time.monotonic() - self.last_renewal > self.settings.lease_seconds / 3:
             self.renew_leases()
@@ -245,22 +284,32 @@ class Dispatcher:
 
     def run_once(self, limit: int | None = None) -> dict[str, Any]:
         """The scheduled job: everything due now, then return (later retries are the next run's)."""
-        self._step(housekeeping=True)
-        while True:
-            self.wake.clear()
-            if limit is not None and self.stats["claimed"] >= limit:
-                break
-            worked = self._step(housekeeping=False)
-            if not self.inflight and not worked:
-                break
-            if not worked:
-                self.wake.wait(0.05)
-        self._drain()
+        self._start_recorder()
+        try:
+            self._step(housekeeping=True)
+            progress = (time.monotonic(), -1)
+            while limit is None or self.stats["claimed"] < limit:
+                self.wake.clear()
+                worked = self._step(housekeeping=False)
+                with self.lock:
+                    left = len(self.inflight)
+                if not worked and not left:
+                    break
+                if worked or left != progress[1]:
+                    progress = (time.monotonic(), left)
+                elif time.monotonic() - progress[0] > self.settings.timeout + 10:
+                    log.warning("dispatch-outbox: %d attempts cannot be recorded; giving up this run", left)
+                    break
+                if not worked:
+                    self.wake.wait(0.05)
+        finally:
+            self._drain()
         return self.summary()
 
     def serve(self, stop: threading.Event) -> None:
-        """Until `stop`: woken by NOTIFY (or the poll), by finished requests and by due retries."""
+        """Until `stop`: woken by NOTIFY (or the poll), by recorded results and by due retries."""
         threading.Thread(target=lambda: (stop.wait(), self.wake.set()), name="crm-outbox-stop", daemon=True).start()
+        self._start_recorder()
         listener = None
         if self.settings.listen:
             listener = _Listener(self.db.url, self._on_notify, stop)
@@ -278,9 +327,7 @@ class Dispatcher:
                     if self._step(housekeeping):
                         continue
                     timeout = max(0.0, next_housekeeping - time.monotonic())
-                    if self.unrecorded:
-                        timeout = min(timeout, 0.02)
-                    elif self.inflight:
+                    if self._busy():
                         timeout = min(timeout, self.settings.lease_seconds / 3)
                     else:
                         due = self.next_due()
@@ -296,21 +343,17 @@ class Dispatcher:
                 listener.join(timeout=5)
 
     def _drain(self) -> None:
-        """Stop claiming; wait for what is in flight (at most the timeout) and record it."""
+        """Stop claiming; wait for what is in flight (at most the timeout) to be sent and recorded."""
         deadline = time.monotonic() + self.settings.timeout + 5
-        while self.inflight and time.monotonic() < deadline:
+        while self._busy() and time.monotonic() < deadline:
             self.wake.wait(0.1)
             self.wake.clear()
-            try:
-                self.record()
-            except CrmError as exc:
-                log.warning("dispatch-outbox: cannot record attempts: %s", exc)
-                time.sleep(0.5)
-        try:
-            self.record(force=True)
-        except CrmError as exc:
-            log.warning("dispatch-outbox: %d attempts unrecorded (their leases expire and they are sent"
-                        " again): %s", len(self.unrecorded), exc)
+            if time.monotonic() - self.last_renewal > self.settings.lease_seconds / 3:
+                try:
+                    self.renew_leases()
+                except CrmError as exc:
+                    log.warning("dispatch-outbox: cannot renew leases: %s", exc)
+        self._stop_recorder()
 
     def _on_notify(self) -> None:
         self.notified.set()

@@ -49,7 +49,7 @@ class LeadIn(BaseModel):
 
     customer: CustomerIn
     notes: Notes = None
-    external_item_ref: Annotated[str | None, identifier(500)] = None
+    external_item_ref: Annotated[str | None, identifier("external_ref")] = None
     source: Annotated[str | None, choice(LEAD_SOURCES)] = None
 
 

@@ -138,8 +138,8 @@ class WarehouseClient:
                 return
             cursor = next_cursor
 
-    def inventory(self, *, limit: int = 500) -> Iterator[Page]:
+    def inventory(self, *, limit: int = 1000) -> Iterator[Page]:
         return self.pages("inventory", limit=limit)
 
-    def orders(self, *, limit: int = 500, updated_since: str | None = None) -> Iterator[Page]:
+    def orders(self, *, limit: int = 1000, updated_since: str | None = None) -> Iterator[Page]:
         return self.pages("orders", limit=limit, params={"updated_since": updated_since})

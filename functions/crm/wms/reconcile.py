@@ -4,8 +4,8 @@ the warehouse, heal them, and record each run in `private.sync_runs`.
 For every enabled wms integration: start a run (none when another one is under way for that
 integration: the database says so, under a transaction-scoped lock), then page through the source
 with no transaction open during a request, and hand each page's raw bytes to one SQL call that
-compares and heals it in its own short transaction (db/functions/warehouse.sql). Memory is one page.
-After the last page the run is finished: cache rows the source never listed are removed (a complete
+compares and heals it in its own short transaction (db/functions/warehouse.sql). Memory is two
+pages at most (the next is fetched while one is applied). After the last page the run is finished: cache rows the source never listed are removed (a complete
 pass only). A source failing mid-run fails the run with where it stopped; what was healed stays,
 and the next run starts over and completes.
 """
@@ -46,7 +46,7 @@ WMS_ORDERS = SyncType("wms_orders", "orders", "reconcile-wms-orders", incrementa
 
 @dataclass(frozen=True)
 class Settings:
-    page_size: int = 500
+    page_size: int = 1000
     lease_seconds: int = 300
     allow_loopback: bool = False
     #: wms orders: a full pass at least this often, else only what changed (0: always full)
@@ -54,7 +54,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        return cls(page_size=max(1, min(config.env_int("CRM_WMS_PAGE_SIZE", 500), 5000)),
+        return cls(page_size=max(1, min(config.env_int("CRM_WMS_PAGE_SIZE", 1000), 5000)),
                    lease_seconds=max(30, config.env_int("CRM_WMS_LEASE_SECONDS", 300)),
                    allow_loopback=config.env_flag("CRM_WEBHOOK_ALLOW_LOOPBACK"),
                    full_pass_hours=max(0, config.env_int("CRM_WMS_FULL_PASS_HOURS", 24)))
@@ -114,10 +114,17 @@ class Reconciler:
     def __init__(self, db: Database, *, box: SecretBox | None = None, settings: Settings | None = None,
                  policy: ClientPolicy | None = None, progress: bool = False):
         self.db = db
-        self.box = box or SecretBox.from_env()
+        self._box = box
         self.settings = settings or Settings.from_env()
         self.policy = policy or ClientPolicy()
         self.progress = progress
+
+    @property
+    def box(self) -> SecretBox:
+        """CRM_SECRETS_KEY is needed only once there is an integration to reconcile."""
+        if self._box is None:
+            self._box = SecretBox.from_env()
+        return self._box
 
     def run(self, kind: SyncType) -> dict[str, Any]:
         with self.db.transaction("service_role") as s:
