@@ -254,6 +254,8 @@ def test_webhooks_answers(dev, world, conn):
 
 def test_api_answers(dev, world, conn):
     made = dev.http.post("/booking", json=booking(world["slug"])).json()
+    made["customer_id"] = conn.execute("select customer_id from public.leads where id = %s",
+                                       (made["lead_id"],)).fetchone()["customer_id"]
     key = conn.execute("select public.create_api_key(%s, 'warehouse', %s, null) as k",
                        (world["org"], ["customers:read", "orders:read", "leads:write"])).fetchone()["k"]["key"]
     narrow = conn.execute("select public.create_api_key(%s, 'narrow', %s, null) as k",
