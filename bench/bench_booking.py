@@ -19,7 +19,7 @@ Every booking is a new customer with its own Idempotency-Key, from its client's 
 on every path. Finally the HTTP path is driven at half its peak rate (open loop, latency counted from
 the scheduled send) to check p99 there.
 
-    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python bench/bench_booking.py
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python bench/bench_booking.py [--profile]
 
 A scratch database is created on that server and dropped at the end. With `--embedded` (or without
 DATABASE_URL) the database runs on a private embedded PostgreSQL instead, out of reach of other
@@ -413,6 +413,8 @@ def main() -> int:
     parser.add_argument("--pool", type=int, default=int(os.environ.get("CRM_DB_POOL_SIZE", 10)))
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument("--no-wrk", action="store_true", help="skip the HTTP runs driven by wrk")
+    parser.add_argument("--profile", action="store_true",
+                        help="track_functions = all on the scratch database; print where a booking's time goes")
     parser.add_argument("--embedded", action="store_true",
                         help="run a private embedded PostgreSQL (default without DATABASE_URL): no other "
                              "session's checkpoints or load on the database server")
@@ -434,6 +436,8 @@ def main() -> int:
         with psycopg.connect(url, autocommit=True) as conn:
             Migrator(conn).migrate()
             conn.execute(MINIMAL_SCHEMA)
+            if args.profile:
+                conn.execute(sql.SQL("alter database {} set track_functions = 'all'").format(sql.Identifier(dbname)))
             conn.execute("insert into public.organizations (slug, name, default_country) values (%s, 'Bench', 'DE')",
                          (ORG,))
             row = conn.execute("select id, default_country, token_secret from private.booking_org(null, %s)",
@@ -524,7 +528,15 @@ def main() -> int:
               f"p99 at half peak {half['p99_ms']:.1f} ms (goal ≤ 25 ms)")
         with psycopg.connect(url) as conn:
             orders = conn.execute("select count(*) from public.orders").fetchone()[0]
-        print(f"orders written: {orders}")
+            print(f"orders written: {orders}")
+            if args.profile:
+                time.sleep(1)  # statistics reach the cumulative view when backends report them
+                print("\nper booking (track_functions; total includes callees, self does not):")
+                for name, calls, total, own in conn.execute(
+                        "select schemaname || '.' || funcname, calls, total_time, self_time"
+                        " from pg_stat_user_functions order by self_time desc limit 15").fetchall():
+                    print(f"  {name:<45} {calls / orders:>5.1f} calls  total {total / orders:>6.3f} ms"
+                          f"  self {own / orders:>6.3f} ms  ({own / calls * 1000:>6.1f} µs/call)")
         for r in results:
             for key in ("http", "connector", "sql", "minimal"):
                 r[key].pop("latencies")
