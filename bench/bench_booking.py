@@ -231,9 +231,10 @@ def booking_params(template: dict, n: int) -> dict:
 
 
 def sql_client(url: str, org: intake.Org, client_no: int, counter: Counter, until: float, out: list,
-               errs: list) -> None:
-    """One statement per booking on a connection of its own (role set once): the physical limit."""
-    query = queries.get("create_booking")
+               errs: list, query: str | None = None) -> None:
+    """One statement per booking on a connection of its own (role set once): create_booking as the
+    function calls it, without the connector and HTTP."""
+    query = query or queries.get("create_booking")
     latencies: list[float] = []
     errors = 0
     template = sql_params(org, counter.next(), client_no)
@@ -304,21 +305,7 @@ select o.id, o.order_code, 'pending_manager', o.lead_id, o.customer_id, false fr
 def minimal_client(url: str, org: intake.Org, client_no: int, counter: Counter, until: float, out: list,
                    errs: list) -> None:
     """The same-shape minimal transaction, one statement per booking, as `sql_client` calls create_booking."""
-    latencies: list[float] = []
-    errors = 0
-    template = sql_params(org, counter.next(), client_no)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("set role service_role")
-        while time.perf_counter() < until:
-            params = booking_params(template, counter.next())
-            begin = time.perf_counter()
-            try:
-                conn.execute(MINIMAL_BOOKING, params).fetchone()
-                latencies.append(time.perf_counter() - begin)
-            except psycopg.Error:
-                errors += 1
-    out.extend(latencies)
-    errs.append(errors)
+    sql_client(url, org, client_no, counter, until, out, errs, query=MINIMAL_BOOKING)
 
 
 def connector_client(db: Database, org: intake.Org, client_no: int, counter: Counter, until: float,
