@@ -139,29 +139,32 @@ end
 $$;
 revoke all on function private.sync_run_record(private.sync_runs, text, integer, integer, integer, jsonb, jsonb, jsonb, boolean) from public;
 
--- What one page found: counts by kind, a tally of the stale fields, the first `room` items by key.
+-- What one page found (`diffs`: [{key, kind, fields or null}] or null): counts by kind, a tally of
+-- the stale fields, the first `room` items by key (without "fields" where there are none).
 create or replace function private.sync_page_result(checked bigint, synced bigint, diffs jsonb, room integer)
 returns jsonb
 language sql immutable
 set search_path = ''
 as $$
+  with d as (
+    select case when e -> 'fields' = 'null' then e - 'fields' else e end as d
+      from pg_catalog.jsonb_array_elements(coalesce(diffs, '[]')) e
+  )
   select pg_catalog.jsonb_build_object(
            'checked', checked,
            'synced', synced,
            'counts', (select pg_catalog.jsonb_build_object(
-                               'missing', pg_catalog.count(*) filter (where d ->> 'kind' = 'missing'),
-                               'stale', pg_catalog.count(*) filter (where d ->> 'kind' = 'stale'),
-                               'newer_in_cache', pg_catalog.count(*) filter (where d ->> 'kind' = 'newer_in_cache'))
-                        from pg_catalog.jsonb_array_elements(diffs) d),
+                               'missing', pg_catalog.count(*) filter (where x.d ->> 'kind' = 'missing'),
+                               'stale', pg_catalog.count(*) filter (where x.d ->> 'kind' = 'stale'),
+                               'newer_in_cache', pg_catalog.count(*) filter (where x.d ->> 'kind' = 'newer_in_cache'))
+                        from d x),
            'fields', (select coalesce(pg_catalog.jsonb_object_agg(k, n), '{}')
                         from (select k, pg_catalog.count(*) as n
-                                from pg_catalog.jsonb_array_elements(diffs) d,
-                                     pg_catalog.jsonb_object_keys(coalesce(d -> 'fields', '{}')) k
-                               where d ->> 'kind' = 'stale' group by k) t),
+                                from d x, pg_catalog.jsonb_object_keys(coalesce(x.d -> 'fields', '{}')) k
+                               where x.d ->> 'kind' = 'stale' group by k) t),
            'items', (select coalesce(pg_catalog.jsonb_agg(t.d order by t.d ->> 'key'), '[]')
-                       from (select d from pg_catalog.jsonb_array_elements(diffs) d
-                              order by d ->> 'key' limit greatest(room, 0)) t),
-           'more', pg_catalog.jsonb_array_length(diffs) > greatest(room, 0))
+                       from (select x.d from d x order by x.d ->> 'key' limit greatest(room, 0)) t),
+           'more', (select pg_catalog.count(*) from d) > greatest(room, 0))
 $$;
 revoke all on function private.sync_page_result(bigint, bigint, jsonb, integer) from public;
 
@@ -234,12 +237,8 @@ begin
        where c.missing or c.differs
     )
     select private.sync_page_result((select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
-                                    (select coalesce(pg_catalog.jsonb_agg(
-                                              pg_catalog.jsonb_build_object('key', d.sku, 'kind', d.kind)
-                                              || case when d.fields is not null
-                                                      then pg_catalog.jsonb_build_object('fields', d.fields)
-                                                      else '{}' end), '[]')
-                                       from diffs d), room)
+                                    (select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                                              'key', d.sku, 'kind', d.kind, 'fields', d.fields)) from diffs d), room)
       into result;
   return result;
 end
@@ -320,12 +319,8 @@ begin
        where c.missing or c.differs
     )
     select private.sync_page_result((select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
-                                    (select coalesce(pg_catalog.jsonb_agg(
-                                              pg_catalog.jsonb_build_object('key', d.key, 'kind', d.kind)
-                                              || case when d.fields is not null
-                                                      then pg_catalog.jsonb_build_object('fields', d.fields)
-                                                      else '{}' end), '[]')
-                                       from diffs d), room)
+                                    (select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                                              'key', d.key, 'kind', d.kind, 'fields', d.fields)) from diffs d), room)
       into result;
   return result;
 end
