@@ -1,7 +1,7 @@
 """Benchmark `POST /booking` over loopback against `create_booking` called directly (issue 4).
 
 The function is served as users deploy it: `functions-framework --source functions/booking/main.py
---target booking` (gunicorn, gthread worker; WORKERS/THREADS as functions-framework reads them).
+--target booking` (which serves it with `crm.server`: asyncio front, `CRM_HTTP_THREADS` workers).
 The physical limit is `min`: a transaction of the same shape (customer upsert, lead, order, status
 event, outbox row) on plain tables in a scratch schema, one statement per booking; `SQL÷min` is how
 close `create_booking` with every rule comes to it. HTTP is also driven by `wrk` (when installed):
@@ -21,6 +21,12 @@ the scheduled send) to check p99 there.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python bench/bench_booking.py [--profile]
 
+With `--pgbouncer` a second copy of the function runs through a real PgBouncer in transaction mode
+(`CRM_DB_POOLER=transaction`, what Supabase's pooler on port 6543 is) and its HTTP path is measured
+in the same alternating slices: columns `pool/s` and `pool÷HTTP` (goal: 0 errors, ≥ 0.9).
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python bench/bench_booking.py --pgbouncer
+
 A scratch database is created on that server and dropped at the end. With `--embedded` (or without
 DATABASE_URL) the database runs on a private embedded PostgreSQL instead, out of reach of other
 sessions' checkpoints on a shared server.
@@ -29,6 +35,7 @@ sessions' checkpoints on a shared server.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import itertools
@@ -56,6 +63,7 @@ from crm.errors import CrmError
 from crm.migrate import Migrator
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.pgcluster starts PgBouncer for --pgbouncer
 ORG = "bench"
 RATE_LIMIT = 1_000_000_000  # counted, never reached
 
@@ -388,6 +396,12 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
     raise SystemExit("functions-framework did not become ready")
 
 
+def start_function(env: dict, port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["functions-framework", "--source", str(ROOT / "functions/booking/main.py"), "--target", "booking",
+         "--host", "127.0.0.1", "--port", str(port)], env=env, start_new_session=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="1,8", help="comma-separated concurrency levels")
@@ -395,10 +409,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating HTTP/SQL slices per level")
     # Defaults are what a deployment gets: functions-framework's WORKERS=1, THREADS=4 per CPU, and
     # crm.db's pool of 10.
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", 1)))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", (os.cpu_count() or 1) * 4)))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("CRM_HTTP_THREADS", 16)))
     parser.add_argument("--pool", type=int, default=int(os.environ.get("CRM_DB_POOL_SIZE", 10)))
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument("--pgbouncer", action="store_true",
+                        help="also measure the function through PgBouncer in transaction mode")
+    parser.add_argument("--gunicorn", action="store_true",
+                        help="also measure the function on functions-framework's own gunicorn gthread server "
+                             "(CRM_HTTP_SERVER=gunicorn, THREADS=--threads), the server crm.server replaces")
     parser.add_argument("--no-wrk", action="store_true", help="skip the HTTP runs driven by wrk")
     parser.add_argument("--profile", action="store_true",
                         help="track_functions = all on the scratch database; print where a booking's time goes")
@@ -419,6 +437,9 @@ def main() -> int:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(dbname)))
     url = conninfo.make_conninfo(server_url, dbname=dbname)
     proc = None
+    pooled_proc = None
+    gunicorn_proc = None
+    bouncer = contextlib.ExitStack()
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             Migrator(conn).migrate()
@@ -432,16 +453,35 @@ def main() -> int:
             org = intake.Org(row[0], row[1], bytes(row[2]))
 
         port = free_port()
-        env = {**os.environ, "DATABASE_URL": url, "WORKERS": str(args.workers), "THREADS": str(args.threads),
+        env = {**os.environ, "DATABASE_URL": url, "CRM_HTTP_THREADS": str(args.threads),
                "CRM_DB_POOL_SIZE": str(args.pool), "CRM_TRUSTED_PROXIES": "1",
-               "CRM_BOOKING_RATE_LIMIT": str(RATE_LIMIT), "GUNICORN_LOG_LEVEL": "warning"}
-        proc = subprocess.Popen(
-            ["functions-framework", "--source", str(ROOT / "functions/booking/main.py"), "--target", "booking",
-             "--host", "127.0.0.1", "--port", str(port)], env=env, start_new_session=True)
+               "CRM_BOOKING_RATE_LIMIT": str(RATE_LIMIT)}
+        env.pop("CRM_DB_POOLER", None)
+        proc = start_function(env, port)
         wait_ready(port, proc)
+        pooled_port = None
+        if args.pgbouncer:
+            from tests.pgcluster import pgbouncer
+
+            params = conninfo.conninfo_to_dict(url)
+            bouncer_url = bouncer.enter_context(pgbouncer(params.get("host") or "127.0.0.1",
+                                                          int(params.get("port") or 5432),
+                                                          user=params.get("user") or "postgres",
+                                                          pool_size=args.pool))
+            pooled_port = free_port()
+            pooled_proc = start_function({**env, "DATABASE_URL": conninfo.make_conninfo(bouncer_url, dbname=dbname),
+                                          "CRM_DB_POOLER": "transaction"}, pooled_port)
+            wait_ready(pooled_port, pooled_proc)
+        gunicorn_port = None
+        if args.gunicorn:
+            gunicorn_port = free_port()
+            gunicorn_proc = start_function({**env, "CRM_HTTP_SERVER": "gunicorn", "THREADS": str(args.threads),
+                                            "GUNICORN_LOG_LEVEL": "warning"}, gunicorn_port)
+            wait_ready(gunicorn_port, gunicorn_proc)
         print(f"database: {'private embedded' if embedded else 'DATABASE_URL'} PostgreSQL; "
-              f"server: functions-framework (gunicorn gthread) workers={args.workers} threads={args.threads} "
-              f"pool={args.pool}; machine: {os.cpu_count()} CPUs; {args.seconds:.0f} s per run", flush=True)
+              f"server: functions-framework (crm.server) threads={args.threads} pool={args.pool}"
+              f"{'; also through PgBouncer (transaction mode)' if pooled_port else ''}; "
+              f"machine: {os.cpu_count()} CPUs; {args.seconds:.0f} s per run", flush=True)
 
         counter = Counter(1)
         connector = Database(url, min_size=max(levels), max_size=max(levels))
@@ -450,16 +490,25 @@ def main() -> int:
         run_sql(url, org, 4, 1.0, counter)
         run_sql(connector, org, 4, 1.0, counter)
         run_sql(url, org, 4, 1.0, counter, minimal_client)
+        if pooled_port:
+            run_http(pooled_port, 4, 1.0, counter)
+        if gunicorn_port:
+            run_http(gunicorn_port, 4, 1.0, counter)
         header = (f"{'N':>3} | {'HTTP/s':>7} {'p50':>6} {'p99':>6} | {'conn/s':>7} {'p50':>6} {'p99':>6} | "
                   f"{'SQL/s':>7} {'p50':>6} {'p99':>6} | {'min/s':>7} {'p50':>6} | {'err':>4} | "
                   f"{'HTTP÷SQL':>8} {'conn÷SQL':>8} {'SQL÷min':>8} | {'ckp':>3}")
+        if pooled_port:
+            header += f" | {'pool/s':>7} {'p50':>6} {'p99':>6} {'err':>4} {'pool÷HTTP':>9}"
+        if gunicorn_port:
+            header += f" | {'gunic/s':>7} {'p50':>6} {'p99':>6} {'HTTP÷gunic':>10}"
         print(header)
         print("-" * len(header))
         results = []
         for n in levels:
             # Alternate short slices of the three paths so that all see the same background load (the
             # machine is shared); each gets `seconds` in total.
-            parts: dict[str, list[dict]] = {"http": [], "connector": [], "sql": [], "minimal": []}
+            parts: dict[str, list[dict]] = {"http": [], "connector": [], "sql": [], "minimal": [], "pooled": [],
+                                            "gunicorn": []}
             cps = checkpoints(url)
             for _ in range(args.rounds):
                 slice_ = args.seconds / args.rounds
@@ -467,20 +516,36 @@ def main() -> int:
                 parts["connector"].append(run_sql(connector, org, n, slice_, counter))
                 parts["sql"].append(run_sql(url, org, n, slice_, counter))
                 parts["minimal"].append(run_sql(url, org, n, slice_, counter, minimal_client))
+                if pooled_port:
+                    parts["pooled"].append(run_http(pooled_port, n, slice_, counter))
+                if gunicorn_port:
+                    parts["gunicorn"].append(run_http(gunicorn_port, n, slice_, counter))
             h, c, s, m = (merge(parts[k]) for k in ("http", "connector", "sql", "minimal"))
             cps = checkpoints(url) - cps
             ratio = h["rate"] / s["rate"] if s["rate"] else float("nan")
             limit = s["rate"] / m["rate"] if m["rate"] else float("nan")
-            results.append({"clients": n, "http": h, "connector": c, "sql": s, "minimal": m, "ratio": ratio,
-                            "sql_over_minimal": limit})
-            print(f"{n:>3} | {h['rate']:>7.0f} {h['p50_ms']:>6.1f} {h['p99_ms']:>6.1f} | "
-                  f"{c['rate']:>7.0f} {c['p50_ms']:>6.1f} {c['p99_ms']:>6.1f} | "
-                  f"{s['rate']:>7.0f} {s['p50_ms']:>6.1f} {s['p99_ms']:>6.1f} | "
-                  f"{m['rate']:>7.0f} {m['p50_ms']:>6.1f} | "
-                  f"{h['errors'] + c['errors'] + s['errors'] + m['errors']:>4} | {ratio:>8.2f} "
-                  f"{c['rate'] / s['rate']:>8.2f} {limit:>8.2f} | "
-                  f"{cps:>3}",
-                  flush=True)
+            result = {"clients": n, "http": h, "connector": c, "sql": s, "minimal": m, "ratio": ratio,
+                      "sql_over_minimal": limit}
+            line = (f"{n:>3} | {h['rate']:>7.0f} {h['p50_ms']:>6.1f} {h['p99_ms']:>6.1f} | "
+                    f"{c['rate']:>7.0f} {c['p50_ms']:>6.1f} {c['p99_ms']:>6.1f} | "
+                    f"{s['rate']:>7.0f} {s['p50_ms']:>6.1f} {s['p99_ms']:>6.1f} | "
+                    f"{m['rate']:>7.0f} {m['p50_ms']:>6.1f} | "
+                    f"{h['errors'] + c['errors'] + s['errors'] + m['errors']:>4} | {ratio:>8.2f} "
+                    f"{c['rate'] / s['rate']:>8.2f} {limit:>8.2f} | "
+                    f"{cps:>3}")
+            if pooled_port:
+                p = merge(parts["pooled"])
+                result["pooled"] = p
+                result["pooled_ratio"] = p["rate"] / h["rate"] if h["rate"] else float("nan")
+                line += (f" | {p['rate']:>7.0f} {p['p50_ms']:>6.1f} {p['p99_ms']:>6.1f} {p['errors']:>4}"
+                         f" {result['pooled_ratio']:>9.2f}")
+            if gunicorn_port:
+                g = merge(parts["gunicorn"])
+                result["gunicorn"] = g
+                line += (f" | {g['rate']:>7.0f} {g['p50_ms']:>6.1f} {g['p99_ms']:>6.1f}"
+                         f" {h['rate'] / g['rate'] if g['rate'] else float('nan'):>10.2f}")
+            results.append(result)
+            print(line, flush=True)
         connector.close()
         print("(rates in bookings/s, latencies in ms; conn = crm.db transaction without HTTP; min = the same-shape\n"
               " 5-insert transaction on plain tables, the physical limit; ckp = server checkpoints meanwhile,\n"
@@ -524,16 +589,24 @@ def main() -> int:
                         " from pg_stat_user_functions order by self_time desc limit 15").fetchall():
                     print(f"  {name:<45} {calls / orders:>5.1f} calls  total {total / orders:>6.3f} ms"
                           f"  self {own / orders:>6.3f} ms  ({own / calls * 1000:>6.1f} µs/call)")
+        if pooled_port:
+            worst = min(results, key=lambda r: r["pooled_ratio"])
+            errors = sum(r["pooled"]["errors"] for r in results)
+            print(f"through PgBouncer (transaction mode): errors {errors} (goal 0); worst pool÷HTTP "
+                  f"{worst['pooled_ratio']:.2f} at N={worst['clients']} (goal ≥ 0.90)")
         for r in results:
-            for key in ("http", "connector", "sql", "minimal"):
-                r[key].pop("latencies")
+            for key in ("http", "connector", "sql", "minimal", "pooled", "gunicorn"):
+                if key in r:
+                    r[key].pop("latencies")
         half.pop("latencies")
         print(json.dumps({"levels": results, "half_peak": half}, default=float), file=sys.stderr)
         return 0
     finally:
-        if proc is not None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
+        for p in (proc, pooled_proc, gunicorn_proc):
+            if p is not None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(15)
+        bouncer.close()
         if embedded is not None:
             embedded.cleanup()
             shutil.rmtree(Path(embedded.pgdata).parent, ignore_errors=True)

@@ -40,9 +40,72 @@ def _docker_answers() -> bool:
         return False
 
 
+# -- Supabase-shaped server (issue 9) -----------------------------------------------------------
+#: `CRM_TEST_SUPABASE=1`: the whole session runs on a throwaway cluster shaped like a Supabase
+#: project (tests/pgcluster.py): its superuser is `supabase_admin`, and the suite connects, migrates
+#: and acts as Supabase's demoted `postgres` (NOSUPERUSER), on databases that already hold Supabase's
+#: `auth` schema, `extensions` and default grants.
+SUPABASE_MODE = os.environ.get("CRM_TEST_SUPABASE", "").strip() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def supabase_server(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Maintenance URL (as `postgres`) of a Supabase-shaped cluster; the session's own in Supabase mode."""
+    from tests import pgcluster
+
+    if SUPABASE_MODE:
+        yield request.getfixturevalue("pg_server_url")
+        return
+    if not pgcluster.available():
+        pytest.skip("PostgreSQL 15 binaries (initdb) are not installed")
+    with pgcluster.supabase_cluster() as c:
+        yield c.url("postgres")
+
+
+def _session_supabase_server() -> Iterator[str]:
+    from tests import pgcluster
+
+    with pgcluster.supabase_cluster() as c:
+        yield c.url("postgres")
+# -- end of the Supabase-shaped server block ----------------------------------------------------
+
+
+# -- Transaction pooler (issue 9) -----------------------------------------------------------------
+#: `CRM_TEST_POOLER_URL` (set by `.ci/run`): a PgBouncer in `pool_mode=transaction` in front of the
+#: server. Databases are still created, migrated and dropped directly (migrations refuse a pooler);
+#: `db_url` — what tests give the functions, jobs and CLI as `DATABASE_URL` — goes through the pooler,
+#: deployed as an operator would deploy behind it (`CRM_DB_POOLER=transaction`).
+POOLER_URL = os.environ.get("CRM_TEST_POOLER_URL", "").strip()
+
+
+def through_pooler(url: str) -> str:
+    if not POOLER_URL:
+        return url
+    pooler = conninfo.conninfo_to_dict(POOLER_URL)
+    return conninfo.make_conninfo(url, host=pooler.get("host", "127.0.0.1"), port=pooler.get("port", "6432"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _deployed_behind_the_pooler() -> Iterator[None]:
+    if not POOLER_URL:
+        yield
+        return
+    previous = os.environ.get("CRM_DB_POOLER")
+    os.environ["CRM_DB_POOLER"] = "transaction"
+    yield
+    if previous is None:
+        os.environ.pop("CRM_DB_POOLER", None)
+    else:
+        os.environ["CRM_DB_POOLER"] = previous
+# -- end of the transaction pooler block ----------------------------------------------------------
+
+
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     """URL of a maintenance database on a server where tests may create and drop databases."""
+    if SUPABASE_MODE:
+        yield from _session_supabase_server()
+        return
     url = SERVER_URL_AT_START
     if url:
         yield url
@@ -129,14 +192,15 @@ def clone_database(pg_server_url: str, template_db: str):
 def db_url(pg_server_url: str, template_db: str, clone_database) -> Iterator[str]:
     """A migrated database of this test's own, dropped when the test ends."""
     url = clone_database()
-    yield url
+    yield through_pooler(url)
     drop_database(pg_server_url, conninfo.conninfo_to_dict(url)["dbname"])
 
 
 @pytest.fixture
 def conn(db_url: str) -> Iterator[psycopg.Connection]:
     """A superuser connection (the migrations owner) to this test's database; autocommit."""
-    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c:
+    prepare = {"prepare_threshold": None} if POOLER_URL else {}
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row, **prepare) as c:
         yield c
 
 
@@ -144,7 +208,7 @@ def conn(db_url: str) -> Iterator[psycopg.Connection]:
 def database(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
     """The process-wide `crm.db.Database` on this test's database (what the functions use)."""
     monkeypatch.setenv("DATABASE_URL", db_url)
-    db = Database(db_url, min_size=1, max_size=8)
+    db = Database(db_url, min_size=1, max_size=8, pooler="transaction" if POOLER_URL else None)
     db.open()
     set_database(db)
     try:

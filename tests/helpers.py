@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -79,7 +80,9 @@ def make_org(conn: psycopg.Connection, slug: str | None = None, country: str = "
 
 def make_user(conn: psycopg.Connection, email: str | None = None) -> uuid.UUID:
     email = email or f"user-{uuid.uuid4().hex[:8]}@example.test"
-    row = conn.execute("insert into auth.users (email) values (%s) returning id", (email,)).fetchone()
+    # An explicit id: Supabase's auth.users.id has no default.
+    row = conn.execute("insert into auth.users (id, email) values (gen_random_uuid(), %s) returning id",
+                       (email,)).fetchone()
     return _first(row)
 
 
@@ -132,6 +135,9 @@ def start_function(folder: str, env: dict[str, str], log: Path,
     """`functions-framework --source functions/<folder>/main.py --target <folder>` in a subprocess,
     as it is deployed; output goes to `log` (a file, not a pipe: nothing to drain)."""
     port = port or free_port()
+    if os.environ.get("CRM_TEST_POOLER_URL") and "CRM_DB_POOLER" not in env:
+        # The pooler run (conftest): deployed behind PgBouncer as an operator would deploy it.
+        env = {**env, "CRM_DB_POOLER": "transaction"}
     exe = Path(sys.executable).with_name("functions-framework")
     with log.open("w") as out:
         proc = subprocess.Popen(

@@ -11,9 +11,10 @@ import functions_framework
 
 from crm import config
 from crm.db import get_database
-from crm.http import endpoint
+from crm.http import endpoint, prepare_deployment
 from crm.wms.api import handle
 
+prepare_deployment()  # problem+json for the framework's own errors; crm.server, not gunicorn
 config.database_url()  # fail at startup, naming the variable, rather than on the first request
 
 

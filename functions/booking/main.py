@@ -12,8 +12,9 @@ from crm import booking as intake
 from crm import config
 from crm.db import get_database
 from crm.errors import NotFound
-from crm.http import endpoint, json_response, read_json, require_method
+from crm.http import endpoint, json_response, prepare_deployment, read_json, require_method
 
+prepare_deployment()  # problem+json for the framework's own errors; crm.server, not gunicorn
 # Fail at startup, naming the variable, rather than with a 500 on every request. The values are still
 # read per request (cheap), so these calls only prove they parse.
 config.database_url()

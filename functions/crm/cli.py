@@ -18,7 +18,7 @@ from typing import NoReturn
 import psycopg
 from psycopg.rows import dict_row
 
-from crm import config, queries
+from crm import config, queries, supabase_auth
 from crm.errors import ConfigError, CrmError
 
 ROLES = ("admin", "manager", "agent", "viewer")
@@ -56,7 +56,9 @@ def database_url() -> Iterator[str]:
 @contextlib.contextmanager
 def connect(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, row_factory=dict_row, connect_timeout=5)
+        # Behind a transaction pooler a prepared statement may be gone in the next transaction.
+        prepare = {"prepare_threshold": None} if config.transaction_pooler() else {}
+        conn = psycopg.connect(url, autocommit=autocommit, row_factory=dict_row, connect_timeout=5, **prepare)
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
         raise CliError(f"cannot connect to the database: {first}") from exc
@@ -73,8 +75,12 @@ def _one_line(exc: BaseException) -> str:
 
 # -- db ------------------------------------------------------------------------------------------
 def cmd_db_migrate(args: argparse.Namespace) -> int:
-    from crm.migrate import MigrationError, Migrator
+    from crm.migrate import MigrationError, Migrator, refuse_transaction_pooler
 
+    try:
+        refuse_transaction_pooler()
+    except MigrationError as exc:
+        raise CliError(str(exc)) from exc
     with database_url() as url, connect(url, autocommit=True) as conn:
         try:
             Migrator(conn, log=print).migrate(dry_run=args.dry_run)
@@ -126,14 +132,31 @@ def add_staff(conn: psycopg.Connection, org: str, email: str, role: str) -> str:
     email = email.strip()
     if "@" not in email:
         raise UsageError(f"not an email address: {email!r}")
+    if not conn.execute(queries.get("organization_exists"), {"org": org}).fetchone()["found"]:
+        raise CliError(f"no organization with slug {org!r}")
     user = conn.execute(queries.get("find_user_by_email"), {"email": email}).fetchone()
-    if user is None:
-        user = conn.execute(queries.get("create_user"), {"email": email.lower()}).fetchone()
+    if user is not None:
+        user_id = str(user["id"])
+    elif supabase_auth.configured():
+        # Supabase Auth owns auth.users there: it assigns the id and fills what it needs.
+        try:
+            admin = supabase_auth.AuthAdmin.from_env()
+        except ConfigError as exc:
+            raise CliError(str(exc)) from exc
+        try:
+            user_id = admin.ensure_user(email.lower())
+        except supabase_auth.AuthAdminError as exc:
+            raise CliError(str(exc)) from exc
+        finally:
+            admin.close()
+    else:
+        # auth.users.id has no default on Supabase (nor in our stand-in): the id is explicit.
+        user_id = str(conn.execute(queries.get("create_user"), {"email": email.lower()}).fetchone()["id"])
     row = conn.execute(queries.get("add_staff"),
-                       {"org": org, "user_id": user["id"], "role": role}).fetchone()
+                       {"org": org, "user_id": user_id, "role": role}).fetchone()
     if row is None:
         raise CliError(f"no organization with slug {org!r}")
-    return str(user["id"])
+    return user_id
 
 
 def cmd_org_create(args: argparse.Namespace) -> int:
@@ -194,7 +217,8 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
     options = {"apply": args.apply, "limit": args.limit, "report": args.report,
                "progress": sys.stderr.isatty()}
     with database_url() as url:
-        db = Database(url, min_size=1, max_size=4)
+        # Run by hand or by a scheduler, not on a caller's clock: a longer statement budget.
+        db = Database(url, min_size=1, max_size=4, statement_timeout_ms=60_000)
         db.open()
         try:
             summary = job.fn(db, options)
@@ -216,7 +240,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     apply_dev_settings()
     with database_url() as url:
-        db = Database(url, min_size=1, max_size=4)
+        # Not on a caller's clock: the request deadline (3.5 s) would cut a slow batch mid-way.
+        db = Database(url, min_size=1, max_size=4, statement_timeout_ms=60_000)
         db.open()
         try:
             try:

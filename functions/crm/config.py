@@ -45,3 +45,24 @@ def data_dir() -> Path:
 
 def database_url() -> str:
     return require("DATABASE_URL")
+
+
+POOLER_MODES = ("transaction", "session")
+
+
+def pooler_mode() -> str | None:
+    """`CRM_DB_POOLER`: `transaction` when `DATABASE_URL` is a transaction-mode pooler (Supabase's port
+    6543, PgBouncer `pool_mode=transaction`). Then each transaction may run on another server
+    connection: no prepared statements and nothing session-level (session `set`, advisory locks,
+    `LISTEN`/`NOTIFY` waits, temporary tables). `session` (or unset) means a session per client."""
+    value = (env("CRM_DB_POOLER") or "").lower()
+    if not value:
+        return None
+    if value not in POOLER_MODES:
+        raise ConfigError(f"CRM_DB_POOLER must be one of {', '.join(POOLER_MODES)}, got {value!r}")
+    return value
+
+
+def transaction_pooler() -> bool:
+    """True behind a transaction-mode pooler: code that needs a session (e.g. `LISTEN`) must not run."""
+    return pooler_mode() == "transaction"

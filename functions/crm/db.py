@@ -6,8 +6,12 @@ psycopg. `wrap_exceptions()` is the one place where psycopg errors become `crm.e
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
+import os
+import socket
 import threading
 import time
 import weakref
@@ -36,6 +40,23 @@ log = logging.getLogger("crm.db")
 CONNECT_TIMEOUT = 2  # seconds (libpq minimum): an unreachable database answers 503, never hangs
 POOL_TIMEOUT = 2.5  # seconds a request waits for a connection before answering 503
 FRESH_SECONDS = 1.0  # a connection that finished a transaction this recently is not pinged again
+CHECK_DEADLINE = 1.0  # seconds the liveness ping of a pooled connection may take
+
+# Deadlines for a database that stops answering (SPEC §7: 503 within 5 s, never a hang).
+#
+# Server-side `statement_timeout` cannot help when the server itself is frozen, and TCP keepalives /
+# `tcp_user_timeout` cannot either: a stopped postmaster's kernel still ACKs every packet, so the
+# connection looks healthy for ever. What always works is a client-side deadline: a watchdog thread
+# shuts the socket of a connection whose transaction overran; the blocked call then fails at once
+# (OperationalError → 503), the pool discards that connection, and new ones are made when the
+# server answers again (recovery needs no restart). The statement timeout sits below the deadline
+# so a merely slow query is cancelled by the server (a clean 503 `statement_timeout`) first.
+# Keepalives and tcp_user_timeout stay on for what they do catch: a peer that vanished from the
+# network (idle pool connections, connection setup, unacknowledged writes).
+REQUEST_STATEMENT_TIMEOUT_MS = 2_500
+REQUEST_DEADLINE = 3.5  # seconds, from asking the pool for a connection to COMMIT
+TCP_SETTINGS = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+                "tcp_user_timeout": 5_000}
 API_ROLES = frozenset({"anon", "authenticated", "service_role"})
 
 # SQLSTATE classes that mean "the database is not there right now" rather than "your request is bad".
@@ -148,6 +169,81 @@ class Session:
         return self._conn.execute(queries.get(name), params or {}).fetchall()
 
 
+class _Watchdog:
+    """One thread per process: shuts the socket of a connection whose deadline passed."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._armed: dict[int, tuple[psycopg.Connection, float]] = {}
+        self._ids = itertools.count(1)
+        self._thread: threading.Thread | None = None
+
+    def arm(self, conn: psycopg.Connection, seconds: float) -> int:
+        token = next(self._ids)
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            self._armed[token] = (conn, seconds)
+            heapq.heappush(self._heap, (deadline, token))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="crm-db-watchdog", daemon=True)
+                self._thread.start()
+            elif self._heap[0][1] == token:
+                self._cond.notify()
+        return token
+
+    def disarm(self, token: int) -> None:
+        with self._cond:
+            self._armed.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][1] not in self._armed:
+                    heapq.heappop(self._heap)  # disarmed
+                if not self._heap:
+                    self._cond.wait(30)
+                    continue
+                deadline, token = self._heap[0]
+                now = time.monotonic()
+                if now < deadline:
+                    self._cond.wait(deadline - now)
+                    continue
+                heapq.heappop(self._heap)
+                conn, seconds = self._armed.pop(token)
+                _shut_socket(conn, seconds)
+
+
+def _shut_socket(conn: psycopg.Connection, seconds: float) -> None:
+    if conn.closed:
+        return
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.OperationalError:
+        return
+    log.warning("the database did not answer within %.1f s: dropping that connection", seconds)
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+_watchdog = _Watchdog()
+
+
+@contextmanager
+def deadline(conn: psycopg.Connection, seconds: float) -> Iterator[None]:
+    """Within `seconds` or the connection is cut (its blocked call raises OperationalError)."""
+    if seconds <= 0:
+        raise DatabaseUnavailable("The database took too long to answer.", code="database_timeout")
+    token = _watchdog.arm(conn, seconds)
+    try:
+        yield
+    finally:
+        _watchdog.disarm(token)
+
+
 _last_success: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
 
 
@@ -162,22 +258,33 @@ def _check_unless_fresh(conn: psycopg.Connection) -> None:
     last = _last_success.get(conn)
     if last is not None and time.monotonic() - last < FRESH_SECONDS:
         return
-    ConnectionPool.check_connection(conn)
+    with deadline(conn, CHECK_DEADLINE):
+        ConnectionPool.check_connection(conn)
 
 
 class Database:
     """A pool per process. Each `transaction()` sets role and claims exactly as PostgREST does."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10,
-                 statement_timeout_ms: int = 15_000):
+                 statement_timeout_ms: int = REQUEST_STATEMENT_TIMEOUT_MS,
+                 deadline_seconds: float | None = None, pooler: str | None = None):
         self.url = url
         self.statement_timeout = f"{statement_timeout_ms}ms"
+        #: seconds from asking for a connection to COMMIT before the connection is cut
+        self.deadline_seconds = deadline_seconds or max(REQUEST_DEADLINE, statement_timeout_ms / 1000 + 1.0)
+        #: `CRM_DB_POOLER` (`transaction`: no prepared statements, nothing session-level)
+        self.pooler = pooler if pooler is not None else config.pooler_mode()
+        kwargs: dict[str, Any] = {"row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT,
+                                  "application_name": "crm", "autocommit": True, **TCP_SETTINGS}
+        if self.pooler == "transaction":
+            # The next transaction may run on another server connection, where a statement psycopg
+            # prepared does not exist ("prepared statement _pg3_17 does not exist").
+            kwargs["prepare_threshold"] = None
         self.pool = ConnectionPool(
             url,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT,
-                    "application_name": "crm", "autocommit": True},
+            kwargs=kwargs,
             check=_check_unless_fresh,
             timeout=POOL_TIMEOUT,
             reconnect_timeout=0,  # never give up trying to refill: the database comes back
@@ -199,7 +306,7 @@ class Database:
         claims.setdefault("role", role)
         params = {"role": role, "claims": json.dumps(claims, separators=(",", ":")),
                   "statement_timeout": self.statement_timeout}
-        with wrap_exceptions(), self.pool.connection() as conn:
+        with wrap_exceptions(), self._connection() as conn:
             # Pool connections are autocommit: BEGIN and the role/claims travel in one round trip
             # (measured: ~70 µs less per request than psycopg's separate BEGIN).
             psycopg.ClientCursor(conn).execute(queries.get("begin_request"), params)
@@ -217,14 +324,21 @@ class Database:
             _last_success[conn] = time.monotonic()
 
     @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection whose use, checkout included, ends within `deadline_seconds`."""
+        started = time.monotonic()
+        with self.pool.connection() as conn, deadline(conn, self.deadline_seconds - (time.monotonic() - started)):
+            yield conn
+
+    @contextmanager
     def owner(self) -> Iterator[Session]:
         """A transaction as the connecting user (migrations owner): for jobs and the CLI only."""
-        with wrap_exceptions(), self.pool.connection() as conn, conn.transaction():
+        with wrap_exceptions(), self._connection() as conn, conn.transaction():
             yield Session(conn)
 
     def ping(self) -> bool:
         try:
-            with wrap_exceptions(), self.pool.connection() as conn:
+            with wrap_exceptions(), self._connection() as conn:
                 conn.execute(queries.get("health"))
             return True
         except DatabaseUnavailable:
@@ -241,7 +355,7 @@ def get_database() -> Database:
     with _default_lock:
         if _default is None:
             db = Database(config.database_url(),
-                          max_size=config.env_int("CRM_DB_POOL_SIZE", 10))
+                          max_size=config.env_int("CRM_DB_POOL_SIZE", 10), pooler=config.pooler_mode())
             db.open()
             _default = db
         return _default

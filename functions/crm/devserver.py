@@ -1,7 +1,8 @@
 """`crm dev`: database, migrations, every function on one port, the jobs, a demo org (SPEC §3).
 
 Each function is mounted exactly as functions-framework would deploy it (`create_app(target,
-source)`) under its own path prefix, so what runs here is what runs alone in production.
+source)`) under its own path prefix, and served by the same server as a deployment (`crm.server`:
+read deadlines, strict framing), so what runs here is what runs alone in production.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import logging
 import mimetypes
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -19,13 +19,14 @@ from pathlib import Path
 import flask
 import functions_framework
 import psycopg
+from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
-from werkzeug.serving import make_server
 
 from crm import ROOT, config, jobs, openapi
 from crm.db import Database, set_database
 from crm.errors import NotFound
-from crm.http import endpoint, problem_response, require_method
+from crm.http import endpoint, framework_error, problem_response, require_method
+from crm.server import Server
 
 log = logging.getLogger("crm.dev")
 
@@ -65,6 +66,7 @@ def function_apps() -> dict:
 def root_app(media_dir: Path | None) -> flask.Flask:
     """`/healthz`, `/media/…` (the local image store) and problem+json 404s for everything else."""
     app = flask.Flask("crm-dev")
+    app.register_error_handler(HTTPException, framework_error)  # e.g. a path no route matches
 
     @app.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
     @app.route("/<path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
@@ -189,18 +191,20 @@ def public_url(host: str, port: int) -> str:
 def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
     from crm.cli import CliError, connect
     from crm.embedded import EmbeddedPostgres, dev_secrets, save_dev_settings
-    from crm.migrate import MigrationError, Migrator
+    from crm.migrate import MigrationError, Migrator, refuse_transaction_pooler
 
+    try:
+        refuse_transaction_pooler()
+    except MigrationError as exc:
+        raise CliError(str(exc)) from exc
     data_dir = config.data_dir()
     for key, value in dev_secrets(data_dir).items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("CRM_STORAGE_DIR", str(data_dir / "media"))
     # Listen first: `--port 0` takes a free port, and the public URL (image links, printed) is the
-    # real one. Connections wait in the backlog until serve_forever, once the app is built. We bind
-    # the socket ourselves: werkzeug prints two lines and exits on a taken port.
+    # real one. Connections wait in the backlog until serve_forever, once the app is built.
     try:
-        with socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-            server = make_server(host, port, None, threaded=True, fd=sock.fileno())
+        server = Server(None, host, port)
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     os.environ.setdefault("CRM_PUBLIC_URL", public_url(host, server.port))
@@ -227,7 +231,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
                 raise CliError(str(exc)) from exc
         created = ensure_demo(url) if demo else None
 
-        db = Database(url, max_size=config.env_int("CRM_DB_POOL_SIZE", 10))
+        db = Database(url, max_size=config.env_int("CRM_DB_POOL_SIZE", 10), pooler=config.pooler_mode())
         db.open()
         set_database(db)
 
@@ -241,7 +245,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
             continuous = start_continuous(db)  # dispatch-outbox, woken by NOTIFY
 
         def stop(signum, frame):  # noqa: ARG001
-            threading.Thread(target=server.shutdown, daemon=True).start()
+            server.shutdown()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flask
+from werkzeug.exceptions import HTTPException
 
 from crm.db import get_database
 from crm.errors import (
@@ -27,6 +28,7 @@ from crm.errors import (
     PayloadTooLarge,
     Problem,
     UnsupportedMediaType,
+    error_for_status,
 )
 
 log = logging.getLogger("crm.http")
@@ -97,6 +99,30 @@ def endpoint(handler: Handler) -> Handler:
         return resp
 
     return wrapper
+
+
+def framework_error(exc: HTTPException) -> flask.Response:
+    """What the framework answers itself (no route matched, e.g. `PATCH /leads/abc%0A`), as a problem."""
+    status = exc.code or 500
+    code = (exc.name or "error").lower().replace(" ", "_")
+    resp = problem_response(error_for_status(status, f"No route for {flask.request.method} {flask.request.path!r}."
+                                             if status == 404 else (exc.description or exc.name), code=code))
+    resp.headers["X-Request-Id"] = request_id(flask.request)
+    return resp
+
+
+def prepare_deployment() -> None:
+    """Called at import by every `functions/*/main.py` (functions-framework imports it while building
+    the app): the framework's own errors become problems, and the app is served by `crm.server`
+    (deadlines for slow clients, strict framing) instead of functions-framework's gunicorn."""
+    import functions_framework
+
+    from crm.server import adopt_functions_framework
+
+    register = getattr(functions_framework, "errorhandler", None)
+    if register is not None:
+        register(HTTPException)(framework_error)
+    adopt_functions_framework()
 
 
 def require_method(request: flask.Request, *methods: str) -> None:

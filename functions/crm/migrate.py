@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import tuple_row
 
-from crm import ROOT
+from crm import ROOT, config
 from crm.sqlsplit import split
 
 DB_DIR = ROOT / "db"
@@ -32,6 +32,18 @@ REPEATABLE_DIRS = ("functions", "policies", "triggers")
 VERSIONED_NAME = re.compile(r"^(\d{4})_[a-z0-9]+(?:_[a-z0-9]+)*\.sql$")
 REPEATABLE_NAME = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*\.sql$")
 LOCK_KEY = 4_242_001  # pg_advisory_lock key for migrations
+
+#: Checksums an applied migration may carry besides its file's current one. Released migrations are
+#: never edited; the exceptions below were corrected because they could not apply where they must
+#: (the first 0001 commented on and granted on Supabase's own `auth` objects, which Supabase's
+#: non-superuser `postgres` may not do). A database migrated with the earlier text has the same
+#: schema for everything ours relies on, so it is "applied", not "edited": `crm db status` stays
+#: clean and `crm db migrate` goes on. Only ever add entries for such equivalent corrections.
+EQUIVALENT_EARLIER_CHECKSUMS: dict[str, frozenset[str]] = {
+    "0001_supabase_bootstrap.sql": frozenset({
+        "9f45bf775333007c6d5230bf691077c0cc12cdd817854ac899a1f86494c8707e",  # main before issue 9
+    }),
+}
 
 _TRACKING_DDL = """
 create schema if not exists private;
@@ -164,7 +176,8 @@ class Migrator:
             checksum = f.checksum
             if f.version in applied:
                 recorded_name, recorded = applied[f.version]
-                state = "applied" if recorded == checksum and recorded_name == f.name else "edited"
+                accepted = {checksum} | EQUIVALENT_EARLIER_CHECKSUMS.get(f.name, frozenset())
+                state = "applied" if recorded in accepted and recorded_name == f.name else "edited"
                 entries.append(Entry(f, f.name, "migration", state, checksum, recorded))
             else:
                 entries.append(Entry(f, f.name, "migration", "pending", checksum, None))
@@ -177,7 +190,9 @@ class Migrator:
 
     # -- actions -------------------------------------------------------------------------------
     def migrate(self, *, dry_run: bool = False) -> list[Entry]:
-        """Apply what is pending; returns the entries applied (or, with dry_run, to be applied)."""
+        """Apply what is pending; returns the entries applied (or, with dry_run, to be applied).
+
+        Callers that take the connection from `DATABASE_URL` call `refuse_transaction_pooler()` first."""
         self._q("select pg_advisory_lock(%s)", (LOCK_KEY,))
         try:
             if not dry_run:
@@ -248,12 +263,23 @@ class Migrator:
         return ms
 
 
+POOLER_REFUSAL = ("refusing to migrate through a transaction pooler (CRM_DB_POOLER=transaction): migrations need"
+                  " a session for their lock and DDL; use the direct connection (on Supabase the database URL"
+                  " on port 5432, not the pooler on 6543)")
+
+
+def refuse_transaction_pooler() -> None:
+    if config.transaction_pooler():
+        raise MigrationError(POOLER_REFUSAL)
+
+
 def status_lines(entries: list[Entry]) -> list[str]:
     lines = []
     for e in entries:
         detail = f"sha256:{_short(e.checksum)}"
         if e.recorded_checksum and e.recorded_checksum != e.checksum:
-            detail += f" (applied as sha256:{_short(e.recorded_checksum)})"
+            detail += f" (applied as sha256:{_short(e.recorded_checksum)}"
+            detail += ", an equivalent earlier text)" if e.state == "applied" else ")"
         lines.append(f"{e.state:<8} {e.kind:<10} {e.name:<48} {detail}")
     return lines
 

@@ -14,9 +14,10 @@ import functions_framework
 from crm import config, jobs
 from crm.db import get_database
 from crm.errors import BadRequest, NotFound, Unauthorized
-from crm.http import endpoint, json_response, require_method
+from crm.http import endpoint, json_response, prepare_deployment, require_method
 from crm.images import jobs as image_jobs
 
+prepare_deployment()  # problem+json for the framework's own errors; crm.server, not gunicorn
 config.database_url()  # fail at startup, naming the variable, rather than on the first request
 CRON_SECRET = config.require("CRM_CRON_SECRET")
 image_jobs.check_config()

@@ -12,10 +12,11 @@ import functions_framework
 from crm import config
 from crm.db import get_database
 from crm.errors import Forbidden
-from crm.http import endpoint, json_response, require_method
+from crm.http import endpoint, json_response, prepare_deployment, require_method
 from crm.inbox import receive as inbox
 from crm.sealing import SecretBox
 
+prepare_deployment()  # problem+json for the framework's own errors; crm.server, not gunicorn
 config.database_url()  # fail at startup, naming the variable, rather than on every request
 BOX = SecretBox.from_env()
 

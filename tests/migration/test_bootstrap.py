@@ -1,56 +1,158 @@
-"""The bootstrap applies unchanged on a database that already has Supabase's roles and auth schema,
-and leaves Supabase's own objects alone."""
+"""The migrations apply unchanged on a Supabase-shaped database, as Supabase's non-superuser
+`postgres`, and leave everything in `auth` exactly as it was: owners, ACLs, definitions, comments.
+A database migrated with the released 0001 still migrates and shows a clean status."""
+
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import psycopg
+import pytest
 
-from crm.migrate import Migrator
+from crm.migrate import DB_DIR, EQUIVALENT_EARLIER_CHECKSUMS, Migrator, SqlFile
+from tests.conftest import SUPABASE_MODE, create_database, drop_database
 
-SUPABASE_LIKE = """
-create schema auth;
-create table auth.users (
-  instance_id uuid, id uuid primary key, aud varchar(255), role varchar(255), email varchar(255),
-  encrypted_password varchar(255), email_confirmed_at timestamptz, raw_app_meta_data jsonb,
-  raw_user_meta_data jsonb, created_at timestamptz default now(), updated_at timestamptz,
-  is_sso_user boolean not null default false
-);
-create function auth.uid() returns uuid language sql stable as $$
-  select nullif(current_setting('request.jwt.claims', true)::jsonb ->> 'sub', '')::uuid
-$$;
-comment on function auth.uid() is 'supabase original';
-create function auth.role() returns text language sql stable as $$
-  select current_setting('request.jwt.claims', true)::jsonb ->> 'role'
-$$;
-create function auth.jwt() returns jsonb language sql stable as $$
-  select current_setting('request.jwt.claims', true)::jsonb
-$$;
+RELEASED_0001 = Path(__file__).parent / "data" / "0001_supabase_bootstrap.released.sql"
+
+#: Everything in `auth` that a migration could change: objects with owner, ACL and comment,
+#: column definitions and defaults, function bodies, and default privileges for the schema.
+AUTH_SNAPSHOT = """
+select 'schema', n.nspname, n.nspowner::regrole::text, n.nspacl::text,
+       obj_description(n.oid, 'pg_namespace')
+  from pg_namespace n where n.nspname = 'auth'
+union all
+select 'relation:' || c.relkind::text, c.relname, c.relowner::regrole::text, c.relacl::text,
+       obj_description(c.oid, 'pg_class') || ' rls=' || c.relrowsecurity::text
+  from pg_class c where c.relnamespace = 'auth'::regnamespace
+union all
+select 'column', c.relname || '.' || a.attname, format_type(a.atttypid, a.atttypmod),
+       a.attacl::text, a.attnotnull::text || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-')
+  from pg_attribute a join pg_class c on c.oid = a.attrelid
+  left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+ where c.relnamespace = 'auth'::regnamespace and a.attnum > 0 and not a.attisdropped
+union all
+select 'function', p.oid::regprocedure::text, p.proowner::regrole::text, p.proacl::text,
+       obj_description(p.oid, 'pg_proc') || ' ' || pg_get_functiondef(p.oid)
+  from pg_proc p where p.pronamespace = 'auth'::regnamespace
+union all
+select 'default acl', d.defaclrole::regrole::text || ':' || d.defaclobjtype::text, null, d.defaclacl::text, null
+  from pg_default_acl d where d.defaclnamespace = 'auth'::regnamespace
+union all
+select 'policy', p.polrelid::regclass::text || '.' || p.polname, null, null, null
+  from pg_policy p join pg_class c on c.oid = p.polrelid where c.relnamespace = 'auth'::regnamespace
+union all
+select 'trigger', t.tgrelid::regclass::text || '.' || t.tgname, null, null, null
+  from pg_trigger t join pg_class c on c.oid = t.tgrelid
+ where c.relnamespace = 'auth'::regnamespace and not t.tgisinternal  -- FKs to auth.users are allowed
+order by 1, 2
 """
 
 
-def test_bootstrap_keeps_existing_supabase_objects(fresh_database):
-    url = fresh_database("supa")
-    with psycopg.connect(url, autocommit=True) as conn:
-        # Roles are cluster-wide: after any earlier migration on this server they already exist,
-        # exactly as on Supabase. Make sure of it, then add Supabase's auth schema by hand.
-        conn.execute("""do $$ begin
-            if not exists (select from pg_roles where rolname = 'anon') then create role anon nologin; end if;
-            if not exists (select from pg_roles where rolname = 'authenticated') then
-              create role authenticated nologin; end if;
-            if not exists (select from pg_roles where rolname = 'service_role') then
-              create role service_role nologin bypassrls; end if; end $$""")
-        conn.execute(SUPABASE_LIKE)
+def snapshot(conn: psycopg.Connection) -> list[tuple]:
+    return conn.execute(AUTH_SNAPSHOT).fetchall()
+
+
+@pytest.fixture
+def supabase_db(supabase_server: str):
+    """A fresh (unmigrated) database on the Supabase-shaped cluster, created by `postgres`."""
+    name = f"crm_supa_{secrets.token_hex(4)}"
+    url = create_database(supabase_server, name)
+    yield url
+    drop_database(supabase_server, name)
+
+
+def test_supabase_shape_is_what_supabase_gives(supabase_db):
+    """The fixture's facts (so the tests below prove something): postgres is no superuser and owns
+    nothing in auth, auth.users.id has no default, the extensions are already installed."""
+    with psycopg.connect(supabase_db, autocommit=True) as conn:
+        role = conn.execute("select rolsuper, rolcreatedb, rolcreaterole, rolbypassrls from pg_roles"
+                            " where rolname = current_user").fetchone()
+        assert conn.execute("select current_user").fetchone()[0] == "postgres"
+        assert role == (False, True, True, True)
+        owners = {r[0] for r in conn.execute(
+            "select relowner::regrole::text from pg_class where relnamespace = 'auth'::regnamespace"
+            " union select proowner::regrole::text from pg_proc where pronamespace = 'auth'::regnamespace")}
+        assert "postgres" not in owners and owners
+        assert conn.execute("select column_default from information_schema.columns where table_schema = 'auth'"
+                            " and table_name = 'users' and column_name = 'id'").fetchone()[0] is None
+        ext = dict(conn.execute("select extname, extnamespace::regnamespace::text from pg_extension"
+                                " where extname in ('pg_trgm', 'unaccent')").fetchall())
+        assert ext == {"pg_trgm": "extensions", "unaccent": "extensions"}
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("comment on table auth.users is 'x'")
+
+
+def test_migrations_apply_as_supabase_postgres_and_leave_auth_alone(supabase_db):
+    with psycopg.connect(supabase_db, autocommit=True) as conn:
+        before = snapshot(conn)
+        notices: list[str] = []
+        conn.add_notice_handler(lambda d: notices.append(f"{d.severity}: {d.message_primary}"))
         Migrator(conn).migrate()
-        comment = conn.execute("select obj_description('auth.uid()'::regprocedure)").fetchone()[0]
-        assert comment == "supabase original"
+        after = snapshot(conn)
+        assert after == before
+        assert {e.state for e in Migrator(conn).plan()} == {"applied"}
+        assert not [n for n in notices if n.startswith("WARNING") and "auth" in n], notices
+        # Our schema uses Supabase's auth.users (no default on id) and the extensions where they are.
         columns = {r[0] for r in conn.execute(
             "select column_name from information_schema.columns"
             " where table_schema = 'auth' and table_name = 'users'")}
-        assert "encrypted_password" in columns  # Supabase's table, not ours
-        user = conn.execute("insert into auth.users (id, email) values (gen_random_uuid(), 'a@b.c')"
-                            " returning id").fetchone()[0]
-        with conn.transaction(force_rollback=True):
-            conn.execute("select set_config('role', 'authenticated', true),"
-                         " set_config('request.jwt.claims', %s, true)", (f'{{"sub": "{user}"}}',))
-            assert conn.execute("select auth.uid()").fetchone()[0] == user
+        assert "encrypted_password" in columns
+        works = conn.execute("select extensions.unaccent('Ärger Café') as u,"
+                             " extensions.similarity('Schmidt', 'Schmitt') > 0.3 as s").fetchone()
+        assert works == ("Arger Cafe", True)
+
+
+def test_crm_org_create_and_staff_add_work_on_supabase(supabase_db):
+    with psycopg.connect(supabase_db, autocommit=True) as conn:
+        Migrator(conn).migrate()
+    env = {"DATABASE_URL": supabase_db, "PATH": "/usr/bin:/bin"}
+    crm = [sys.executable, "-m", "crm.cli"]
+    org = subprocess.run([*crm, "org", "create", "acme", "--name", "Acme"], env=env, capture_output=True, text=True)
+    assert org.returncode == 0, org.stderr
+    added = subprocess.run([*crm, "staff", "add", "--org", "acme", "--email", "boss@acme.test", "--role", "manager"],
+                           env=env, capture_output=True, text=True)
+    assert added.returncode == 0, added.stderr
+    with psycopg.connect(supabase_db) as conn:
+        assert conn.execute("select email from auth.users where id = %s", (added.stdout.strip(),)).fetchone() == (
+            "boss@acme.test",)
+
+
+@pytest.mark.skipif(SUPABASE_MODE, reason="the released 0001 never applied on Supabase: plain Postgres only")
+def test_a_database_migrated_with_the_released_0001_still_migrates_cleanly(fresh_database, tmp_path):
+    released = SqlFile(RELEASED_0001, "0001_supabase_bootstrap.sql", 1)
+    assert released.checksum in EQUIVALENT_EARLIER_CHECKSUMS["0001_supabase_bootstrap.sql"]
+    old_dir = tmp_path / "db"
+    shutil.copytree(DB_DIR, old_dir)
+    shutil.copy(RELEASED_0001, old_dir / "migrations" / "0001_supabase_bootstrap.sql")
+    url = fresh_database("released")
+    with psycopg.connect(url, autocommit=True) as conn:
+        Migrator(conn, old_dir).migrate()
+        assert conn.execute("select checksum from private.schema_migrations where version = 1").fetchone()[0] == (
+            released.checksum)
+        assert Migrator(conn).migrate() == []
+        entries = Migrator(conn).plan()
+        assert {e.state for e in entries} == {"applied"}
+    status = subprocess.run([sys.executable, "-m", "crm.cli", "db", "status"], env={"DATABASE_URL": url},
+                            capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr
+    assert "equivalent earlier text" in status.stdout
+
+
+def test_an_edit_that_is_not_the_released_text_is_still_refused(fresh_database, tmp_path):
+    url = fresh_database("edited")
+    with psycopg.connect(url, autocommit=True) as conn:
+        Migrator(conn).migrate()
+        conn.execute("update private.schema_migrations set checksum = repeat('0', 64) where version = 1")
+        states = {e.name: e.state for e in Migrator(conn).plan()}
+        assert states["0001_supabase_bootstrap.sql"] == "edited"
+
+
+def test_bootstrap_on_plain_postgres_gives_auth_users_no_id_default(conn):
+    """As on Supabase: code that forgets an explicit id fails here too, not only in production."""
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        conn.execute("insert into auth.users (email) values ('no-id@example.test')")
 
 
 def test_bootstrap_reproduces_supabase_exposure(conn):
@@ -64,3 +166,4 @@ def test_bootstrap_reproduces_supabase_exposure(conn):
         " (select rolbypassrls from pg_roles where rolname = 'service_role') as bypass,"
         " (select rolcanlogin from pg_roles where rolname = 'anon') as anon_login").fetchone()
     assert rows == {"fn": True, "tbl": True, "private_usage": False, "bypass": True, "anon_login": False}
+

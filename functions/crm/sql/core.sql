@@ -20,8 +20,12 @@ returning id
 -- find_user_by_email --
 select id from auth.users where lower(email) = lower(%(email)s) order by created_at limit 1
 
+-- organization_exists --
+select exists (select from public.organizations where slug = %(org)s) as found
+
 -- create_user --
-insert into auth.users (email) values (%(email)s) returning id
+-- An explicit id: Supabase's auth.users.id has no default (Supabase Auth assigns ids).
+insert into auth.users (id, email) values (gen_random_uuid(), %(email)s) returning id
 
 -- user_email --
 select email from auth.users where id = %(user_id)s

@@ -1,0 +1,236 @@
+"""Deployed functions against hostile or broken clients (SPEC §7): stalled sockets hold no worker, a
+body not received in time is a 408, a client that goes away is one WARNING line, ambiguous framing is
+a 400, and every answer — unroutable paths too — is problem+json with X-Request-Id."""
+
+import json
+import os
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.helpers import BOOKING_EXAMPLE, first_answer, free_port, make_org, start_function
+
+BODY_TIMEOUT = 2  # CRM_HTTP_BODY_TIMEOUT for these tests (default 10 s), so they stay quick
+JWT_SECRET = "test-secret-" + "x" * 32
+
+
+def deployed(folder: str, db_url: str, tmp_path, **extra: str):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CRM_"))}
+    env.update({"DATABASE_URL": db_url, "CRM_HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT), "CRM_LOG_LEVEL": "WARNING",
+                **extra})
+    log = tmp_path / f"{folder}.log"
+    proc, url = start_function(folder, env, log)
+    first_answer(proc, log, lambda: httpx.get(f"{url}/healthz", timeout=2))
+    return proc, url, log
+
+
+@pytest.fixture
+def booking(db_url, conn, tmp_path):
+    make_org(conn, "demo")
+    proc, url, log = deployed("booking", db_url, tmp_path)
+    try:
+        yield url, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def raw(url: str, data: bytes, *, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+                head, sep, body = received.partition(b"\r\n\r\n")
+                if sep and b"content-length:" in head.lower():
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    if len(body) >= length:
+                        break
+        except (TimeoutError, ConnectionResetError):
+            pass
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+    return int(lines[0].split()[1]), headers, body
+
+
+def assert_problem(status: int, headers: dict, body: bytes, expected: int) -> dict:
+    assert status == expected, body
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["x-request-id"]
+    problem = json.loads(body)
+    assert problem["status"] == expected
+    return problem
+
+
+BOOKING_BODY = json.dumps(BOOKING_EXAMPLE).encode()
+
+
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: 5\r\nContent-Length: 6\r\n",
+    b"Content-Length: 5, 5\r\n",
+    b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: gzip, chunked\r\n",
+])
+def test_ambiguous_framing_is_400(booking, framing):
+    url, _ = booking
+    status, headers, body = raw(url, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + framing
+                                + b"\r\n0\r\n\r\n")
+    problem = assert_problem(status, headers, body, 400)
+    assert problem["code"] == "ambiguous_framing"
+    assert headers["connection"] == "close"
+
+
+def test_unroutable_path_is_a_problem_with_request_id(db_url, tmp_path):
+    proc, url, _ = deployed("leads", db_url, tmp_path, CRM_JWT_SECRET=JWT_SECRET)
+    try:
+        for path in ("/leads/abc%0A", "/abc%0A", "/robots.txt"):
+            response = httpx.patch(url + path, timeout=5)
+            assert response.status_code == 404, path
+            assert response.headers["content-type"] == "application/problem+json", path
+            assert response.headers["x-request-id"], path
+            assert response.json()["status"] == 404
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def stalled_socket(url: str, body_sent: bytes = b'{"org": "de') -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+                 + body_sent)
+    return sock
+
+
+def test_stalled_sockets_hold_no_worker_and_get_408(booking):
+    url, log = booking
+    sockets = [stalled_socket(url) for _ in range(100)]
+    # A head that never ends, too.
+    host, port = url.removeprefix("http://").split(":")
+    for _ in range(20):
+        s = socket.create_connection((host, int(port)), timeout=30)
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        sockets.append(s)
+    try:
+        with httpx.Client(base_url=url, timeout=5) as http:
+            started = time.monotonic()
+            health = http.get("/healthz")
+            health_s = time.monotonic() - started
+            started = time.monotonic()
+            booked = http.post("/", json=BOOKING_EXAMPLE)
+            booking_s = time.monotonic() - started
+        assert health.status_code == 200 and booked.status_code == 201, booked.text
+        assert health_s < 1 and booking_s < 1, (health_s, booking_s)
+
+        # Not received within CRM_HTTP_BODY_TIMEOUT: each stalled request is answered 408 and closed.
+        first = sockets[0]
+        first.settimeout(BODY_TIMEOUT + 10)
+        answer = b""
+        while chunk := first.recv(65536):  # until the server closes the connection
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"application/problem+json" in answer and b"x-request-id" in answer.lower()
+    finally:
+        for s in sockets:
+            s.close()
+    assert "Traceback" not in log.read_text()
+
+
+def test_a_client_that_goes_away_mid_body_is_one_warning_line(booking):
+    url, log = booking
+    for _ in range(30):
+        stalled_socket(url).close()
+    # Every one of them has been noticed once the server answers the next request.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and log.read_text().count("went away mid-body") < 30:
+        time.sleep(0.1)
+    text = log.read_text()
+    assert text.count("went away mid-body") == 30, text
+    assert all(line.startswith("WARNING") for line in text.splitlines() if "went away" in line)
+    assert "Traceback" not in text
+    assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+
+
+def test_a_body_sent_slowly_but_in_time_is_served(booking):
+    url, _ = booking
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(BOOKING_BODY)}\r\n\r\n".encode())
+        half = len(BOOKING_BODY) // 2
+        sock.sendall(BOOKING_BODY[:half])
+        time.sleep(BODY_TIMEOUT / 3)
+        sock.sendall(BOOKING_BODY[half:])
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 201"), answer
+
+
+def test_keep_alive_and_chunked_bodies_work(booking):
+    url, _ = booking
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(BOOKING_BODY), BOOKING_BODY)
+    request = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + chunked)
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        for _ in range(2):  # the same connection twice
+            sock.sendall(request)
+            received = b""
+            while b"}" not in received.partition(b"\r\n\r\n")[2] or not received.rstrip().endswith(b"}"):
+                received += sock.recv(65536)
+            assert received.startswith(b"HTTP/1.1 201"), received
+
+
+def test_crm_dev_serves_through_the_same_server(db_url, tmp_path):
+    """`crm dev` applies the deployment's framing rules (Werkzeug's dev server accepted both)."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CRM_"))}
+    env.update({"DATABASE_URL": db_url, "CRM_DATA_DIR": str(tmp_path / "crm")})
+    log = tmp_path / "dev.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "crm.cli", "dev", "--port", str(port), "--no-jobs",
+                                 "--no-demo"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        first_answer(proc, log, lambda: httpx.get(f"{url}/healthz", timeout=2))
+        for framing in (b"Content-Length: 5\r\nContent-Length: 6\r\n",
+                        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"):
+            status, headers, body = raw(url, b"POST /booking HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n0\r\n\r\n")
+            assert_problem(status, headers, body, 400)
+        stalled = stalled_socket(url.replace("/booking", ""))
+        started = time.monotonic()
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        assert time.monotonic() - started < 1
+        stalled.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_the_body_deadline_defaults_to_ten_seconds(monkeypatch):
+    from crm import server
+
+    monkeypatch.delenv("CRM_HTTP_BODY_TIMEOUT", raising=False)
+    assert server.body_timeout() == 10
+
+
+def test_function_apps_answer_unroutable_paths_as_problems_under_any_server(monkeypatch):
+    """The fix lives in the app too (functions-framework's own routing), not only in crm.server."""
+    from tests.helpers import function_app
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("CRM_JWT_SECRET", JWT_SECRET)
+    client = function_app("leads").test_client()
+    for path in ("/leads/abc%0A", "/robots.txt"):
+        response = client.patch(path)
+        assert response.status_code == 404, path
+        assert response.headers["Content-Type"] == "application/problem+json", path
+        assert response.headers["X-Request-Id"], path
