@@ -14,9 +14,12 @@
 \ir migrations/0008_database_rules.sql
 \ir migrations/0009_webhooks_out.sql
 \ir migrations/0010_webhooks_in.sql
-\ir migrations/0011_warehouse.sql
-\ir migrations/0012_inline_sql_helpers.sql
+\ir migrations/0011_status_machines.sql
+\ir migrations/0012_class_sessions.sql
+\ir migrations/0013_warehouse.sql
+\ir migrations/0014_inline_sql_helpers.sql
 \ir functions/booking.sql
+\ir functions/class_sessions.sql
 \ir functions/customers.sql
 \ir functions/inbox.sql
 \ir functions/warehouse.sql
@@ -24,6 +27,7 @@
 \ir policies/000_access_helpers.sql
 \ir policies/activities.sql
 \ir policies/api_keys.sql
+\ir policies/class_sessions.sql
 \ir policies/customers.sql
 \ir policies/inspections.sql
 \ir policies/integrations.sql
@@ -41,6 +45,7 @@
 \ir policies/wms_orders.sql
 \ir triggers/000_timestamps.sql
 \ir triggers/001_crm_common.sql
+\ir triggers/class_sessions.sql
 \ir triggers/customers.sql
 \ir triggers/erasure.sql
 \ir triggers/integrations.sql
@@ -49,6 +54,7 @@
 \ir triggers/orders_money.sql
 \ir triggers/outbox.sql
 \ir triggers/payments.sql
+\ir triggers/session_bookings.sql
 \ir triggers/shipments.sql
 \ir triggers/staff.sql
 \ir triggers/tasks.sql

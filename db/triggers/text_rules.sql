@@ -45,10 +45,10 @@ language plpgsql volatile
 set search_path = ''
 as $$
 begin
-  if tg_table_name = 'lead_status_events' then
-    new.note := nullif(hidden.text_normalize(new.note, 'note'), '');
-  else
+  if tg_table_name = 'order_status_events' then
     new.change_notes := nullif(hidden.text_normalize(new.change_notes, 'note'), '');
+  else
+    new.note := nullif(hidden.text_normalize(new.note, 'note'), '');
   end if;
   return new;
 end
@@ -65,4 +65,9 @@ create trigger _040_normalize_text
 drop trigger if exists _040_normalize_text on public.order_status_events;
 create trigger _040_normalize_text
   before insert on public.order_status_events
+  for each row execute function hidden.tg_status_events__normalize_note();
+
+drop trigger if exists _040_normalize_text on public.session_booking_status_events;
+create trigger _040_normalize_text
+  before insert on public.session_booking_status_events
   for each row execute function hidden.tg_status_events__normalize_note();

@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 from tests.helpers import acting_as, make_org, make_staff, make_user
 from tests.integration.test_rls_integrations import MATRIX as INTEGRATIONS_MATRIX
 from tests.integration.test_rls_payments import MATRIX as PAYMENTS_MATRIX
+from tests.integration.test_rls_sessions import MATRIX as SESSIONS_MATRIX
 from tests.integration.test_rls_webhooks import MATRIX as WEBHOOKS_MATRIX
 from tests.integration.test_rls_wms import MATRIX as WMS_MATRIX
 
@@ -225,7 +226,7 @@ def test_matrix_covers_every_table_and_operation_in_public(world: World) -> None
     wanted = {(r["relname"], action) for r in rows
               for action in (("select",) if r["relkind"] == "v" else ("select", "insert", "update", "delete"))}
     covered = (set(MATRIX) | set(PAYMENTS_MATRIX) | set(WEBHOOKS_MATRIX) | set(INTEGRATIONS_MATRIX)
-               | set(WMS_MATRIX))
+               | set(SESSIONS_MATRIX) | set(WMS_MATRIX))
     assert wanted <= covered, f"without a role matrix: {sorted(wanted - covered)}"
 
 

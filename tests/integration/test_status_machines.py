@@ -140,6 +140,22 @@ _NEW_ORDER = ("insert into public.orders (org_id, customer_id, external_item_ref
 _NEW_PAYMENT = ("insert into public.payments (org_id, order_id, kind, amount, currency)"
                 " values (%(org)s, %(previous)s, 'deposit', 100, 'EUR') returning id")
 
+_NEW_PACKAGE = ("insert into public.class_packages (org_id, customer_id, credits_total)"
+                " values (%(org)s, %(customer)s, 5) returning id")
+_NEW_SESSION = ("insert into public.class_sessions (org_id, title, starts_at, ends_at, capacity)"
+                " values (%(org)s, 'Yoga', now() + interval '3 days', now() + interval '73 hours', 1) returning id")
+_NEW_BOOKING = ("insert into public.session_bookings (org_id, session_id, customer_id)"
+                " values (%(org)s, %(previous)s, %(customer)s) returning id")
+_WAITLIST_ANOTHER = [  # a second customer, on the waitlist of the session %(previous)s is booked into
+    "select session_id as id from public.session_bookings where id = %(previous)s",
+    "with c as (insert into public.customers (org_id, full_name, email) values (%(org)s, 'Pia', 'pia@example.test')"
+    " returning id) insert into public.class_packages (org_id, customer_id, credits_total)"
+    " select %(org)s, c.id, 1 from c returning (select %(previous)s::uuid) as id",
+    "insert into public.session_bookings (org_id, session_id, customer_id, status)"
+    " select %(org)s, %(previous)s, c.id, 'waitlisted' from public.customers c where c.email = 'pia@example.test'"
+    " returning id",
+]
+
 #: Every event type the outbox accepts (SPEC 6.5 and later issues): the writes that produce it, each
 #: returning an id that the next may use as %(previous)s; the last one's is the event's aggregate.
 EVENT_WRITES: dict[str, tuple[str, list[str]]] = {
@@ -157,6 +173,17 @@ EVENT_WRITES: dict[str, tuple[str, list[str]]] = {
     "payment.recorded": ("payment", [_NEW_ORDER, _NEW_PAYMENT]),
     "payment.status_changed": ("payment", [_NEW_ORDER, _NEW_PAYMENT, "update public.payments set status = 'failed'"
                                                                      " where id = %(previous)s returning id"]),
+    "session_booking.created": ("session_booking", [_NEW_PACKAGE, _NEW_SESSION, _NEW_BOOKING]),
+    "session_booking.cancelled": ("session_booking", [
+        _NEW_PACKAGE, _NEW_SESSION, _NEW_BOOKING,
+        "update public.session_bookings set status = 'cancelled' where id = %(previous)s returning id"]),
+    # The waitlisted booking is promoted when the seat holder cancels.
+    "session_booking.promoted": ("session_booking", [
+        _NEW_PACKAGE, _NEW_SESSION, _NEW_BOOKING, *_WAITLIST_ANOTHER,
+        "update public.session_bookings b set status = 'cancelled' from public.session_bookings w"
+        " where w.id = %(previous)s and b.session_id = w.session_id and b.status = 'booked' returning w.id"]),
+    "class_session.cancelled": ("class_session", [
+        _NEW_SESSION, "update public.class_sessions set status = 'cancelled' where id = %(previous)s returning id"]),
 }
 #: (from_status, status) in the data of each *.status_changed event above.
 STATUS_CHANGES = {"lead.status_changed": ("new", "contacted"), "order.status_changed": ("pending_manager", "cancelled"),

@@ -5,9 +5,10 @@ For every enabled wms integration: start a run (none when another one is under w
 integration: the database says so, under a transaction-scoped lock), then page through the source
 with no transaction open during a request, and hand each page's raw bytes to one SQL call that
 compares and heals it in its own short transaction (db/functions/warehouse.sql). Memory is two
-pages at most (the next is fetched while one is applied). After the last page the run is finished: cache rows the source never listed are removed (a complete
-pass only). A source failing mid-run fails the run with where it stopped; what was healed stays,
-and the next run starts over and completes.
+pages at most (the next is fetched while one is applied). After the last page the run is finished:
+cache rows the source never listed are removed (a complete full pass only). A source failing
+mid-run fails the run with where it stopped; what was healed stays, and the next run starts over
+and completes.
 """
 
 from __future__ import annotations
