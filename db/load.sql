@@ -16,11 +16,13 @@
 \ir migrations/0010_webhooks_in.sql
 \ir migrations/0011_status_machines.sql
 \ir migrations/0012_class_sessions.sql
-\ir migrations/0013_warehouse.sql
-\ir migrations/0014_inline_sql_helpers.sql
+\ir migrations/0013_imports.sql
+\ir migrations/0014_warehouse.sql
+\ir migrations/0015_inline_sql_helpers.sql
 \ir functions/booking.sql
 \ir functions/class_sessions.sql
 \ir functions/customers.sql
+\ir functions/imports.sql
 \ir functions/inbox.sql
 \ir functions/warehouse.sql
 \ir functions/webhooks.sql

@@ -321,6 +321,52 @@ def add_webhook_commands(sub: argparse._SubParsersAction) -> None:
     replay.set_defaults(fn=cmd_webhooks_replay)
 
 
+# -- import (SPEC 13) ----------------------------------------------------------------------------
+def cmd_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from crm.imports.read import FileError, parse_map
+    from crm.imports.run import ImportError_, run_import
+
+    try:
+        mapping = parse_map(args.map or [], args.kind)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"no such file: {args.file}")
+    with database_url() as url, connect(url, autocommit=True) as conn:
+        try:
+            report = run_import(conn, args.kind, path, args.org, apply=args.apply, mapping=mapping,
+                                progress=sys.stderr.isatty())
+        except (FileError, ImportError_) as exc:
+            raise CliError(f"{args.file}: {exc}") from None
+        except KeyboardInterrupt:
+            raise CliError("interrupted: every committed batch is whole and nothing else was written;"
+                           " run the same command again to resume") from None
+    full = report.as_json()
+    if args.report:
+        try:
+            Path(args.report).write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"cannot write the report {args.report}: {exc.strerror or exc}") from None
+        full = {k: v for k, v in full.items() if k != "bad_rows"} | {"report": args.report}
+    print(json.dumps(full, indent=2, ensure_ascii=False))
+    return 0
+
+
+def add_import_command(sub: argparse._SubParsersAction) -> None:
+    imp = sub.add_parser("import", help="import legacy customers, leads or orders (dry run unless --apply)")
+    imp.add_argument("kind", choices=("customers", "leads", "orders"))
+    imp.add_argument("file", help="CSV with a header row, a JSON array, or JSON lines")
+    imp.add_argument("--org", required=True, help="organization slug")
+    imp.add_argument("--apply", action="store_true", help="write (default: a dry run that changes nothing)")
+    imp.add_argument("--report", default=None, help="write the full JSON report (every bad row) to this file")
+    imp.add_argument("--map", nargs="+", metavar="OLD=NEW", action="extend",
+                     help="rename the file's columns to ours, e.g. --map Telefon=phone Name=full_name")
+    imp.set_defaults(fn=cmd_import)
+
+
 # -- dev -----------------------------------------------------------------------------------------
 def cmd_dev(args: argparse.Namespace) -> int:
     from crm.devserver import run_dev
@@ -377,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", default=None, help="write the JSON report to this file")
     run.set_defaults(fn=cmd_jobs_run)
     add_webhook_commands(sub)
+    add_import_command(sub)
     return parser
 
 

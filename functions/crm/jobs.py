@@ -21,7 +21,7 @@ ServeFn = Callable[[Database, threading.Event], None]
 
 # Modules that register jobs when imported; later issues append theirs here.
 JOB_MODULES: list[str] = ["crm.images.jobs", "crm.booking", "crm.outbox.jobs", "crm.inbox.jobs", "crm.sessions",
-                          "crm.wms.reconcile"]
+                          "crm.wms.reconcile", "crm.imports.pull"]
 
 
 @dataclass(frozen=True)
