@@ -2,6 +2,10 @@
 
 The function is served as users deploy it: `functions-framework --source functions/booking/main.py
 --target booking` (which serves it with `crm.server`: asyncio front, `CRM_HTTP_THREADS` workers).
+The physical limit is `min`: a transaction of the same shape (customer upsert, lead, order, status
+event, outbox row) on plain tables in a scratch schema, one statement per booking; `SQL÷min` is how
+close `create_booking` with every rule comes to it. HTTP is also driven by `wrk` (when installed):
+a load generator in C in its own process, so the client does not compete for this interpreter.
 For each concurrency N, three paths book for `--seconds` each, alternating in short slices so all see
 the same background load on a shared machine:
 - HTTP: N clients POST over keep-alive loopback connections;
@@ -15,7 +19,7 @@ Every booking is a new customer with its own Idempotency-Key, from its client's 
 on every path. Finally the HTTP path is driven at half its peak rate (open loop, latency counted from
 the scheduled send) to check p99 there.
 
-    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python bench/bench_booking.py
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python bench/bench_booking.py [--profile]
 
 With `--pgbouncer` a second copy of the function runs through a real PgBouncer in transaction mode
 (`CRM_DB_POOLER=transaction`, what Supabase's pooler on port 6543 is) and its HTTP path is measured
@@ -168,6 +172,48 @@ def run_http(port: int, clients: int, seconds: float, counter: Counter, rate: fl
     return summarise(out, sum(errs), time.perf_counter() - start)
 
 
+# -- HTTP through wrk (Debian's load generator: C, its own process, not this interpreter) ---------------
+WRK_SCRIPT = """
+local tid = 0
+function setup(thread) thread:set("tid", tid); tid = tid + 1 end
+function init(args) n = 0 end
+function request()
+  n = n + 1
+  local k = BASE + tid * 10000000 + n
+  local body = string.format(TEMPLATE, k, k % 100000000, k)
+  return wrk.format("POST", "/", {["Content-Type"] = "application/json",
+    ["Idempotency-Key"] = "wrk-" .. k, ["X-Forwarded-For"] = "10.9." .. tid .. ".1"}, body)
+end
+"""
+
+
+def run_wrk(port: int, clients: int, seconds: float, counter: Counter, workdir: Path) -> dict:
+    """`clients` keep-alive connections from wrk for `seconds`; bookings numbered from a fresh range."""
+    base = counter.next() + 10**9
+    for _ in range(clients * 20_000):  # reserve numbers for this run (the counter is shared)
+        counter.next()
+    doc = payload(0)
+    doc["customer"].update(full_name="Bench Client %d", phone="+49151%08d", email="client%d@bench.example")
+    template = json.dumps(doc).replace('"', '\\"')
+    script = workdir / "booking.lua"
+    script.write_text(f'BASE = {base}\nTEMPLATE = "{template}"\n' + WRK_SCRIPT)
+    out = subprocess.run(["wrk", "-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{max(1, round(seconds))}s",
+                          "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
+                         capture_output=True, text=True, check=True).stdout
+
+    def field(prefix: str, index: int = 1) -> str:
+        return next((line.split()[index] for line in out.splitlines() if line.strip().startswith(prefix)), "nan")
+
+    def ms(value: str) -> float:
+        for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+            if value.endswith(unit):
+                return float(value[: -len(unit)]) * scale
+        return float("nan")
+    errors = int(field("Non-2xx", -1)) if "Non-2xx" in out else 0
+    return {"rate": float(field("Requests/sec:")), "p50_ms": ms(field("50%")), "p99_ms": ms(field("99%")),
+            "errors": errors}
+
+
 # -- direct SQL ------------------------------------------------------------------------------------
 def sql_params(org: intake.Org, n: int, client_no: int) -> dict:
     """What the function would send for booking `n` (validated the same way, outside the timing)."""
@@ -193,9 +239,10 @@ def booking_params(template: dict, n: int) -> dict:
 
 
 def sql_client(url: str, org: intake.Org, client_no: int, counter: Counter, until: float, out: list,
-               errs: list) -> None:
-    """One statement per booking on a connection of its own (role set once): the physical limit."""
-    query = queries.get("create_booking")
+               errs: list, query: str | None = None) -> None:
+    """One statement per booking on a connection of its own (role set once): create_booking as the
+    function calls it, without the connector and HTTP."""
+    query = query or queries.get("create_booking")
     latencies: list[float] = []
     errors = 0
     template = sql_params(org, counter.next(), client_no)
@@ -211,6 +258,62 @@ def sql_client(url: str, org: intake.Org, client_no: int, counter: Counter, unti
                 errors += 1
     out.extend(latencies)
     errs.append(errors)
+
+
+MINIMAL_SCHEMA = """
+create schema bench_min;
+create table bench_min.customers (id uuid primary key default gen_random_uuid(), org_id uuid not null,
+  full_name text not null, phone_e164 text, email text, fields jsonb, created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(), unique (org_id, phone_e164));
+create table bench_min.leads (id uuid primary key default gen_random_uuid(), org_id uuid not null,
+  customer_id uuid not null references bench_min.customers, source text not null, status text not null,
+  item_snapshot jsonb, notes text, created_at timestamptz not null default now());
+create table bench_min.orders (id uuid primary key, org_id uuid not null, order_code text not null unique,
+  customer_id uuid not null references bench_min.customers, lead_id uuid not null references bench_min.leads,
+  status text not null, item_snapshot jsonb not null, price_amount numeric(12, 2), currency text,
+  booking_meta jsonb, tracking_token_hash bytea not null, created_at timestamptz not null default now());
+create table bench_min.order_status_events (id bigint generated always as identity primary key,
+  order_id uuid not null references bench_min.orders, to_status text not null,
+  created_at timestamptz not null default now());
+create table bench_min.outbox (id bigint generated always as identity primary key, org_id uuid not null,
+  event_type text not null, aggregate_id uuid not null, payload jsonb not null,
+  created_at timestamptz not null default now());
+grant usage on schema bench_min to service_role;
+grant all on all tables in schema bench_min to service_role;
+"""
+
+# The physical limit: a transaction of the same shape as a booking (customer upsert, lead, order, its
+# status event, an outbox row) on plain tables without rules, one statement, one round trip.
+MINIMAL_BOOKING = """
+with c as (
+  insert into bench_min.customers (org_id, full_name, phone_e164, email, fields)
+  values (%(org)s::uuid, %(customer)s::jsonb ->> 'full_name', %(customer)s::jsonb ->> 'phone',
+          %(customer)s::jsonb ->> 'email', %(customer)s::jsonb)
+  on conflict (org_id, phone_e164) do update set updated_at = now()
+  returning id),
+l as (
+  insert into bench_min.leads (org_id, customer_id, source, status, item_snapshot, notes)
+  select %(org)s::uuid, c.id, 'website_booking', 'new', %(snapshot)s::jsonb, %(notes)s from c
+  returning id, customer_id),
+o as (
+  insert into bench_min.orders (id, org_id, order_code, customer_id, lead_id, status, item_snapshot, price_amount,
+                                currency, booking_meta, tracking_token_hash)
+  select %(order_id)s, %(org)s::uuid, 'BK-' || upper(substr(md5(%(order_id)s::text), 1, 8)), l.customer_id, l.id,
+         'pending_manager', %(snapshot)s::jsonb, %(price_amount)s, %(currency)s, %(booking_meta)s::jsonb,
+         %(tracking_token_hash)s
+    from l
+  returning id, order_code, lead_id, customer_id),
+e as (insert into bench_min.order_status_events (order_id, to_status) select o.id, 'pending_manager' from o),
+x as (insert into bench_min.outbox (org_id, event_type, aggregate_id, payload)
+      select %(org)s::uuid, 'order.created', o.id, jsonb_build_object('id', o.id, 'order_code', o.order_code) from o)
+select o.id, o.order_code, 'pending_manager', o.lead_id, o.customer_id, false from o
+"""
+
+
+def minimal_client(url: str, org: intake.Org, client_no: int, counter: Counter, until: float, out: list,
+                   errs: list) -> None:
+    """The same-shape minimal transaction, one statement per booking, as `sql_client` calls create_booking."""
+    sql_client(url, org, client_no, counter, until, out, errs, query=MINIMAL_BOOKING)
 
 
 def connector_client(db: Database, org: intake.Org, client_no: int, counter: Counter, until: float,
@@ -233,9 +336,9 @@ def connector_client(db: Database, org: intake.Org, client_no: int, counter: Cou
     errs.append(errors)
 
 
-def run_sql(target, org: intake.Org, clients: int, seconds: float, counter: Counter) -> dict:
+def run_sql(target, org: intake.Org, clients: int, seconds: float, counter: Counter, client=None) -> dict:
     """`target` is a URL (direct statements) or a `Database` (the function's connector)."""
-    client = connector_client if isinstance(target, Database) else sql_client
+    client = client or (connector_client if isinstance(target, Database) else sql_client)
     out: list[float] = []
     errs: list[int] = []
     start = time.perf_counter()
@@ -301,7 +404,7 @@ def start_function(env: dict, port: int) -> subprocess.Popen:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", default="8,16,32", help="comma-separated concurrency levels")
+    parser.add_argument("--clients", default="1,8", help="comma-separated concurrency levels")
     parser.add_argument("--seconds", type=float, default=10.0, help="per path and concurrency level")
     parser.add_argument("--rounds", type=int, default=5, help="alternating HTTP/SQL slices per level")
     # Defaults are what a deployment gets: functions-framework's WORKERS=1, THREADS=4 per CPU, and
@@ -314,6 +417,9 @@ def main() -> int:
     parser.add_argument("--gunicorn", action="store_true",
                         help="also measure the function on functions-framework's own gunicorn gthread server "
                              "(CRM_HTTP_SERVER=gunicorn, THREADS=--threads), the server crm.server replaces")
+    parser.add_argument("--no-wrk", action="store_true", help="skip the HTTP runs driven by wrk")
+    parser.add_argument("--profile", action="store_true",
+                        help="track_functions = all on the scratch database; print where a booking's time goes")
     parser.add_argument("--embedded", action="store_true",
                         help="run a private embedded PostgreSQL (default without DATABASE_URL): no other "
                              "session's checkpoints or load on the database server")
@@ -337,6 +443,9 @@ def main() -> int:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             Migrator(conn).migrate()
+            conn.execute(MINIMAL_SCHEMA)
+            if args.profile:
+                conn.execute(sql.SQL("alter database {} set track_functions = 'all'").format(sql.Identifier(dbname)))
             conn.execute("insert into public.organizations (slug, name, default_country) values (%s, 'Bench', 'DE')",
                          (ORG,))
             row = conn.execute("select id, default_country, token_secret from private.booking_org(null, %s)",
@@ -380,12 +489,14 @@ def main() -> int:
         run_http(port, 4, 1.0, counter)  # warm up: imports, pool, org cache, plans
         run_sql(url, org, 4, 1.0, counter)
         run_sql(connector, org, 4, 1.0, counter)
+        run_sql(url, org, 4, 1.0, counter, minimal_client)
         if pooled_port:
             run_http(pooled_port, 4, 1.0, counter)
         if gunicorn_port:
             run_http(gunicorn_port, 4, 1.0, counter)
         header = (f"{'N':>3} | {'HTTP/s':>7} {'p50':>6} {'p99':>6} | {'conn/s':>7} {'p50':>6} {'p99':>6} | "
-                  f"{'SQL/s':>7} {'p50':>6} {'p99':>6} | {'err':>4} | {'HTTP÷SQL':>8} {'conn÷SQL':>8} | {'ckp':>3}")
+                  f"{'SQL/s':>7} {'p50':>6} {'p99':>6} | {'min/s':>7} {'p50':>6} | {'err':>4} | "
+                  f"{'HTTP÷SQL':>8} {'conn÷SQL':>8} {'SQL÷min':>8} | {'ckp':>3}")
         if pooled_port:
             header += f" | {'pool/s':>7} {'p50':>6} {'p99':>6} {'err':>4} {'pool÷HTTP':>9}"
         if gunicorn_port:
@@ -396,25 +507,31 @@ def main() -> int:
         for n in levels:
             # Alternate short slices of the three paths so that all see the same background load (the
             # machine is shared); each gets `seconds` in total.
-            parts: dict[str, list[dict]] = {"http": [], "connector": [], "sql": [], "pooled": [], "gunicorn": []}
+            parts: dict[str, list[dict]] = {"http": [], "connector": [], "sql": [], "minimal": [], "pooled": [],
+                                            "gunicorn": []}
             cps = checkpoints(url)
             for _ in range(args.rounds):
                 slice_ = args.seconds / args.rounds
                 parts["http"].append(run_http(port, n, slice_, counter))
                 parts["connector"].append(run_sql(connector, org, n, slice_, counter))
                 parts["sql"].append(run_sql(url, org, n, slice_, counter))
+                parts["minimal"].append(run_sql(url, org, n, slice_, counter, minimal_client))
                 if pooled_port:
                     parts["pooled"].append(run_http(pooled_port, n, slice_, counter))
                 if gunicorn_port:
                     parts["gunicorn"].append(run_http(gunicorn_port, n, slice_, counter))
-            h, c, s = (merge(parts[k]) for k in ("http", "connector", "sql"))
+            h, c, s, m = (merge(parts[k]) for k in ("http", "connector", "sql", "minimal"))
             cps = checkpoints(url) - cps
             ratio = h["rate"] / s["rate"] if s["rate"] else float("nan")
-            result = {"clients": n, "http": h, "connector": c, "sql": s, "ratio": ratio}
+            limit = s["rate"] / m["rate"] if m["rate"] else float("nan")
+            result = {"clients": n, "http": h, "connector": c, "sql": s, "minimal": m, "ratio": ratio,
+                      "sql_over_minimal": limit}
             line = (f"{n:>3} | {h['rate']:>7.0f} {h['p50_ms']:>6.1f} {h['p99_ms']:>6.1f} | "
                     f"{c['rate']:>7.0f} {c['p50_ms']:>6.1f} {c['p99_ms']:>6.1f} | "
                     f"{s['rate']:>7.0f} {s['p50_ms']:>6.1f} {s['p99_ms']:>6.1f} | "
-                    f"{h['errors'] + c['errors'] + s['errors']:>4} | {ratio:>8.2f} {c['rate'] / s['rate']:>8.2f} | "
+                    f"{m['rate']:>7.0f} {m['p50_ms']:>6.1f} | "
+                    f"{h['errors'] + c['errors'] + s['errors'] + m['errors']:>4} | {ratio:>8.2f} "
+                    f"{c['rate'] / s['rate']:>8.2f} {limit:>8.2f} | "
                     f"{cps:>3}")
             if pooled_port:
                 p = merge(parts["pooled"])
@@ -430,9 +547,21 @@ def main() -> int:
             results.append(result)
             print(line, flush=True)
         connector.close()
-        print("(rates in bookings/s, latencies in ms; conn = crm.db transaction without HTTP; ckp = server\n"
-              " checkpoints meanwhile, e.g. forced by other sessions' CREATE/DROP DATABASE on a shared server)")
+        print("(rates in bookings/s, latencies in ms; conn = crm.db transaction without HTTP; min = the same-shape\n"
+              " 5-insert transaction on plain tables, the physical limit; ckp = server checkpoints meanwhile,\n"
+              " e.g. forced by other sessions' CREATE/DROP DATABASE on a shared server)")
 
+        if not args.no_wrk and shutil.which("wrk"):
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="bench-booking-wrk-") as workdir:
+                print(f"\nHTTP driven by wrk (its own process), {args.seconds:.0f} s per level, beside this run's SQL:")
+                for r in results:
+                    w = run_wrk(port, r["clients"], args.seconds, counter, Path(workdir))
+                    r["wrk"] = w
+                    print(f"  N={r['clients']:>2}: {w['rate']:.0f} bookings/s, p50 {w['p50_ms']:.1f} ms, "
+                          f"p99 {w['p99_ms']:.1f} ms, non-201 {w['errors']}; "
+                          f"wrk HTTP÷SQL {w['rate'] / r['sql']['rate']:.2f}")
         peak = max(r["http"]["rate"] for r in results)
         # The saturated runs leave autovacuum and the checkpointer minutes of catch-up work (tens of
         # thousands of bookings in a minute); do it now, so this run measures the steady state.
@@ -445,18 +574,28 @@ def main() -> int:
               f"{half['rate']:.0f}/s, p50 {half['p50_ms']:.1f} ms, p99 {half['p99_ms']:.1f} ms, "
               f"errors {half['errors']}; checkpoints meanwhile: {checkpoints(url) - before}")
         best = max(results, key=lambda r: r["ratio"])
-        print(f"best ratio HTTP÷SQL {best['ratio']:.2f} at N={best['clients']}  (goal ≥ 0.5); "
+        print("create_booking ÷ minimal transaction: " + ", ".join(
+            f"{r['sql_over_minimal']:.2f} at N={r['clients']}" for r in results) + "  (goal ≥ 0.33)")
+        print(f"best ratio HTTP÷SQL {best['ratio']:.2f} at N={best['clients']}  (goal ≥ 0.6 at N=8); "
               f"p99 at half peak {half['p99_ms']:.1f} ms (goal ≤ 25 ms)")
         with psycopg.connect(url) as conn:
             orders = conn.execute("select count(*) from public.orders").fetchone()[0]
-        print(f"orders written: {orders}")
+            print(f"orders written: {orders}")
+            if args.profile:
+                time.sleep(1)  # statistics reach the cumulative view when backends report them
+                print("\nper booking (track_functions; total includes callees, self does not):")
+                for name, calls, total, own in conn.execute(
+                        "select schemaname || '.' || funcname, calls, total_time, self_time"
+                        " from pg_stat_user_functions order by self_time desc limit 15").fetchall():
+                    print(f"  {name:<45} {calls / orders:>5.1f} calls  total {total / orders:>6.3f} ms"
+                          f"  self {own / orders:>6.3f} ms  ({own / calls * 1000:>6.1f} µs/call)")
         if pooled_port:
             worst = min(results, key=lambda r: r["pooled_ratio"])
             errors = sum(r["pooled"]["errors"] for r in results)
             print(f"through PgBouncer (transaction mode): errors {errors} (goal 0); worst pool÷HTTP "
                   f"{worst['pooled_ratio']:.2f} at N={worst['clients']} (goal ≥ 0.90)")
         for r in results:
-            for key in ("http", "connector", "sql", "pooled", "gunicorn"):
+            for key in ("http", "connector", "sql", "minimal", "pooled", "gunicorn"):
                 if key in r:
                     r[key].pop("latencies")
         half.pop("latencies")

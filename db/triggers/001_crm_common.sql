@@ -18,15 +18,20 @@ revoke all on function hidden.tg__protect_org_id() from public;
 create or replace function hidden.outbox_write(org uuid, event_type text, aggregate_type text,
                                                aggregate_id uuid, data jsonb)
 returns void
-language sql volatile
+-- PL/pgSQL, not SQL: a SQL function's INSERT is parsed and planned again on every call (three per
+-- booking); PL/pgSQL keeps the plan for the session.
+language plpgsql volatile
 set search_path = ''
 as $$
+#variable_conflict use_variable
+begin
   insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)
   values (org, event_type, aggregate_type, aggregate_id,
           pg_catalog.jsonb_build_object(
             'type', event_type,
             'timestamp', pg_catalog.to_char(pg_catalog.now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-            'data', data))
+            'data', data));
+end
 $$;
 comment on function hidden.outbox_write(uuid, text, text, uuid, jsonb) is
   'Appends one event to private.outbox as a Standard Webhooks body {type, timestamp, data}. Called by the SECURITY DEFINER outbox triggers only.';
@@ -35,7 +40,8 @@ revoke all on function hidden.outbox_write(uuid, text, text, uuid, jsonb) from p
 create or replace function hidden.status_note()
 returns text
 language sql stable
-set search_path = ''
+-- No SET clause: the planner inlines it (a SET makes every call a full function call); its one
+-- call is schema-qualified and it is SECURITY INVOKER.
 as $$
   select nullif(pg_catalog.current_setting('crm.status_note', true), '')
 $$;

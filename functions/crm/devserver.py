@@ -22,10 +22,10 @@ import psycopg
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from crm import ROOT, config, jobs
+from crm import ROOT, config, jobs, openapi
 from crm.db import Database, set_database
 from crm.errors import NotFound
-from crm.http import endpoint, framework_error, problem_response
+from crm.http import endpoint, framework_error, problem_response, require_method
 from crm.server import Server
 
 log = logging.getLogger("crm.dev")
@@ -75,6 +75,9 @@ def root_app(media_dir: Path | None) -> flask.Flask:
 
     @endpoint
     def _root(request: flask.Request) -> flask.Response:
+        if request.path == "/openapi.json":
+            require_method(request, "GET", "HEAD")
+            return openapi.response()
         if request.path.startswith("/media/") and media_dir is not None and request.method in ("GET", "HEAD"):
             return _media(media_dir, request.path.removeprefix("/media/"))
         raise NotFound(f"No route for {request.method} {request.path}.")

@@ -27,11 +27,14 @@ JOBS = jobs.load_all()
 @functions_framework.http
 @endpoint
 def reconcile(request: flask.Request) -> flask.Response:
+    parts = [p for p in request.path.split("/") if p]
+    if len(parts) != 1 and not (len(parts) == 2 and parts[0] == "reconcile"):
+        raise NotFound(f"No route for {request.method} {request.path}: use POST /reconcile/{{job}}.")
     require_method(request, "POST")
     given = request.headers.get("X-Cron-Secret", "")
     if not hmac.compare_digest(given.encode(), CRON_SECRET.encode()):
         raise Unauthorized("A valid X-Cron-Secret header is required.", headers={})
-    name = request.path.rstrip("/").rsplit("/", 1)[-1]
+    name = parts[-1]
     job = JOBS.get(name)
     if job is None:
         raise NotFound(f"No job named {name!r}.")

@@ -224,7 +224,7 @@ def test_uppercase_uuid_in_the_path(live, world):
 MALFORMED_IDS = [
     "abc", "0", "-1", "1.5", "1e3", "99999999999999999999", "9223372036854775808",
     "12345678-1234-1234-1234-12345678901", "{12345678-1234-1234-1234-123456789012}",
-    "123456781234123412341234567890ab", "%C2%B2", "%20", "null", "",
+    "123456781234123412341234567890ab", "%C2%B2", "%20", "null",
 ]
 
 
@@ -232,6 +232,7 @@ def test_malformed_ids_are_400(live, world):
     for bad_id in MALFORMED_IDS:
         resp = live.patch(f"/{bad_id}", json={"status": "contacted"}, headers=world.auth(world.manager))
         assert problem(resp, 400)["code"] == "malformed_id", bad_id
+    assert problem(live.patch("/", json={"status": "contacted"}, headers=world.auth(world.manager)), 404)
 
 
 def test_malformed_or_empty_bodies_are_400(live, world):
