@@ -22,18 +22,19 @@ returns trigger
 language plpgsql volatile security definer
 set search_path = ''
 as $$
+declare
+  event text := case when tg_op = 'INSERT' then 'customer.created'
+                     when new.erased_at is not null then 'customer.erased' else 'customer.updated' end;
 begin
-  perform hidden.outbox_write(
-    new.org_id,
-    case when tg_op = 'INSERT' then 'customer.created'
-         when new.erased_at is not null then 'customer.erased' else 'customer.updated' end,
-    'customer', new.id,
+  -- The INSERT itself, not hidden.outbox_write: one function call less on every new customer.
+  insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)
+  values (new.org_id, event, 'customer', new.id, hidden.outbox_body(event,
     case when new.erased_at is not null then
       pg_catalog.jsonb_build_object('id', new.id, 'org_id', new.org_id, 'erased_at', new.erased_at)
     else pg_catalog.jsonb_build_object(
       'id', new.id, 'org_id', new.org_id, 'full_name', new.full_name, 'phone_e164', new.phone_e164,
       'email', new.email, 'preferred_channel', new.preferred_channel, 'city', new.city,
-      'stage', new.stage, 'created_at', new.created_at, 'updated_at', new.updated_at) end);
+      'stage', new.stage, 'created_at', new.created_at, 'updated_at', new.updated_at) end));
   return null;
 end
 $$;
