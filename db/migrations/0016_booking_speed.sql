@@ -5,3 +5,30 @@
 drop function if exists hidden.tg__status_event() cascade;
 drop function if exists hidden.tg__outbox() cascade;
 
+-- The helpers the CHECK constraints and the generated column call directly become PL/pgSQL, with
+-- the same expression as their body. PostgreSQL plans a table's CHECK and generation expressions
+-- on every INSERT/UPDATE statement, not once per session: an inlinable SQL helper there had its
+-- body (and every helper it calls) parsed and planned again per statement, and the constant kind
+-- arguments were folded by executing text_max/text_multiline as SQL functions, parsed in turn (a
+-- third of a booking's time, measured with perf). A PL/pgSQL function is compiled once per session
+-- and keeps the plan of its expression, where the SQL helpers inside are inlined once. Still
+-- IMMUTABLE (STRICT where it was), SECURITY INVOKER, every name qualified, no SET clause (see 0015).
+-- search_normalize joins them: it calls the STABLE extensions.unaccent, so it was never inlined but
+-- run as a SQL function, parsed and planned on every statement.
+do $$
+declare
+  f regprocedure;
+begin
+  foreach f in array array['hidden.is_clean_text(text, text)', 'hidden.is_currency_code(text)',
+                           'hidden.customer_search_text(text, text, text)', 'hidden.search_normalize(text)']::regprocedure[] loop
+    execute (
+      select pg_catalog.format('create or replace function %I.%I(%s) returns %s language plpgsql immutable parallel safe%s'
+                               ' as %L', p.pronamespace::regnamespace, p.proname,
+                               pg_catalog.pg_get_function_arguments(p.oid), p.prorettype::regtype,
+                               case when p.proisstrict then ' strict' else '' end,
+                               E'begin\n  return (' || pg_catalog.regexp_replace(p.prosrc, '^\s*select\s', '') || E'\n  );\nend')
+        from pg_catalog.pg_proc p
+       where p.oid = f and p.prolang = (select l.oid from pg_catalog.pg_language l where l.lanname = 'sql'));
+  end loop;
+end
+$$;
