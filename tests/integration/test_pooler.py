@@ -102,6 +102,8 @@ def session_level_findings(where: str, sql: str) -> list[str]:
 NEEDS_A_SESSION = {
     "outbox_listen": "the webhook worker's own listener connection; DispatchSettings.listen is off "
                      "under CRM_DB_POOLER=transaction (test below)",
+    "outbox_sleep": "the webhook worker's own sleep-lock connection, used only where it listens "
+                    "(DispatchSettings.listen, off under CRM_DB_POOLER=transaction)",
 }
 
 

@@ -17,6 +17,7 @@ Sending runs in the pool with no transaction open: the outbox payload's exact te
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -310,10 +311,11 @@ class Dispatcher:
         """Until `stop`: woken by NOTIFY (or the poll), by recorded results and by due retries."""
         threading.Thread(target=lambda: (stop.wait(), self.wake.set()), name="crm-outbox-stop", daemon=True).start()
         self._start_recorder()
-        listener = None
+        listener = sleeper = None
         if self.settings.listen:
             listener = _Listener(self.db.url, self._on_notify, stop)
             listener.start()
+            sleeper = _Sleeper(self.db.url)
         next_housekeeping = 0.0
         try:
             while not stop.is_set():
@@ -336,11 +338,33 @@ class Dispatcher:
                 except CrmError as exc:
                     log.warning("dispatch-outbox: %s; retrying in 1 s", exc)
                     timeout = 1.0
-                self.wake.wait(timeout)
+                if sleeper is None:
+                    self.wake.wait(timeout)
+                else:
+                    self._sleep(sleeper, timeout)
         finally:
             self._drain()
             if listener is not None:
                 listener.join(timeout=5)
+            if sleeper is not None:
+                sleeper.close()
+
+    def _sleep(self, sleeper: _Sleeper, timeout: float) -> None:
+        """Wait holding the sleep lock, so that outbox writers NOTIFY meanwhile (db/triggers/outbox.sql).
+        Writers that did not are committed once the lock is ours: fan their events out first."""
+        held = sleeper.acquire()
+        if not held:
+            # Another worker waits with it (writers NOTIFY, and we hear it), or a long writing
+            # transaction holds it: then look again soon.
+            self.wake.wait(timeout if sleeper.other_sleeps() else min(timeout, 0.25))
+            return
+        try:
+            if self.fan_out() == 0:
+                self.wake.wait(timeout)
+        except CrmError as exc:
+            log.warning("dispatch-outbox: %s", exc)
+        finally:
+            sleeper.release()
 
     def _drain(self) -> None:
         """Stop claiming; wait for what is in flight (at most the timeout) to be sent and recorded."""
@@ -385,3 +409,50 @@ class _Listener(threading.Thread):
             except psycopg.Error as exc:
                 log.warning("dispatch-outbox: LISTEN connection lost (%s); polling until it is back", exc)
                 self.stop.wait(2.0)
+
+
+class _Sleeper:
+    """The serving loop's side of the conditional NOTIFY (db/triggers/outbox.sql): a session
+    connection of its own that holds the advisory lock `hidden.outbox_sleep_lock()` while the loop
+    waits. Any failure only means waiting without it (writers then may not NOTIFY: the poll stays)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.conn: psycopg.Connection | None = None
+
+    def _connection(self) -> psycopg.Connection:
+        if self.conn is None or self.conn.closed:
+            self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5,
+                                        application_name="crm-outbox-sleep", options="-c lock_timeout=250ms")
+        return self.conn
+
+    def acquire(self) -> bool:
+        try:
+            self._connection().execute(queries.get("outbox_sleep"))
+            return True
+        except psycopg.errors.LockNotAvailable:
+            return False
+        except psycopg.Error as exc:
+            log.warning("dispatch-outbox: sleep lock unavailable (%s)", exc)
+            self.close()
+            return False
+
+    def other_sleeps(self) -> bool:
+        try:
+            return bool(self._connection().execute(queries.get("outbox_sleeper_exists")).fetchone()[0])
+        except psycopg.Error:
+            self.close()
+            return False
+
+    def release(self) -> None:
+        try:
+            if self.conn is not None and not self.conn.closed:
+                self.conn.execute(queries.get("outbox_wake"))
+        except psycopg.Error:
+            self.close()  # a closed session holds no lock
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+            self.conn = None
