@@ -25,6 +25,7 @@
 \ir functions/customers.sql
 \ir functions/imports.sql
 \ir functions/inbox.sql
+\ir functions/item_snapshot.sql
 \ir functions/warehouse.sql
 \ir functions/webhooks.sql
 \ir policies/000_access_helpers.sql

@@ -32,3 +32,22 @@ begin
   end loop;
 end
 $$;
+
+-- Redundant foreign keys to organizations. Each of these tables reaches its organization through a
+-- composite foreign key that already pins org_id, on a NOT NULL column, ON DELETE CASCADE:
+-- leads and orders (org_id, customer_id) -> customers (org_id, id), status events (org_id, lead_id)
+-- -> leads and (org_id, order_id) -> orders; and customers.org_id -> organizations ON DELETE
+-- CASCADE. So their org_id always names an existing organization, and deleting one still deletes
+-- these rows (through their parents). The direct keys were checked again on every insert, each
+-- check locking the one organization row that every booking of that org locks (under concurrency a
+-- new MultiXact per locker, and a member lookup per check).
+alter table public.leads drop constraint leads_org_id_fkey;
+alter table public.orders drop constraint orders_org_id_fkey;
+alter table public.lead_status_events drop constraint lead_status_events_org_id_fkey;
+alter table public.order_status_events drop constraint order_status_events_org_id_fkey;
+
+-- create_booking claims an Idempotency-Key with its order's id at once (the caller chose that id)
+-- and adds the response last: the key's foreign key to the order is checked at commit, when the
+-- order exists, and the last write changes no indexed column (a HOT update instead of a new row
+-- version with three index entries).
+alter table private.idempotency_keys alter constraint idempotency_keys_order_id_fkey deferrable initially deferred;
