@@ -26,6 +26,7 @@
 \ir functions/imports.sql
 \ir functions/inbox.sql
 \ir functions/item_snapshot.sql
+\ir functions/text_rules.sql
 \ir functions/warehouse.sql
 \ir functions/webhooks.sql
 \ir policies/000_access_helpers.sql

@@ -6,7 +6,7 @@ drop function if exists hidden.tg__status_event() cascade;
 drop function if exists hidden.tg__outbox() cascade;
 
 -- The helpers the CHECK constraints and the generated column call directly become PL/pgSQL, with
--- the same expression as their body. PostgreSQL plans a table's CHECK and generation expressions
+-- the same expression as their body (is_clean_text too: db/functions/text_rules.sql). PostgreSQL plans a table's CHECK and generation expressions
 -- on every INSERT/UPDATE statement, not once per session: an inlinable SQL helper there had its
 -- body (and every helper it calls) parsed and planned again per statement, and the constant kind
 -- arguments were folded by executing text_max/text_multiline as SQL functions, parsed in turn (a
@@ -19,8 +19,8 @@ do $$
 declare
   f regprocedure;
 begin
-  foreach f in array array['hidden.is_clean_text(text, text)', 'hidden.is_currency_code(text)',
-                           'hidden.customer_search_text(text, text, text)', 'hidden.search_normalize(text)']::regprocedure[] loop
+  foreach f in array array['hidden.is_currency_code(text)', 'hidden.customer_search_text(text, text, text)',
+                           'hidden.search_normalize(text)']::regprocedure[] loop
     execute (
       select pg_catalog.format('create or replace function %I.%I(%s) returns %s language plpgsql immutable parallel safe%s'
                                ' as %L', p.pronamespace::regnamespace, p.proname,
