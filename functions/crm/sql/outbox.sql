@@ -109,7 +109,7 @@ select pg_advisory_unlock(hidden.outbox_sleep_lock())
 -- outbox_sleeper_exists --
 -- Whether another worker holds the sleep lock (so writers NOTIFY, and this worker hears it too).
 select exists (select from pg_catalog.pg_locks l
-                where l.locktype = 'advisory' and l.granted and l.mode = 'ExclusiveLock'
+                where l.locktype = 'advisory' and l.granted and l.mode = 'ExclusiveLock' and l.pid <> pg_backend_pid()
                   and l.classid = 0 and l.objid = hidden.outbox_sleep_lock() and l.objsubid = 1) as sleeping
 
 -- outbox_cli_add_endpoint --
