@@ -1,7 +1,8 @@
 """The connector: one psycopg_pool pool per process, request transactions as PostgREST runs them.
 
 Domain code depends on `Session` (`execute`, `fetch_one`, `fetch_all` of named queries), never on
-psycopg. `wrap_exceptions()` is the one place where psycopg errors become `crm.errors` types.
+psycopg. psycopg errors become `crm.errors` types here and only here, by one table
+(`SQLSTATE_ERRORS`), for the functions' sessions and the tooling's `direct()` connections alike.
 """
 
 from __future__ import annotations
