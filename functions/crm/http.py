@@ -78,7 +78,7 @@ def _allow(err: CrmError) -> dict[str, str]:
     return {"Allow": ", ".join(allowed)} if allowed else {}
 
 
-_UNAUTHORIZED, _UNAVAILABLE = "Unauthorized", "Service Unavailable"
+_UNAUTHORIZED = "Unauthorized"
 
 #: Exception class → answer: the one table. `answer_for` resolves a class through its MRO, so a
 #: subclass anywhere below an entry answers as that entry until it gets one of its own. `CrmError`
@@ -101,7 +101,7 @@ PROBLEMS: dict[type[CrmError], Answer] = {
     Unprocessable: Answer(422, "Unprocessable Content"),
     TooManyRequests: Answer(429, "Too Many Requests", _retry_after),
     UpstreamFailed: Answer(502, "Bad Gateway"),
-    ServiceUnavailable: Answer(503, _UNAVAILABLE, _retry_after),
+    ServiceUnavailable: Answer(503, "Service Unavailable", _retry_after),
 }
 
 

@@ -93,6 +93,22 @@ def test_a_database_outage_is_one_line_naming_the_database_whichever_path_met_it
     assert "Traceback" not in pooled.stderr
 
 
+def test_database_errors_reach_the_cli_as_the_projects_exceptions(db_url):
+    """What `crm.db.direct` raises is the connector's table's class, and the CLI's line and exit code
+    follow from that class alone."""
+    from crm.cli import error_line, exit_code
+    from crm.db import direct
+    from crm.errors import DatabaseError, InvalidInput
+
+    for statement, cls, line in (
+        ("select * from no_such_table", DatabaseError, 'crm: error: database: relation "no_such_table" does not exist'),
+        ("select 'nope'::uuid", InvalidInput, 'crm: error: invalid input syntax for type uuid: "nope"'),
+    ):
+        with pytest.raises(cls) as info, direct(db_url) as conn:
+            conn.execute(statement)
+        assert (error_line(info.value), exit_code(info.value)) == (line, 1)
+
+
 def test_jobs_run_cache_images_prints_its_summary_and_honours_limit(db_url, conn, tmp_path):
     """`crm jobs run NAME` as an operator or a cron line runs it: one job once, JSON on stdout."""
     org = make_org(conn)
