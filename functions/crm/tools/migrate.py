@@ -25,7 +25,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from crm import ROOT, config
-from crm.sqlsplit import split
+from crm.tools.sqlsplit import split
 
 DB_DIR = ROOT / "db"
 REPEATABLE_DIRS = ("functions", "policies", "triggers")
@@ -293,7 +293,7 @@ LOAD_SQL_HEADER = """\
 -- Apply the whole schema with psql alone, in the order `crm db migrate` uses:
 --   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 --single-transaction -f db/load.sql
 -- Versioned migrations first (in number order), then the repeatable files: db/functions/,
--- db/policies/, then db/triggers/, each in name order. Regenerate with `python -m crm.migrate`;
+-- db/policies/, then db/triggers/, each in name order. Regenerate with `python -m crm.tools.migrate`;
 -- tests/migration/test_load_sql.py keeps it in step.
 \\set ON_ERROR_STOP on
 """

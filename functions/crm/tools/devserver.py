@@ -22,11 +22,12 @@ import psycopg
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from crm import ROOT, config, jobs, openapi
+from crm import ROOT, config, jobs
 from crm.db import Database, set_database
 from crm.errors import NotFound
 from crm.http import endpoint, framework_error, problem_response, require_method
 from crm.server import Server
+from crm.tools import openapi
 
 log = logging.getLogger("crm.dev")
 
@@ -103,7 +104,7 @@ def build_app(media_dir: Path | None = None):
 
 def ensure_demo(url: str) -> tuple[str, str] | None:
     """On an empty database: org `demo` (DE) and a demo manager. Returns (org id, user id)."""
-    from crm.cli import add_staff, create_org
+    from crm.tools.cli import add_staff, create_org
 
     with psycopg.connect(url) as conn:
         if conn.execute("select exists (select from public.organizations)").fetchone()[0]:
@@ -189,9 +190,9 @@ def public_url(host: str, port: int) -> str:
 
 
 def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
-    from crm.cli import CliError, connect
-    from crm.embedded import EmbeddedPostgres, dev_secrets, save_dev_settings
-    from crm.migrate import MigrationError, Migrator, refuse_transaction_pooler
+    from crm.tools.cli import CliError, connect
+    from crm.tools.embedded import EmbeddedPostgres, dev_secrets, save_dev_settings
+    from crm.tools.migrate import MigrationError, Migrator, refuse_transaction_pooler
 
     try:
         refuse_transaction_pooler()

@@ -44,7 +44,7 @@ def database_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from crm.embedded import EmbeddedPostgres
+    from crm.tools.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres()
     try:
@@ -75,7 +75,7 @@ def _one_line(exc: BaseException) -> str:
 
 # -- db ------------------------------------------------------------------------------------------
 def cmd_db_migrate(args: argparse.Namespace) -> int:
-    from crm.migrate import MigrationError, Migrator, refuse_transaction_pooler
+    from crm.tools.migrate import MigrationError, Migrator, refuse_transaction_pooler
 
     try:
         refuse_transaction_pooler()
@@ -90,7 +90,7 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_db_status(args: argparse.Namespace) -> int:
-    from crm.migrate import MigrationError, Migrator, status_lines
+    from crm.tools.migrate import MigrationError, Migrator, status_lines
 
     with database_url() as url, connect(url, autocommit=True) as conn:
         try:
@@ -108,7 +108,7 @@ def cmd_db_status(args: argparse.Namespace) -> int:
 
 
 def cmd_db_lint(args: argparse.Namespace) -> int:
-    from crm.lint import run_lint
+    from crm.tools.lint import run_lint
 
     with database_url() as url, connect(url, autocommit=True) as conn:
         findings = run_lint(conn)
@@ -180,7 +180,7 @@ def jwt_secret() -> str:
     secret = config.env("CRM_JWT_SECRET")
     if secret:
         return secret
-    from crm.embedded import dev_secrets
+    from crm.tools.embedded import dev_secrets
 
     return dev_secrets()["CRM_JWT_SECRET"]
 
@@ -206,7 +206,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_jobs_run(args: argparse.Namespace) -> int:
     from crm import jobs
     from crm.db import Database
-    from crm.embedded import apply_dev_settings
+    from crm.tools.embedded import apply_dev_settings
 
     apply_dev_settings()  # a second terminal next to `crm dev` uses its image store and public URL
     registry = jobs.load_all()
@@ -235,7 +235,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import signal
 
     from crm.db import Database
-    from crm.embedded import apply_dev_settings
+    from crm.tools.embedded import apply_dev_settings
     from crm.worker import Worker
 
     apply_dev_settings()
@@ -275,7 +275,7 @@ def _webhook_call(query: str, params: dict, missing: str = "not found") -> dict:
 
 
 def cmd_webhooks_add(args: argparse.Namespace) -> int:
-    from crm.embedded import apply_dev_settings
+    from crm.tools.embedded import apply_dev_settings
 
     apply_dev_settings()  # next to `crm dev`: its loopback receivers are allowed here too
     row = _webhook_call("outbox_cli_add_endpoint", {
@@ -369,7 +369,7 @@ def add_import_command(sub: argparse._SubParsersAction) -> None:
 
 # -- dev -----------------------------------------------------------------------------------------
 def cmd_dev(args: argparse.Namespace) -> int:
-    from crm.devserver import run_dev
+    from crm.tools.devserver import run_dev
 
     return run_dev(port=args.port, host=args.host, jobs=not args.no_jobs, demo=not args.no_demo)
 
@@ -448,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m crm.cli` runs this file as `__main__`, a second copy of the module: run the
-    # importable one, so CliError raised by modules that import it from crm.cli is caught above.
-    from crm.cli import main as _main
+    # `python -m crm.tools.cli` runs this file as `__main__`, a second copy of the module: run the
+    # importable one, so CliError raised by modules that import it from crm.tools.cli is caught above.
+    from crm.tools.cli import main as _main
 
     sys.exit(_main())
