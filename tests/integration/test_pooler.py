@@ -103,6 +103,8 @@ def session_level_findings(where: str, sql: str) -> list[str]:
 NEEDS_A_SESSION = {
     "outbox_listen": "the webhook worker's own listener connection; DispatchSettings.listen is off "
                      "under CRM_DB_POOLER=transaction (test below)",
+    "migrate_lock": "the migration runner's lock across its per-file transactions; `crm db migrate` and `crm dev` "
+                    "refuse CRM_DB_POOLER=transaction (test_crm_db_migrate_refuses_a_transaction_pooler_in_one_line)",
 }
 
 
