@@ -2,7 +2,7 @@
 
 The database's errors become these in the connector (`crm.db.SQLSTATE_ERRORS`, keyed by SQLSTATE
 and constraint name), so no caller looks at psycopg types. How each class answers is decided by its
-caller's surface: `crm.http.PROBLEMS` (status, title, headers) for the functions, `crm.cli` (one
+caller's surface: `crm.http.PROBLEMS` (status, title, headers) for the functions, `crm.tools.cli` (one
 line, exit code) for the command line; both resolve a class through its MRO, so a subclass at any
 depth answers as its nearest mapped ancestor.
 """

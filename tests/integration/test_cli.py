@@ -15,7 +15,7 @@ from tests.integration.image_fixtures import ImageServer, encoded, two_tone
 
 
 def crm(*args: str, url: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "crm.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "crm.tools.cli", *args], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "DATABASE_URL": url, **env})
 
 
@@ -96,9 +96,9 @@ def test_a_database_outage_is_one_line_naming_the_database_whichever_path_met_it
 def test_database_errors_reach_the_cli_as_the_projects_exceptions(db_url):
     """What `crm.db.direct` raises is the connector's table's class, and the CLI's line and exit code
     follow from that class alone."""
-    from crm.cli import error_line, exit_code
     from crm.db import direct
     from crm.errors import DatabaseError, InvalidInput
+    from crm.tools.cli import error_line, exit_code
 
     for statement, cls, line in (
         ("select * from no_such_table", DatabaseError, 'crm: error: database: relation "no_such_table" does not exist'),
