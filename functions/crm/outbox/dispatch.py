@@ -42,6 +42,9 @@ from crm.sealing import SealError, SecretBox
 log = logging.getLogger("crm.outbox")
 
 FANOUT_BATCH = 1000
+# Outbox writers do not NOTIFY while the serving loop is awake (db/triggers/outbox.sql): a loop kept
+# busy by deliveries fans new events out at this interval instead of waiting for its poll.
+AWAKE_FANOUT_SECONDS = 0.2
 RETRY_AFTER_STATUSES = frozenset({429, 502, 503, 504})
 
 
@@ -111,6 +114,7 @@ class Dispatcher:
         self.signers: dict[tuple[str, int], list[tuple[Webhook, datetime | None]]] = {}
         self.stats: Counter[str] = Counter()
         self.last_renewal = time.monotonic()
+        self.last_fan_out = 0.0
 
     def close(self) -> None:
         self._stop_recorder()
@@ -128,6 +132,7 @@ class Dispatcher:
         return len(rows)
 
     def fan_out(self) -> int:
+        self.last_fan_out = time.monotonic()
         events = 0
         while True:
             with self.db.transaction("service_role") as s:
@@ -326,7 +331,11 @@ class Dispatcher:
                     self.notified.clear()
                     next_housekeeping = now + self.settings.poll_seconds
                 try:
-                    if self._step(housekeeping):
+                    worked = self._step(housekeeping)
+                    if (sleeper is not None and not housekeeping
+                            and time.monotonic() - self.last_fan_out >= AWAKE_FANOUT_SECONDS):
+                        worked |= self.fan_out() > 0
+                    if worked:
                         continue
                     timeout = max(0.0, next_housekeeping - time.monotonic())
                     if self._busy():
