@@ -15,6 +15,20 @@ comment on function hidden.tg__protect_org_id() is
   'Refuses moving a row to another organization (attached with WHEN old.org_id is distinct from new.org_id).';
 revoke all on function hidden.tg__protect_org_id() from public;
 
+create or replace function hidden.outbox_body(event_type text, data jsonb)
+returns jsonb
+language sql stable
+-- No SET clause: inlined into its callers' statements (it is SECURITY INVOKER, qualified names).
+as $$
+  select pg_catalog.jsonb_build_object(
+           'type', event_type,
+           'timestamp', pg_catalog.to_char(pg_catalog.now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'data', data)
+$$;
+comment on function hidden.outbox_body(text, jsonb) is
+  'An outbox event as a Standard Webhooks body {type, timestamp, data} (the transaction''s time, UTC).';
+revoke all on function hidden.outbox_body(text, jsonb) from public;
+
 create or replace function hidden.outbox_write(org uuid, event_type text, aggregate_type text,
                                                aggregate_id uuid, data jsonb)
 returns void
@@ -26,11 +40,7 @@ as $$
 #variable_conflict use_variable
 begin
   insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)
-  values (org, event_type, aggregate_type, aggregate_id,
-          pg_catalog.jsonb_build_object(
-            'type', event_type,
-            'timestamp', pg_catalog.to_char(pg_catalog.now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-            'data', data));
+  values (org, event_type, aggregate_type, aggregate_id, hidden.outbox_body(event_type, data));
 end
 $$;
 comment on function hidden.outbox_write(uuid, text, text, uuid, jsonb) is
@@ -148,6 +158,54 @@ comment on function hidden.tg__outbox() is
   'Writes the machine''s created event on insert, and the event of the transition (if it has one) on a status change, to private.outbox in the changing transaction. Payload: the machine''s keys plus from_status, changed_by, note.';
 revoke all on function hidden.tg__outbox() from public;
 
+-- The insert side is statement-level with a transition table: a bulk insert (crm import) writes its
+-- status events and created events in one statement each instead of one trigger call per row; a
+-- one-row insert (a booking) costs the same as the row trigger did.
+create or replace function hidden.tg__status_event_inserted()
+returns trigger
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+begin
+  -- tg_argv as for hidden.tg__status_event; new_rows: the statement's inserted rows.
+  execute pg_catalog.format(
+    'insert into %s (org_id, %I, from_status, to_status, changed_by, %I)'
+    ' select n.org_id, n.id, null, n.status, $1, $2 from new_rows n',
+    tg_argv[0]::regclass, tg_argv[1], tg_argv[2])
+    using (select auth.uid()), hidden.status_note();
+  return null;
+end
+$$;
+comment on function hidden.tg__status_event_inserted() is
+  'Statement-level after insert: the machine''s status-event row (from_status null) of every inserted row, in one insert: who (auth.uid()), when, the RPC''s note.';
+revoke all on function hidden.tg__status_event_inserted() from public;
+
+create or replace function hidden.tg__outbox_inserted()
+returns trigger
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+  -- tg_argv as for hidden.tg__outbox (the created event is never '' here: no trigger without one).
+  keys text[] := tg_argv[2];
+  paths text[] := tg_argv[3];
+  extra jsonb := pg_catalog.jsonb_build_object('from_status', null, 'changed_by', (select auth.uid()),
+                                               'note', hidden.status_note());
+begin
+  insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)
+  select n.org_id, tg_argv[1], tg_argv[0], n.id, hidden.outbox_body(tg_argv[1], d.data || extra)
+    from new_rows n
+    cross join lateral (
+      select pg_catalog.jsonb_object_agg(
+               u.k, coalesce(pg_catalog.to_jsonb(n) #> pg_catalog.string_to_array(u.p, '.'), 'null')) as data
+        from rows from (pg_catalog.unnest(keys), pg_catalog.unnest(paths)) u (k, p)) d;
+  return null;
+end
+$$;
+comment on function hidden.tg__outbox_inserted() is
+  'Statement-level after insert: the machine''s created event of every inserted row to private.outbox, in one insert. Payload as hidden.tg__outbox''s.';
+revoke all on function hidden.tg__outbox_inserted() from public;
+
 create or replace function private.define_status_machine(
   machine text,
   on_table regclass,
@@ -219,9 +277,10 @@ begin
   execute pg_catalog.format('drop trigger if exists _500_status_event_created on %s', on_table);
   execute pg_catalog.format('drop trigger if exists _500_status_event_changed on %s', on_table);
   if events_table is not null then
-    execute pg_catalog.format('create trigger _500_status_event_created after insert on %s for each row'
-                              ' execute function hidden.tg__status_event(%L, %L, %L)', on_table, m.events_table,
-                              m.subject_column, m.note_column);
+    execute pg_catalog.format('create trigger _500_status_event_created after insert on %s'
+                              ' referencing new table as new_rows for each statement'
+                              ' execute function hidden.tg__status_event_inserted(%L, %L, %L)', on_table,
+                              m.events_table, m.subject_column, m.note_column);
     execute pg_catalog.format('create trigger _500_status_event_changed after update on %s for each row'
                               ' when (old.status is distinct from new.status)'
                               ' execute function hidden.tg__status_event(%L, %L, %L)', on_table, m.events_table,
@@ -229,8 +288,9 @@ begin
   end if;
   execute pg_catalog.format('drop trigger if exists _900_outbox_created on %s', on_table);
   if created_event is not null then
-    execute pg_catalog.format('create trigger _900_outbox_created after insert on %s for each row'
-                              ' execute function hidden.tg__outbox(%s)', on_table, outbox_args);
+    execute pg_catalog.format('create trigger _900_outbox_created after insert on %s'
+                              ' referencing new table as new_rows for each statement'
+                              ' execute function hidden.tg__outbox_inserted(%s)', on_table, outbox_args);
   end if;
   execute pg_catalog.format('drop trigger if exists _900_outbox_status_changed on %s', on_table);
   execute pg_catalog.format('create trigger _900_outbox_status_changed after update on %s for each row'
