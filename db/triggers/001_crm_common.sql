@@ -189,16 +189,38 @@ declare
   -- tg_argv as for hidden.tg__outbox (the created event is never '' here: no trigger without one).
   keys text[] := tg_argv[2];
   paths text[] := tg_argv[3];
+  columns_ text[];
+  plain text[];      -- keys that are a column of the row under their own name
+  computed_keys text[];
+  computed_paths text[];
   extra jsonb := pg_catalog.jsonb_build_object('from_status', null, 'changed_by', (select auth.uid()),
                                                'note', hidden.status_note());
 begin
-  insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)
-  select n.org_id, tg_argv[1], tg_argv[0], n.id, hidden.outbox_body(tg_argv[1], d.data || extra)
-    from new_rows n
-    cross join lateral (
-      select pg_catalog.jsonb_object_agg(
-               u.k, coalesce(pg_catalog.to_jsonb(n) #> pg_catalog.string_to_array(u.p, '.'), 'null')) as data
-        from rows from (pg_catalog.unnest(keys), pg_catalog.unnest(paths)) u (k, p)) d;
+  -- The plain keys are the row's JSON minus its other columns (one operator per row); only a renamed
+  -- or nested key (orders: title=item_snapshot.title) is looked up one by one.
+  select pg_catalog.array_agg(a.attname::text) into columns_
+    from pg_catalog.pg_attribute a where a.attrelid = tg_relid and a.attnum > 0 and not a.attisdropped;
+  select coalesce(pg_catalog.array_agg(u.k) filter (where u.k = u.p and u.k = any (columns_)), '{}'),
+         coalesce(pg_catalog.array_agg(u.k) filter (where not (u.k = u.p and u.k = any (columns_))), '{}'),
+         coalesce(pg_catalog.array_agg(u.p) filter (where not (u.k = u.p and u.k = any (columns_))), '{}')
+    into plain, computed_keys, computed_paths
+    from rows from (pg_catalog.unnest(keys), pg_catalog.unnest(paths)) u (k, p);
+  columns_ := array(select c from pg_catalog.unnest(columns_) c where c <> all (plain));
+  if pg_catalog.cardinality(computed_keys) = 0 then
+    insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)
+    select n.org_id, tg_argv[1], tg_argv[0], n.id,
+           hidden.outbox_body(tg_argv[1], (pg_catalog.to_jsonb(n) - columns_) || extra)
+      from new_rows n;
+  else
+    insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)
+    select n.org_id, tg_argv[1], tg_argv[0], n.id,
+           hidden.outbox_body(tg_argv[1], (pg_catalog.to_jsonb(n) - columns_) || d.data || extra)
+      from new_rows n
+      cross join lateral (
+        select pg_catalog.jsonb_object_agg(
+                 u.k, coalesce(pg_catalog.to_jsonb(n) #> pg_catalog.string_to_array(u.p, '.'), 'null')) as data
+          from rows from (pg_catalog.unnest(computed_keys), pg_catalog.unnest(computed_paths)) u (k, p)) d;
+  end if;
   return null;
 end
 $$;
