@@ -4,7 +4,7 @@
 -- the enums, CHECKs and triggers (status events and outbox rows carry the note 'import').
 -- Set-based: the batch is staged in a temporary table and written with one statement per table
 -- (customers, leads, activities; the triggers' status events and outbox rows are statement-level
--- on insert). A statement the database refuses is retried on each half of its rows, down to single
+-- on insert). A statement the database refuses is retried on each half of its rows, down to a few
 -- rows, which take the per-row path (a savepoint each) and report their refusal; so a bad row never
 -- half-writes and never blocks the good ones. Rows whose outcome depends on another row of the batch
 -- (a phone, email or legacy_id shared with another row) and rows a cheap check already finds bad take
@@ -114,7 +114,7 @@ begin
     create temporary table import_stage (
       line integer primary key,
       seq integer,  -- the rows of one import_write call: a range of it
-      r jsonb not null,
+      r jsonb,  -- the row as given (orders: import_order reads it)
       full_name text, phone text, email text, preferred_channel text, city text,
       legacy_txt text, status text, external_item_ref text, notes text, created_txt text,
       legacy_id bigint, created_at timestamptz,
@@ -231,15 +231,16 @@ begin
     return;
   end if;
 
-  -- Leads. The checks of the row's values, in the order the per-row path raised them.
-  update pg_temp.import_stage s
-     set legacy_id = case when private.import_number_problem(s.legacy_txt, false) is null then s.legacy_txt::bigint
-                          else private.import_number(s.legacy_txt, 'legacy_id', false)::bigint end,
-         status = case when s.status is null or s.status = any (pg_catalog.enum_range(null::public.lead_status)::text[])
-                       then s.status
-                       else private.import_enum(s.status, 'status', pg_catalog.enum_range(null::public.lead_status)) end,
-         created_at = case when s.created_txt is not null then private.import_time(s.created_txt, 'created_at') end
-   where s.seq between p_first and p_last;
+  -- Leads. The row's values were parsed when staged; one that is not a value raises here, in the
+  -- order the per-row path checks them (legacy_id, status, created_at).
+  perform private.import_number(s.legacy_txt, 'legacy_id', false),
+          private.import_enum(s.status, 'status', pg_catalog.enum_range(null::public.lead_status)),
+          private.import_time(s.created_txt, 'created_at')
+     from pg_temp.import_stage s
+    where s.seq between p_first and p_last
+      and (private.import_number_problem(s.legacy_txt, false) is not null
+           or not coalesce(s.status = any (pg_catalog.enum_range(null::public.lead_status)::text[]), true)
+           or (s.created_txt is not null and s.created_at is null));
   if exists (select from pg_temp.import_stage s where s.seq between p_first and p_last and s.legacy_id is null) then
     raise sqlstate 'PT422' using message = 'is required: the lead''s id in the old system', detail = 'required',
       hint = 'legacy_id';
@@ -325,8 +326,8 @@ begin
   exception when others then
     null;  -- split below (a cancel is not caught: Ctrl-C still ends the batch)
   end;
-  if p_first = p_last then
-    update pg_temp.import_stage s set per_row = true where s.seq = p_first;
+  if p_last - p_first < 4 then  -- a few rows: cheaper one by one than split further
+    update pg_temp.import_stage s set per_row = true where s.seq between p_first and p_last;
     return;
   end if;
   perform private.import_write_set(p_org, p_kind, p_first, half);
@@ -334,7 +335,7 @@ begin
 end
 $$;
 comment on function private.import_write_set(uuid, text, integer, integer) is
-  'crm import: private.import_write of the staged rows of seq p_first..p_last; refused, each half again, down to single rows, which are left to the per-row path.';
+  'crm import: private.import_write of the staged rows of seq p_first..p_last; refused, each half again, down to a few rows, which are left to the per-row path.';
 revoke all on function private.import_write_set(uuid, text, integer, integer) from public;
 
 create or replace function private.import_order(p_org uuid, r jsonb, p_customer uuid)
@@ -420,37 +421,38 @@ begin
   -- Status events and outbox rows of this transaction say where the change came from.
   perform pg_catalog.set_config('crm.status_note', 'import', true);
   perform private.import_stage();
-  -- Contacts as private.find_or_create_customer reads them (trimmed; email lower-case).
-  insert into pg_temp.import_stage (line, r, full_name, phone, email, preferred_channel, city, legacy_txt, status,
-                                    external_item_ref, notes, created_txt)
-  select (x ->> 'line')::integer, x, x ->> 'full_name', nullif(pg_catalog.btrim(x ->> 'phone_e164'), ''),
-         nullif(pg_catalog.lower(pg_catalog.btrim(x ->> 'email')), ''), x ->> 'preferred_channel', x ->> 'city',
-         x ->> 'legacy_id', x ->> 'status', x ->> 'external_item_ref', x ->> 'notes', x ->> 'created_at'
-    from pg_catalog.jsonb_array_elements(p_rows) x;
-
-  -- The per-row path: every order (each looks up its lead and item), and the rows whose result
-  -- depends on another row of the batch or that a cheap check already finds bad (so that they do
-  -- not split a set): a contact or legacy_id shared with another row, no contact, a legacy_id,
-  -- status or time that is not one.
-  update pg_temp.import_stage s set per_row = true
-   where p_kind = 'orders'
-      or (s.phone is null and s.email is null)
-      or s.phone in (select o.phone from pg_temp.import_stage o group by o.phone having pg_catalog.count(*) > 1)
-      or s.email in (select o.email from pg_temp.import_stage o group by o.email having pg_catalog.count(*) > 1)
-      or (p_kind = 'leads'
-          and pg_catalog.btrim(s.legacy_txt) in (select pg_catalog.btrim(o.legacy_txt) from pg_temp.import_stage o
-                                                  group by 1 having pg_catalog.count(*) > 1))
-      or (p_kind = 'leads'
-          and (s.legacy_txt is null or private.import_number_problem(s.legacy_txt, false) is not null
-               or not coalesce(s.status = any (pg_catalog.enum_range(null::public.lead_status)::text[]), true)
-               or (s.created_txt is not null and private.import_time_or_null(s.created_txt) is null)));
-
-  -- The set: seq 1..n in line order; a row of the per-row path is its own range, -line.
-  update pg_temp.import_stage s set seq = -s.line where s.per_row;
-  update pg_temp.import_stage s set seq = o.n
-    from (select o.line, pg_catalog.row_number() over (order by o.line) as n
-            from pg_temp.import_stage o where not o.per_row) o
-   where s.line = o.line;
+  -- One statement stages the batch: contacts as private.find_or_create_customer reads them (trimmed,
+  -- email lower-case), the values that parse, and the path each row takes. The per-row path: every
+  -- order (each looks up its lead and item), and the rows whose result depends on another row of the
+  -- batch or that a cheap check already finds bad (so that they do not split a set): a contact or
+  -- legacy_id shared with another row, no contact, a legacy_id, status or time that is not one. The
+  -- set is seq 1..n in line order; a row of the per-row path is its own range, seq -line.
+  insert into pg_temp.import_stage (line, seq, per_row, r, full_name, phone, email, preferred_channel, city,
+                                    legacy_txt, legacy_id, status, external_item_ref, notes, created_txt, created_at)
+  select v.line, case when v.per_row then -v.line else pg_catalog.row_number() over (partition by v.per_row order by v.line) end,
+         v.per_row, v.r, v.full_name, v.phone, v.email, v.preferred_channel, v.city, v.legacy_txt,
+         case when v.legacy_ok then v.legacy_txt::bigint end, v.status, v.external_item_ref, v.notes, v.created_txt,
+         v.created_at
+    from (select x.*,
+                 p_kind = 'orders' or (x.phone is null and x.email is null)
+                 or (x.phone is not null and pg_catalog.count(*) over (partition by x.phone) > 1)
+                 or (x.email is not null and pg_catalog.count(*) over (partition by x.email) > 1)
+                 or (p_kind = 'leads'
+                     and (not x.legacy_ok
+                          or pg_catalog.count(*) over (partition by pg_catalog.btrim(x.legacy_txt)) > 1
+                          or not coalesce(x.status = any (pg_catalog.enum_range(null::public.lead_status)::text[]), true)
+                          or (x.created_txt is not null and x.created_at is null))) as per_row
+            from (select (j ->> 'line')::integer as line, case when p_kind = 'orders' then j end as r,
+                         j ->> 'full_name' as full_name, nullif(pg_catalog.btrim(j ->> 'phone_e164'), '') as phone,
+                         nullif(pg_catalog.lower(pg_catalog.btrim(j ->> 'email')), '') as email,
+                         j ->> 'preferred_channel' as preferred_channel, j ->> 'city' as city,
+                         j ->> 'legacy_id' as legacy_txt,
+                         j ->> 'legacy_id' is not null
+                           and private.import_number_problem(j ->> 'legacy_id', false) is null as legacy_ok,
+                         j ->> 'status' as status, j ->> 'external_item_ref' as external_item_ref,
+                         j ->> 'notes' as notes, j ->> 'created_at' as created_txt,
+                         private.import_time_or_null(j ->> 'created_at') as created_at
+                    from pg_catalog.jsonb_array_elements(p_rows) j) x) v;
   analyze pg_temp.import_stage;  -- plans for the batch's size (a temporary table has no statistics)
   perform private.import_write_set(p_org, p_kind, 1, (select pg_catalog.count(*)::integer from pg_temp.import_stage s
                                                        where not s.per_row));

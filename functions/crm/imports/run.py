@@ -312,7 +312,8 @@ def run_import(conn: psycopg.Connection, kind: str, path: Path, org_slug: str, *
         return batch_report, [p for p in (importer.prepare(r, batch_report) for r in chunk) if p is not None]
 
     # The next batch is prepared (phone numbers parsed, catalog requests made) in a thread while the
-    # database writes this one: no transaction is open while it runs, and psycopg releases the GIL.
+    # database writes this one (psycopg releases the GIL while it waits); a batch's transaction opens
+    # only once its rows are ready, so no transaction waits for a catalog request.
     ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-import-prepare")
     try:
         pending = ahead.submit(prepare, chunks[0]) if chunks else None
