@@ -39,7 +39,7 @@ from psycopg.rows import dict_row
 
 from crm.imports.read import read_rows
 from crm.imports.run import Importer, Report, run_import
-from crm.migrate import Migrator
+from crm.tools.migrate import Migrator
 
 GOAL = 0.2
 COLUMNS = ("legacy_id", "full_name", "phone", "email", "status", "notes")
