@@ -143,11 +143,12 @@ declare
   v_line integer;
   v_outcome text;
 begin
-  -- Either every staged row of seq p_first..p_last is written, or it raises the first refusal: called for a set
-  -- (import_write_set) and for one row in a savepoint (the per-row path). Rows sharing a contact
-  -- or a legacy_id never meet in one set call (import_rows routes them to the per-row path; the
-  -- guards below hold it also under concurrency).
-  if exists (select from pg_temp.import_stage s where s.seq between p_first and p_last and s.phone is null and s.email is null) then
+  -- Either every staged row of seq p_first..p_last is written, or it raises the first refusal:
+  -- called for a set (import_write_set) and for one row in a savepoint (the per-row path). Rows
+  -- sharing a contact or a legacy_id never meet in one set call (import_rows routes them to the
+  -- per-row path; the guards below hold it also under concurrency).
+  if exists (select from pg_temp.import_stage s
+              where s.seq between p_first and p_last and s.phone is null and s.email is null) then
     -- as private.find_or_create_customer
     raise sqlstate 'PT422' using message = 'give a phone number or an email address',
       detail = 'contact_required', hint = 'phone';
@@ -165,7 +166,8 @@ begin
              (select c.id from public.customers c
                where c.org_id = p_org and pg_catalog.lower(c.email) = s.email and c.erased_at is null))
      where s.seq between p_first and p_last and s.customer_id is null;
-    exit when not exists (select from pg_temp.import_stage s where s.seq between p_first and p_last and s.customer_id is null);
+    exit when not exists (select from pg_temp.import_stage s
+                           where s.seq between p_first and p_last and s.customer_id is null);
     with made as (
       insert into public.customers as c (org_id, full_name, phone_e164, email, preferred_channel, city)
       select p_org, coalesce(nullif(pg_catalog.btrim(s.full_name), ''), s.phone, s.email), s.phone, s.email,
@@ -217,12 +219,14 @@ begin
 
   if p_kind = 'customers' then
     update pg_temp.import_stage s
-       set outcome = case when s.customer_created then 'created' when s.customer_changed then 'updated' else 'skipped' end
+       set outcome = case when s.customer_created then 'created' when s.customer_changed then 'updated'
+                          else 'skipped' end
      where s.seq between p_first and p_last;
     return;
   elsif p_kind = 'orders' then
     for v_line in select s.line from pg_temp.import_stage s where s.seq between p_first and p_last order by s.line loop
-      select private.import_order(p_org, s.r, s.customer_id) into v_outcome from pg_temp.import_stage s where s.line = v_line;
+      select private.import_order(p_org, s.r, s.customer_id) into v_outcome
+        from pg_temp.import_stage s where s.line = v_line;
       update pg_temp.import_stage s
          set outcome = case when v_outcome <> 'unchanged' then v_outcome
                             when s.customer_created or s.customer_changed then 'updated' else 'skipped' end
@@ -273,7 +277,8 @@ begin
     update pg_temp.import_stage s set lead_id = m.id, lead_org = p_org, outcome = 'created'
       from made m
      where s.seq between p_first and p_last and s.legacy_id = m.legacy_id;
-    exit when not exists (select from pg_temp.import_stage s where s.seq between p_first and p_last and s.lead_id is null);
+    exit when not exists (select from pg_temp.import_stage s
+                           where s.seq between p_first and p_last and s.lead_id is null);
   end loop;
   if exists (select from pg_temp.import_stage s where s.seq between p_first and p_last and s.lead_id is null) then
     raise sqlstate 'PT409' using message = 'The lead changed concurrently; retry.', detail = 'concurrent_update';
@@ -429,7 +434,9 @@ begin
   -- set is seq 1..n in line order; a row of the per-row path is its own range, seq -line.
   insert into pg_temp.import_stage (line, seq, per_row, r, full_name, phone, email, preferred_channel, city,
                                     legacy_txt, legacy_id, status, external_item_ref, notes, created_txt, created_at)
-  select v.line, case when v.per_row then -v.line else pg_catalog.row_number() over (partition by v.per_row order by v.line) end,
+  select v.line,
+         case when v.per_row then -v.line
+              else pg_catalog.row_number() over (partition by v.per_row order by v.line) end,
          v.per_row, v.r, v.full_name, v.phone, v.email, v.preferred_channel, v.city, v.legacy_txt,
          case when v.legacy_ok then v.legacy_txt::bigint end, v.status, v.external_item_ref, v.notes, v.created_txt,
          v.created_at
@@ -440,7 +447,8 @@ begin
                  or (p_kind = 'leads'
                      and (not x.legacy_ok
                           or pg_catalog.count(*) over (partition by pg_catalog.btrim(x.legacy_txt)) > 1
-                          or not coalesce(x.status = any (pg_catalog.enum_range(null::public.lead_status)::text[]), true)
+                          or not coalesce(x.status = any (pg_catalog.enum_range(null::public.lead_status)::text[]),
+                                          true)
                           or (x.created_txt is not null and x.created_at is null))) as per_row
             from (select (j ->> 'line')::integer as line, case when p_kind = 'orders' then j end as r,
                          j ->> 'full_name' as full_name, nullif(pg_catalog.btrim(j ->> 'phone_e164'), '') as phone,
