@@ -19,7 +19,7 @@ def add_endpoint(conn: psycopg.Connection, org: str, url: str, *, event_types: S
                  description: str | None = None, allow_loopback: bool = False) -> dict[str, Any] | None:
     """A new endpoint of the org with slug `org`, with its signing secret (shown once); None when
     there is no such org. `allow_loopback` lets the URL name this machine (tests, `crm dev`)."""
-    row = conn.execute(queries.get("outbox_operator_add_endpoint"), {
+    row = conn.execute(queries.get("outbox_cli_add_endpoint"), {
         "org": org, "url": url, "event_types": list(event_types), "description": description,
         "allow_loopback": "on" if allow_loopback else "off"}).fetchone()
     return None if row is None else row["endpoint"]
@@ -27,10 +27,10 @@ def add_endpoint(conn: psycopg.Connection, org: str, url: str, *, event_types: S
 
 def retry_delivery(conn: psycopg.Connection, delivery_id: str | uuid.UUID) -> dict[str, Any]:
     """The delivery, queued to be sent again now (the same webhook-id)."""
-    return conn.execute(queries.get("outbox_operator_retry"), {"delivery_id": delivery_id}).fetchone()["delivery"]
+    return conn.execute(queries.get("outbox_cli_retry"), {"delivery_id": delivery_id}).fetchone()["delivery"]
 
 
 def replay(conn: psycopg.Connection, endpoint_id: str | uuid.UUID, since: str, until: str | None = None) -> int:
     """Queues the endpoint's events from `since` to `until` (default: now) again; how many."""
-    return conn.execute(queries.get("outbox_operator_replay"),
+    return conn.execute(queries.get("outbox_cli_replay"),
                         {"endpoint_id": endpoint_id, "since": since, "until": until}).fetchone()["queued"]

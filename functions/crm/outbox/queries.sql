@@ -97,16 +97,16 @@ select * from private.purge_outbox(make_interval(days => %(retention_days)s), %(
 -- outbox_listen --
 listen crm_outbox
 
--- outbox_operator_add_endpoint --
--- `crm webhooks add` (crm.outbox.manage: an operator, as the owner): the same core as create_webhook_endpoint.
+-- outbox_cli_add_endpoint --
+-- `crm webhooks add` (an operator, as the owner): the same core as create_webhook_endpoint.
 select set_config('crm.webhook_allow_loopback', %(allow_loopback)s, true),
        private.webhook_endpoint_create(o.id, %(url)s, %(event_types)s::text[], %(description)s) as endpoint
   from public.organizations o
  where o.slug = %(org)s
 
--- outbox_operator_retry --
+-- outbox_cli_retry --
 select to_jsonb(private.webhook_retry(%(delivery_id)s::uuid, false)) as delivery
 
--- outbox_operator_replay --
+-- outbox_cli_replay --
 select private.webhook_replay(%(endpoint_id)s::uuid, %(since)s::timestamptz,
                               coalesce(%(until)s::timestamptz, now()), false) as queued
