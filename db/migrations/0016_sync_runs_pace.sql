@@ -13,6 +13,8 @@
 alter table private.sync_run_seen
   add column page integer not null default 0,
   add column found jsonb not null default '[]';
+-- Kept a few minutes, read once: not worth compressing on every page (out of line, as they are).
+alter table private.sync_run_seen alter column keys set storage external;
 comment on table private.sync_run_seen is
   'A running reconciliation, one row per page: the keys (sku, wms_order_id) it listed and the discrepancy items it found (within the report''s first 500); emptied when the run ends, which moves the items to sync_runs.discrepancies.';
 comment on column private.sync_run_seen.page is 'The page number in the run (the order of the report''s items).';

@@ -182,7 +182,8 @@ class Reconciler:
         On an error the pages already sent finish first, and the earliest page's error is the one
         reported: the run fails there, what the pages before and beside it healed stays.
         """
-        depth = max(1, self.settings.pages_in_flight)
+        # Each applier holds a connection while its page is applied: never more than the pool has.
+        depth = max(1, min(self.settings.pages_in_flight, self.db.pool.max_size))
         sent: deque[tuple[Page, Future[None]]] = deque()
         with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="wms-apply") as appliers:
             try:
@@ -197,9 +198,10 @@ class Reconciler:
                     self._settle(run_id, *sent.popleft(), at, bar)
                 raise
             finally:
-                for _, future in sent:
-                    with contextlib.suppress(BaseException):
-                        future.result()
+                for _, future in sent:  # after an error: what has not started does not start
+                    if not future.cancel():
+                        with contextlib.suppress(BaseException):
+                            future.result()
 
     def _settle(self, run_id: str, page: Page, future: Future[None], at: _Position, bar: Progress) -> None:
         try:
