@@ -242,6 +242,34 @@ end
 $$;
 revoke all on function private.sync_row_diff(jsonb, jsonb) from public;
 
+-- The two caches' pages share their rules through these (their statements differ only in the
+-- columns and the table: one statement for both would be dynamic SQL, planned again on every
+-- page, which cost more than the page). One-expression SQL without `set search_path`, so the
+-- planner inlines them (as db/migrations/0015_inline_sql_helpers.sql explains: invoker, every name
+-- qualified).
+create or replace function private.sync_source_wins(source_at timestamptz, cache_at timestamptz)
+returns boolean
+language sql immutable
+as $$
+  select cache_at is null or (source_at is not null and source_at >= cache_at)
+$$;
+comment on function private.sync_source_wins(timestamptz, timestamptz) is
+  'Last writer by the source''s updated_at, never by arrival: may the source''s version (updated at source_at) replace the cache''s (updated at cache_at)? A cache row newer than the source (a webhook that came in after the page was served) stays.';
+revoke all on function private.sync_source_wins(timestamptz, timestamptz) from public;
+
+create or replace function private.sync_found(key text, missing boolean, older boolean, cache jsonb, source jsonb)
+returns jsonb
+language sql immutable
+as $$
+  select pg_catalog.jsonb_build_object(
+           'key', key,
+           'kind', case when missing then 'missing' when older then 'newer_in_cache' else 'stale' end,
+           'fields', case when not missing then private.sync_row_diff(cache, source) end)
+$$;
+comment on function private.sync_found(text, boolean, boolean, jsonb, jsonb) is
+  'A discrepancy item of a page: {key, kind (missing, stale, newer_in_cache), fields} from the cache row and the source item (as jsonb, named as the cache''s columns).';
+revoke all on function private.sync_found(text, boolean, boolean, jsonb, jsonb) from public;
+
 -- What one page found (`diffs`: [{key, kind, fields or null}] or null): counts by kind, a tally of
 -- the stale fields, the first `room` items by key (without "fields" where there are none).
 create or replace function private.sync_page_result(checked bigint, synced bigint, diffs jsonb, room integer)
@@ -273,11 +301,11 @@ $$;
 revoke all on function private.sync_page_result(bigint, bigint, jsonb, integer) from public;
 
 -- One page of inventory items, assumed well-formed (the caller falls back to one item at a time):
--- what it found (sync_page_result) and the keys it listed. Last writer by the source's updated_at:
--- a cache row newer than the source (a webhook that came in after the page was served) is left
--- alone and counted as newer_in_cache.
-create or replace function private.sync_inventory_apply(run private.sync_runs, items jsonb, room integer,
-                                                        out result jsonb, out keys text[])
+-- how many it checked and healed, the keys it listed, the discrepancies it found. Last writer by
+-- the source's updated_at (sync_source_wins): a cache row newer than the source is left alone and
+-- counted as newer_in_cache.
+create or replace function private.sync_inventory_apply(run private.sync_runs, items jsonb, out checked bigint,
+                                                        out synced bigint, out keys text[], out diffs jsonb)
 language plpgsql volatile
 set search_path = ''
 as $$
@@ -300,8 +328,7 @@ begin
              (c.name, c.attributes, c.available, c.reserved, c.total, c.unit, c.source_updated_at)
                is distinct from (s.name, s.attributes, s.available, s.reserved, s.total, s.unit, s.source_updated_at)
                as differs,
-             c.source_updated_at is not null
-               and (s.source_updated_at is null or s.source_updated_at < c.source_updated_at) as older
+             not private.sync_source_wins(s.source_updated_at, c.source_updated_at) as older
         from src s
         -- Lateral with a limit (never flattened into a join): one primary-key probe per item, whatever
         -- the statistics say; a hash join would scan the organization's whole cache for every page.
@@ -318,29 +345,22 @@ begin
          set name = excluded.name, attributes = excluded.attributes, available = excluded.available,
              reserved = excluded.reserved, total = excluded.total, unit = excluded.unit,
              source_updated_at = excluded.source_updated_at, cached_at = excluded.cached_at
-       where i.source_updated_at is null
-          or (excluded.source_updated_at is not null and excluded.source_updated_at >= i.source_updated_at)
+       where private.sync_source_wins(excluded.source_updated_at, i.source_updated_at)
       returning 1
     )
-    select private.sync_page_result(
-             (select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
-             (select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                       'key', x.key,
-                       'kind', case when x.missing then 'missing' when x.older then 'newer_in_cache' else 'stale' end,
-                       'fields', case when not x.missing
-                                      then private.sync_row_diff(pg_catalog.to_jsonb(x.c), pg_catalog.to_jsonb(x.s)) end))
-                from cmp x where x.missing or x.differs),
-             room),
-           (select pg_catalog.array_agg(s.sku) from src s)
-      into result, keys;
+    select pg_catalog.count(*), (select pg_catalog.count(*) from heal), pg_catalog.array_agg(x.key),
+           pg_catalog.jsonb_agg(private.sync_found(x.key, x.missing, x.older, pg_catalog.to_jsonb(x.c),
+                                                   pg_catalog.to_jsonb(x.s))) filter (where x.missing or x.differs)
+      from cmp x
+      into checked, synced, keys, diffs;
 end
 $$;
-revoke all on function private.sync_inventory_apply(private.sync_runs, jsonb, integer) from public;
+revoke all on function private.sync_inventory_apply(private.sync_runs, jsonb) from public;
 
 -- One page of warehouse orders, as sync_inventory_apply. The source is the truth for every field;
 -- our order learns the warehouse's id as the webhooks teach it (unless another order has it).
-create or replace function private.sync_wms_orders_apply(run private.sync_runs, items jsonb, room integer,
-                                                         out result jsonb, out keys text[])
+create or replace function private.sync_wms_orders_apply(run private.sync_runs, items jsonb, out checked bigint,
+                                                         out synced bigint, out keys text[], out diffs jsonb)
 language plpgsql volatile
 set search_path = ''
 as $$
@@ -358,8 +378,7 @@ begin
              (c.crm_customer_id, c.crm_order_id, c.status, c.lines, c.shipment, c.source_updated_at)
                is distinct from (s.crm_customer_id, s.crm_order_id, s.status, s.lines, s.shipment, s.source_updated_at)
                as differs,
-             c.source_updated_at is not null
-               and (s.source_updated_at is null or s.source_updated_at < c.source_updated_at) as older
+             not private.sync_source_wins(s.source_updated_at, c.source_updated_at) as older
         from src s
         left join lateral (select w.* from public.wms_orders w
                             where w.org_id = run.org_id and w.wms_order_id = s.wms_order_id limit 1) c on true
@@ -374,8 +393,7 @@ begin
          set crm_customer_id = excluded.crm_customer_id, crm_order_id = excluded.crm_order_id,
              status = excluded.status, lines = excluded.lines, shipment = excluded.shipment,
              source_updated_at = excluded.source_updated_at, cached_at = excluded.cached_at
-       where w.source_updated_at is null
-          or (excluded.source_updated_at is not null and excluded.source_updated_at >= w.source_updated_at)
+       where private.sync_source_wins(excluded.source_updated_at, w.source_updated_at)
       returning 1
     ), link as (
       update public.orders o set wms_order_id = l.wms_order_id
@@ -384,32 +402,32 @@ begin
        where o.org_id = run.org_id and o.id = l.crm_order_id and o.wms_order_id is null
          and not exists (select from public.orders x where x.org_id = run.org_id and x.wms_order_id = l.wms_order_id)
     )
-    select private.sync_page_result(
-             (select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
-             (select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                       'key', x.key,
-                       'kind', case when x.missing then 'missing' when x.older then 'newer_in_cache' else 'stale' end,
-                       'fields', case when not x.missing
-                                      then private.sync_row_diff(pg_catalog.to_jsonb(x.c), pg_catalog.to_jsonb(x.s)) end))
-                from cmp x where x.missing or x.differs),
-             room),
-           (select pg_catalog.array_agg(s.wms_order_id) from src s)
-      into result, keys;
+    select pg_catalog.count(*), (select pg_catalog.count(*) from heal), pg_catalog.array_agg(x.key),
+           pg_catalog.jsonb_agg(private.sync_found(x.key, x.missing, x.older, pg_catalog.to_jsonb(x.c),
+                                                   pg_catalog.to_jsonb(x.s))) filter (where x.missing or x.differs)
+      from cmp x
+      into checked, synced, keys, diffs;
 end
 $$;
-revoke all on function private.sync_wms_orders_apply(private.sync_runs, jsonb, integer) from public;
+revoke all on function private.sync_wms_orders_apply(private.sync_runs, jsonb) from public;
 
+-- One page of either cache: what it found (sync_page_result, the first `room` items) and its keys.
 create or replace function private.sync_apply(run private.sync_runs, items jsonb, room integer,
                                               out result jsonb, out keys text[])
 language plpgsql volatile
 set search_path = ''
 as $$
+declare
+  checked bigint;
+  synced bigint;
+  diffs jsonb;
 begin
   if run.sync_type = 'inventory' then
-    select a.result, a.keys into result, keys from private.sync_inventory_apply(run, items, room) a;
+    select a.* into checked, synced, keys, diffs from private.sync_inventory_apply(run, items) a;
   else
-    select a.result, a.keys into result, keys from private.sync_wms_orders_apply(run, items, room) a;
+    select a.* into checked, synced, keys, diffs from private.sync_wms_orders_apply(run, items) a;
   end if;
+  result := private.sync_page_result(checked, synced, diffs, room);
 end
 $$;
 revoke all on function private.sync_apply(private.sync_runs, jsonb, integer) from public;
