@@ -314,15 +314,16 @@ as $$
 begin
     with src as (
       -- Named as the cache's columns. Values read as jsonb_to_recordset would (a JSON null is
-      -- NULL, numbers and times through their text), a little faster.
-      select distinct on (x.sku) x.*
+      -- NULL, numbers and times through their text), a little faster. The newest of a key twice
+      -- in a page wins; bytewise order is enough for that ("C": no locale comparisons).
+      select distinct on (x.sku collate "C") x.*
         from (select e ->> 'sku' as sku, e ->> 'name' as name,
                      coalesce(nullif(e -> 'attributes', 'null'), '{}') as attributes,
                      (e ->> 'available')::numeric as available, (e ->> 'reserved')::numeric as reserved,
                      (e ->> 'total')::numeric as total, e ->> 'unit' as unit,
                      (e ->> 'updated_at')::timestamptz as source_updated_at
                 from pg_catalog.jsonb_array_elements(items) e) x
-       order by x.sku, x.source_updated_at desc nulls last
+       order by x.sku collate "C", x.source_updated_at desc nulls last
     ), cmp as (
       select s.sku as key, s, c, c.sku is null as missing,
              (c.name, c.attributes, c.available, c.reserved, c.total, c.unit, c.source_updated_at)
@@ -366,13 +367,13 @@ set search_path = ''
 as $$
 begin
     with src as (
-      select distinct on (x.wms_order_id) x.*
+      select distinct on (x.wms_order_id collate "C") x.*
         from (select e ->> 'wms_order_id' as wms_order_id, private.inbox_uuid(e ->> 'crm_customer_id') as crm_customer_id,
                      private.inbox_uuid(e ->> 'crm_order_id') as crm_order_id, e ->> 'status' as status,
                      coalesce(nullif(e -> 'lines', 'null'), '[]') as lines, nullif(e -> 'shipment', 'null') as shipment,
                      (e ->> 'updated_at')::timestamptz as source_updated_at
                 from pg_catalog.jsonb_array_elements(items) e) x
-       order by x.wms_order_id, x.source_updated_at desc nulls last
+       order by x.wms_order_id collate "C", x.source_updated_at desc nulls last
     ), cmp as (
       select s.wms_order_id as key, s, c, c.wms_order_id is null as missing,
              (c.crm_customer_id, c.crm_order_id, c.status, c.lines, c.shipment, c.source_updated_at)
