@@ -150,7 +150,8 @@ class Reconciler:
             with WarehouseClient(base_url, keys[0], allow_loopback=self.settings.allow_loopback,
                                  policy=self.policy) as client:
                 since = run["updated_since"].isoformat() if run["updated_since"] else None
-                pages = client.pages(kind.resource, limit=self.settings.page_size, params={"updated_since": since})
+                pages = client.pages(kind.resource, limit=self.settings.page_size, params={"updated_since": since},
+                                     parse=False)
                 self._apply_all(run_id, pages, at, bar)
             with self.db.transaction("service_role") as s:
                 done = s.fetch_one("sync_run_finish", {"run_id": run_id})
