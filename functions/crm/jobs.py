@@ -20,8 +20,8 @@ JobFn = Callable[[Database, dict[str, Any]], dict[str, Any]]
 ServeFn = Callable[[Database, threading.Event], None]
 
 # Modules that register jobs when imported; later issues append theirs here.
-JOB_MODULES: list[str] = ["crm.images.jobs", "crm.booking", "crm.outbox.jobs", "crm.inbox.jobs", "crm.sessions",
-                          "crm.imports.pull", "crm.wms.reconcile"]
+JOB_MODULES: list[str] = ["crm.images.jobs", "crm.booking.intake", "crm.outbox.jobs", "crm.inbox.jobs",
+                          "crm.sessions.jobs", "crm.imports.pull", "crm.wms.reconcile"]
 
 
 @dataclass(frozen=True)

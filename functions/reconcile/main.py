@@ -13,7 +13,7 @@ import functions_framework
 
 from crm import config, jobs
 from crm.db import get_database
-from crm.errors import BadRequest, NotFound, Unauthorized
+from crm.errors import BadRequest, CronSecretRefused, NotFound
 from crm.http import endpoint, json_response, prepare_deployment, require_method
 from crm.images import jobs as image_jobs
 
@@ -33,7 +33,7 @@ def reconcile(request: flask.Request) -> flask.Response:
     require_method(request, "POST")
     given = request.headers.get("X-Cron-Secret", "")
     if not hmac.compare_digest(given.encode(), CRON_SECRET.encode()):
-        raise Unauthorized("A valid X-Cron-Secret header is required.", headers={})
+        raise CronSecretRefused("A valid X-Cron-Secret header is required.")
     name = parts[-1]
     job = JOBS.get(name)
     if job is None:

@@ -146,6 +146,15 @@ def test_wms_refused_signatures_are_401_and_store_nothing(conn, client, wms, cas
     assert count(conn, "select from public.inventory_items") == 0
 
 
+def test_a_refused_signature_names_its_scheme(conn, client, wms, twilio):
+    """RFC 9110: every 401 carries `WWW-Authenticate`; for a signed webhook the scheme is the signature."""
+    wms_refused = wms_post(client, wms, inventory_event("SKU-1", 5, "2026-01-01T10:00:00Z"), drop="webhook-signature")
+    twilio_refused = twilio_post(client, twilio, call(), signature="")
+    for resp in (wms_refused, twilio_refused):
+        assert (resp.status_code, resp.json()["code"]) == (401, "bad_signature"), resp.text
+        assert resp.headers["WWW-Authenticate"] == 'Signature realm="crm"'
+
+
 def test_unknown_org_source_or_disabled_integration_is_404_and_stores_nothing(conn, client, wms):
     body = inventory_event("SKU-1", 5, "2026-01-01T10:00:00Z")
     assert wms_post(client, {**wms, "slug": "no-such-org"}, body).status_code == 404
@@ -593,7 +602,7 @@ def test_create_integration_rules(conn, org):
 
 def test_crm_dev_mounts_webhooks_and_twilio_signs_the_public_url(conn, database, org, monkeypatch):
     """`crm dev` serves the function under /webhooks; its CRM_PUBLIC_URL + that path is what Twilio signs."""
-    from crm.devserver import build_app
+    from crm.tools.devserver import build_app
 
     monkeypatch.setenv("CRM_JWT_SECRET", "dev-secret-" + "x" * 32)
     monkeypatch.setenv("CRM_CRON_SECRET", "cron-secret")

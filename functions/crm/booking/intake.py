@@ -503,10 +503,9 @@ class OrgCache:
                 table.clear()
             table[key] = value
 
-    def limited(self, db: Database, client: str, retry_after: str | None) -> None:
+    def limited(self, db: Database, client: str, retry_after: int | None) -> None:
         """Remember that `client` is over the abuse limit for `retry_after` seconds."""
-        seconds = int(retry_after) if retry_after and retry_after.isdigit() else 1
-        self._put(self._limited, (db.url, client), time.monotonic() + seconds)
+        self._put(self._limited, (db.url, client), time.monotonic() + (1 if retry_after is None else retry_after))
 
     def get(self, db: Database, org_id: uuid.UUID | None, slug: str | None, *, client: str | None = None,
             limit: RateLimit | None = None) -> Org | None:
@@ -519,7 +518,7 @@ class OrgCache:
             return hit[1]
         if until and until > now:
             raise TooManyRequests("Too many bookings from this address; try again later.",
-                                  headers={"Retry-After": str(max(1, math.ceil(until - now)))})
+                                  retry_after=max(1, math.ceil(until - now)))
         if hit and hit[0] > now:
             return None
         limit = limit or RateLimit(0, 1)
@@ -529,7 +528,7 @@ class OrgCache:
                                                   "rate_limit": limit.bookings, "rate_window": limit.window_seconds})
         except TooManyRequests as exc:
             if client:
-                self.limited(db, client, exc.headers.get("Retry-After"))
+                self.limited(db, client, exc.retry_after)
             raise
         if row is None:
             self._put(self._entries, key, (now + self.negative_ttl, None))
@@ -710,7 +709,7 @@ def submit(db: Database, body: Any, *, idempotency_key: str | None, client: str,
         with db.transaction("service_role") as s:
             row = s.fetch_one("create_booking", params)
     except TooManyRequests as exc:
-        ORGS.limited(db, client, exc.headers.get("Retry-After"))
+        ORGS.limited(db, client, exc.retry_after)
         raise
     if row is None:
         raise CrmError("create_booking returned no row")

@@ -1,7 +1,9 @@
 """The `crm` command line (SPEC §4).
 
-Exit codes: 0 success, 1 failure, 2 usage error. Errors are one readable line on stderr;
-`org create`, `staff add` and `token` print only the id or token on stdout, for scripts.
+Exit codes: 0 success, 1 failure, 2 usage error. Errors are one readable line on stderr, chosen by
+`EXIT_CODES` from the exception's class (the project's own: database errors arrive as `crm.errors`
+types through `crm.db.direct`, by the connector's one SQLSTATE table); `org create`, `staff add` and
+`token` print only the id or token on stdout, for scripts.
 """
 
 from __future__ import annotations
@@ -15,21 +17,11 @@ import sys
 from collections.abc import Iterator
 from typing import NoReturn
 
-import psycopg
-from psycopg.rows import dict_row
-
 from crm import config, queries, supabase_auth
-from crm.errors import ConfigError, CrmError
-
-ROLES = ("admin", "manager", "agent", "viewer")
-
-
-class CliError(Exception):
-    """A failure to report as one line on stderr with exit code 1."""
-
-
-class UsageError(Exception):
-    """A usage error to report with exit code 2."""
+from crm.errors import ConfigError, Conflict, CrmError, DatabaseError, InvalidInput, Unprocessable
+from crm.orgs import accounts
+from crm.orgs.accounts import ROLES
+from crm.tools.common import CliError, UsageError, connect, database_url
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,45 +29,39 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-@contextlib.contextmanager
-def database_url() -> Iterator[str]:
-    """`DATABASE_URL`, else the embedded server of `CRM_DATA_DIR` (started if needed)."""
-    url = config.env("DATABASE_URL")
-    if url:
-        yield url
-        return
-    from crm.embedded import EmbeddedPostgres
-
-    server = EmbeddedPostgres()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+#: Exception class → exit code, resolved through the MRO like `crm.http.PROBLEMS`: the same classes
+#: the functions answer, so a database outage, a refused rule or a bug reads the same everywhere.
+EXIT_CODES: dict[type[BaseException], int] = {
+    UsageError: 2,
+    CliError: 1,
+    ConfigError: 1,
+    CrmError: 1,
+}
 
 
-@contextlib.contextmanager
-def connect(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-    try:
-        # Behind a transaction pooler a prepared statement may be gone in the next transaction.
-        prepare = {"prepare_threshold": None} if config.transaction_pooler() else {}
-        conn = psycopg.connect(url, autocommit=autocommit, row_factory=dict_row, connect_timeout=5, **prepare)
-    except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
-        raise CliError(f"cannot connect to the database: {first}") from exc
-    with conn:
-        yield conn
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code `EXIT_CODES` gives this exception (None: not ours, let it crash loudly)."""
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return None
 
 
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
-        return exc.diag.message_primary
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def error_line(exc: BaseException) -> str:
+    """One readable line for stderr."""
+    if isinstance(exc, DatabaseError):
+        text = f"database: {exc.message}"
+    elif isinstance(exc, CrmError):
+        text = exc.detail or exc.code
+    else:
+        text = str(exc)
+    lines = text.strip().splitlines()
+    return f"crm: error: {lines[0] if lines else type(exc).__name__}"
 
 
 # -- db ------------------------------------------------------------------------------------------
 def cmd_db_migrate(args: argparse.Namespace) -> int:
-    from crm.migrate import MigrationError, Migrator, refuse_transaction_pooler
+    from crm.tools.migrate import MigrationError, Migrator, refuse_transaction_pooler
 
     try:
         refuse_transaction_pooler()
@@ -90,7 +76,7 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_db_status(args: argparse.Namespace) -> int:
-    from crm.migrate import MigrationError, Migrator, status_lines
+    from crm.tools.migrate import MigrationError, Migrator, status_lines
 
     with database_url() as url, connect(url, autocommit=True) as conn:
         try:
@@ -108,7 +94,7 @@ def cmd_db_status(args: argparse.Namespace) -> int:
 
 
 def cmd_db_lint(args: argparse.Namespace) -> int:
-    from crm.lint import run_lint
+    from crm.tools.lint import run_lint
 
     with database_url() as url, connect(url, autocommit=True) as conn:
         findings = run_lint(conn)
@@ -122,57 +108,34 @@ def cmd_db_lint(args: argparse.Namespace) -> int:
 
 
 # -- org / staff / token -------------------------------------------------------------------------
-def create_org(conn: psycopg.Connection, slug: str, name: str, country: str) -> str:
-    row = conn.execute(queries.get("create_organization"),
-                       {"slug": slug, "name": name, "country": country.upper()}).fetchone()
-    return str(row["id"])
-
-
-def add_staff(conn: psycopg.Connection, org: str, email: str, role: str) -> str:
-    email = email.strip()
-    if "@" not in email:
-        raise UsageError(f"not an email address: {email!r}")
-    if not conn.execute(queries.get("organization_exists"), {"org": org}).fetchone()["found"]:
-        raise CliError(f"no organization with slug {org!r}")
-    user = conn.execute(queries.get("find_user_by_email"), {"email": email}).fetchone()
-    if user is not None:
-        user_id = str(user["id"])
-    elif supabase_auth.configured():
-        # Supabase Auth owns auth.users there: it assigns the id and fills what it needs.
-        try:
-            admin = supabase_auth.AuthAdmin.from_env()
-        except ConfigError as exc:
-            raise CliError(str(exc)) from exc
-        try:
-            user_id = admin.ensure_user(email.lower())
-        except supabase_auth.AuthAdminError as exc:
-            raise CliError(str(exc)) from exc
-        finally:
-            admin.close()
-    else:
-        # auth.users.id has no default on Supabase (nor in our stand-in): the id is explicit.
-        user_id = str(conn.execute(queries.get("create_user"), {"email": email.lower()}).fetchone()["id"])
-    row = conn.execute(queries.get("add_staff"),
-                       {"org": org, "user_id": user_id, "role": role}).fetchone()
-    if row is None:
-        raise CliError(f"no organization with slug {org!r}")
-    return user_id
+@contextlib.contextmanager
+def account_errors() -> Iterator[None]:
+    """`crm.orgs.accounts` refusals as the CLI reports them."""
+    try:
+        yield
+    except accounts.InvalidEmail as exc:
+        raise UsageError(str(exc)) from exc
+    except (accounts.AccountError, supabase_auth.AuthAdminError) as exc:
+        raise CliError(str(exc)) from exc
 
 
 def cmd_org_create(args: argparse.Namespace) -> int:
-    with database_url() as url, connect(url) as conn:
-        try:
-            print(create_org(conn, args.slug, args.name, args.country))
-        except psycopg.errors.UniqueViolation as exc:
-            raise CliError(f"an organization with slug {args.slug!r} already exists") from exc
-        except psycopg.errors.CheckViolation as exc:
-            raise CliError(f"invalid organization: {exc.diag.constraint_name}") from exc
+    try:
+        with database_url() as url, connect(url) as conn:
+            org_id = accounts.create_org(conn, args.slug, args.name, args.country)
+    except Conflict as exc:
+        raise CliError(f"an organization with slug {args.slug!r} already exists") from exc
+    except InvalidInput as exc:
+        raise CliError(f"invalid organization: {exc.detail}") from exc
+    except Unprocessable as exc:
+        raise CliError(f"invalid organization: {exc.code}") from exc
+    print(org_id)
     return 0
 
 
 def cmd_staff_add(args: argparse.Namespace) -> int:
-    with database_url() as url, connect(url) as conn:
-        print(add_staff(conn, args.org, args.email, args.role))
+    with database_url() as url, connect(url) as conn, account_errors():
+        print(accounts.add_staff(conn, args.org, args.email, args.role))
     return 0
 
 
@@ -180,7 +143,7 @@ def jwt_secret() -> str:
     secret = config.env("CRM_JWT_SECRET")
     if secret:
         return secret
-    from crm.embedded import dev_secrets
+    from crm.tools.embedded import dev_secrets
 
     return dev_secrets()["CRM_JWT_SECRET"]
 
@@ -190,14 +153,14 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     if args.ttl <= 0:
         raise UsageError("--ttl must be a positive number of seconds")
-    with database_url() as url, connect(url) as conn:
-        try:
-            row = conn.execute(queries.get("user_email"), {"user_id": args.user}).fetchone()
-        except psycopg.errors.InvalidTextRepresentation as exc:
-            raise UsageError(f"--user is not a uuid: {args.user!r}") from exc
-    if row is None:
+    try:
+        with database_url() as url, connect(url) as conn:
+            email = accounts.user_email(conn, args.user)
+    except InvalidInput as exc:
+        raise UsageError(f"--user is not a uuid: {args.user!r}") from exc
+    if email is None:
         raise CliError(f"no user with id {args.user}")
-    print(mint_token(args.user, row["email"], jwt_secret(), ttl=args.ttl,
+    print(mint_token(args.user, email, jwt_secret(), ttl=args.ttl,
                      issuer=config.env("CRM_JWT_ISSUER")))
     return 0
 
@@ -206,7 +169,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_jobs_run(args: argparse.Namespace) -> int:
     from crm import jobs
     from crm.db import Database
-    from crm.embedded import apply_dev_settings
+    from crm.tools.embedded import apply_dev_settings
 
     apply_dev_settings()  # a second terminal next to `crm dev` uses its image store and public URL
     registry = jobs.load_all()
@@ -222,8 +185,6 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
         db.open()
         try:
             summary = job.fn(db, options)
-        except CrmError as exc:
-            raise CliError(exc.detail) from exc
         finally:
             db.close()
     print(json.dumps(summary, indent=2, default=str))
@@ -235,7 +196,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import signal
 
     from crm.db import Database
-    from crm.embedded import apply_dev_settings
+    from crm.tools.embedded import apply_dev_settings
     from crm.worker import Worker
 
     apply_dev_settings()
@@ -262,20 +223,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _webhook_call(query: str, params: dict, missing: str = "not found") -> dict:
-    with database_url() as url, connect(url) as conn:
-        try:
+    try:
+        with database_url() as url, connect(url) as conn:
             row = conn.execute(queries.get(query), params).fetchone()
-        except psycopg.DataError as exc:  # a malformed id or timestamp on the command line
-            raise UsageError(_one_line(exc)) from exc
-        except psycopg.Error as exc:
-            raise CliError(_one_line(exc)) from exc
+    except InvalidInput as exc:  # a malformed id or timestamp on the command line
+        raise UsageError(exc.detail) from exc
     if row is None:
         raise CliError(missing)
     return row
 
 
 def cmd_webhooks_add(args: argparse.Namespace) -> int:
-    from crm.embedded import apply_dev_settings
+    from crm.tools.embedded import apply_dev_settings
 
     apply_dev_settings()  # next to `crm dev`: its loopback receivers are allowed here too
     row = _webhook_call("outbox_cli_add_endpoint", {
@@ -369,9 +328,10 @@ def add_import_command(sub: argparse._SubParsersAction) -> None:
 
 # -- dev -----------------------------------------------------------------------------------------
 def cmd_dev(args: argparse.Namespace) -> int:
-    from crm.devserver import run_dev
+    from crm.tools.devserver import run_dev
 
-    return run_dev(port=args.port, host=args.host, jobs=not args.no_jobs, demo=not args.no_demo)
+    with account_errors():
+        return run_dev(port=args.port, host=args.host, jobs=not args.no_jobs, demo=not args.no_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -433,23 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except UsageError as exc:
-        print(f"crm: error: {exc}", file=sys.stderr)
-        return 2
-    except (CliError, ConfigError) as exc:
-        print(f"crm: error: {exc}", file=sys.stderr)
-        return 1
-    except psycopg.Error as exc:
-        print(f"crm: error: database: {_one_line(exc)}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        code = exit_code(exc)
+        if code is None:
+            raise
+        print(error_line(exc), file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("crm: interrupted", file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":
-    # `python -m crm.cli` runs this file as `__main__`, a second copy of the module: run the
-    # importable one, so CliError raised by modules that import it from crm.cli is caught above.
-    from crm.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())
