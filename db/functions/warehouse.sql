@@ -12,8 +12,6 @@
 -- applied side by side (the run's lock shared): nothing a page writes depends on another page's
 -- order, and the report's first 500 items are taken in page order at the end.
 drop function if exists private.sync_run_touch(uuid);
-drop function if exists private.sync_run_room(jsonb);
-drop function if exists private.sync_run_locked(uuid);
 drop function if exists private.sync_run_record(private.sync_runs, text, integer, integer, integer, jsonb, jsonb,
                                                  jsonb, boolean);
 drop function if exists private.sync_apply(private.sync_runs, jsonb, integer);
