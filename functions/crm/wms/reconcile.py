@@ -5,12 +5,13 @@ For every enabled wms integration: start a run (none when another one is under w
 integration: the database says so, under a transaction-scoped lock), then page through the source
 with no transaction open during a request, and hand each page's raw bytes to one SQL call that
 compares and heals it in its own short transaction (db/functions/warehouse.sql), sent as one round
-trip. The next page is fetched while pages are applied, and `pages_in_flight` pages are applied
-side by side (on as many connections), so neither the warehouse nor the database waits for the
-other: memory is a few pages. After the last page the run is finished: cache rows
-the source never listed are removed (a complete full pass only). A source failing mid-run fails
-the run with where it stopped; what was healed stays, and the next run starts over and completes.
-Each start also purges the integration's old runs (`keep_runs`, `keep_days`).
+trip and unparsed (the database parses it; the client reads only `next_cursor`). The next page is
+fetched while `pages_in_flight` pages are applied side by side (on as many connections), so
+neither the warehouse nor the database waits for the other: memory is a few pages. After the last
+page the run is finished: cache rows the source never listed are removed (a complete full pass
+only). A source failing mid-run fails the run with where it stopped; what was healed stays, and the
+next run starts over and completes. Each start also purges the integration's old runs
+(`keep_runs`, `keep_days`).
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ class Reconciler:
             finally:
                 for _, future in sent:  # after an error: what has not started does not start
                     if not future.cancel():
-                        with contextlib.suppress(BaseException):
+                        with contextlib.suppress(Exception):
                             future.result()
 
     def _settle(self, run_id: str, page: Page, future: Future[None], at: _Position, bar: Progress) -> None:
