@@ -169,6 +169,17 @@ def test_a_source_failing_on_page_3_fails_the_run_keeps_the_cache_consistent_and
     assert_cache_is_source(conn, wms["org"], warehouse)
 
 
+
+def test_a_page_that_is_not_json_fails_the_run_there_and_changes_nothing_of_it(conn, database, warehouse, wms):
+    for i in range(1000):
+        warehouse.inventory.put(item(i))
+    warehouse.broken_page = 2  # its end looks like a last page: the client cannot tell, the database can
+    [run] = reconciler(database).run(INVENTORY)["runs"]
+    assert run["status"] == "failed" and run["failed_at"]["page"] == 2 and run["failed_at"]["cursor"]
+    assert "page 2" in run["error"] and "json" in run["error"].lower()
+    assert (run["pages"], run["records_checked"]) == (1, 500)
+    assert len(cache(conn, wms["org"])) == 500
+
 def test_two_runs_at_once_never_interleave(conn, database, warehouse, wms):
     for i in range(600):
         warehouse.inventory.put(item(i))
