@@ -564,7 +564,7 @@ begin
   if run.updated_since is not null then
     extra := '{}';
   elsif run.sync_type = 'inventory' then
-    with seen as materialized (
+    with seen as (
       select k as key from private.sync_run_seen s, pg_catalog.unnest(s.keys) k where s.run_id = run.id
     ), gone as (
       delete from public.inventory_items i
@@ -573,7 +573,7 @@ begin
       returning i.sku)
     select coalesce(pg_catalog.array_agg(g.sku order by g.sku), '{}') into extra from gone g;
   else
-    with seen as materialized (
+    with seen as (
       select k as key from private.sync_run_seen s, pg_catalog.unnest(s.keys) k where s.run_id = run.id
     ), gone as (
       delete from public.wms_orders w
