@@ -139,8 +139,9 @@ def test_10000_items_into_an_empty_cache_then_one_run_heals_exactly_the_drift(co
     assert {auth for _, _, auth in warehouse.requests} == {f"Bearer {API_KEY}"}
 
 
+@pytest.mark.parametrize("in_flight", [1, 2])
 def test_a_source_failing_on_page_3_fails_the_run_keeps_the_cache_consistent_and_the_next_run_completes(
-        conn, database, warehouse, wms):
+        conn, database, warehouse, wms, in_flight):
     for i in range(2000):
         warehouse.inventory.put(item(i))
     assert reconciler(database).run(INVENTORY)["runs"][0]["status"] == "succeeded"
@@ -149,7 +150,7 @@ def test_a_source_failing_on_page_3_fails_the_run_keeps_the_cache_consistent_and
     warehouse.inventory.remove("SKU-01999")  # extra: judged only by a complete pass
     warehouse.fail_page = 3
 
-    [run] = reconciler(database).run(INVENTORY)["runs"]
+    [run] = reconciler(database, pages_in_flight=in_flight).run(INVENTORY)["runs"]
     assert run["status"] == "failed"
     assert run["failed_at"]["page"] == 3 and run["failed_at"]["cursor"]
     assert "page 3" in run["error"] and "HTTP 500" in run["error"]
