@@ -19,7 +19,8 @@
 \ir migrations/0013_imports.sql
 \ir migrations/0014_warehouse.sql
 \ir migrations/0015_inline_sql_helpers.sql
-\ir migrations/0016_booking_speed.sql
+\ir migrations/0016_sync_runs_pace.sql
+\ir migrations/0017_booking_speed.sql
 \ir functions/booking.sql
 \ir functions/class_sessions.sql
 \ir functions/customers.sql

@@ -22,7 +22,6 @@ import pytest
 from standardwebhooks import Webhook
 from twilio.request_validator import RequestValidator
 
-from crm.images.fetch import FetchPolicy  # noqa: F401 — the pinning rules the client shares
 from crm.inbox.jobs import Inbox
 from crm.net import PostPolicy, SafePoster
 from crm.sealing import SecretBox, generate_key, parse_key

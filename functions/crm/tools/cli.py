@@ -14,14 +14,18 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
-from typing import NoReturn
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from crm import config, queries, supabase_auth
+from crm import config, supabase_auth
 from crm.errors import ConfigError, Conflict, CrmError, DatabaseError, InvalidInput, Unprocessable
 from crm.orgs import accounts
 from crm.orgs.accounts import ROLES
+from crm.outbox import manage
 from crm.tools.common import CliError, UsageError, connect, database_url
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class _Parser(argparse.ArgumentParser):
@@ -222,10 +226,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _webhook_call(query: str, params: dict, missing: str = "not found") -> dict:
+def _webhook_call(call: Callable[[psycopg.Connection], Any], missing: str = "not found") -> Any:
     try:
         with database_url() as url, connect(url) as conn:
-            row = conn.execute(queries.get(query), params).fetchone()
+            row = call(conn)
     except InvalidInput as exc:  # a malformed id or timestamp on the command line
         raise UsageError(exc.detail) from exc
     if row is None:
@@ -237,23 +241,22 @@ def cmd_webhooks_add(args: argparse.Namespace) -> int:
     from crm.tools.embedded import apply_dev_settings
 
     apply_dev_settings()  # next to `crm dev`: its loopback receivers are allowed here too
-    row = _webhook_call("outbox_cli_add_endpoint", {
-        "org": args.org, "url": args.url, "event_types": args.event_type or [], "description": args.description,
-        "allow_loopback": "on" if config.env_flag("CRM_WEBHOOK_ALLOW_LOOPBACK") else "off"},
+    endpoint = _webhook_call(lambda conn: manage.add_endpoint(
+        conn, args.org, args.url, event_types=args.event_type or [], description=args.description,
+        allow_loopback=config.env_flag("CRM_WEBHOOK_ALLOW_LOOPBACK")),
         missing=f"no organization with slug {args.org!r}")
-    print(json.dumps(row["endpoint"], indent=2, default=str))
+    print(json.dumps(endpoint, indent=2, default=str))
     return 0
 
 
 def cmd_webhooks_retry(args: argparse.Namespace) -> int:
-    print(json.dumps(_webhook_call("outbox_cli_retry", {"delivery_id": args.delivery_id})["delivery"],
+    print(json.dumps(_webhook_call(lambda conn: manage.retry_delivery(conn, args.delivery_id)),
                      indent=2, default=str))
     return 0
 
 
 def cmd_webhooks_replay(args: argparse.Namespace) -> int:
-    print(_webhook_call("outbox_cli_replay", {"endpoint_id": args.endpoint_id, "since": args.since,
-                                              "until": args.until})["queued"])
+    print(_webhook_call(lambda conn: manage.replay(conn, args.endpoint_id, args.since, args.until)))
     return 0
 
 

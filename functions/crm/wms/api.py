@@ -18,10 +18,11 @@ from typing import Annotated, Any
 import flask
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from crm.booking.intake import CustomerIn, Notes, choice, field_errors, identifier
+from crm.contacts import CustomerIn
 from crm.db import Database, Session
 from crm.errors import ApiKeyRefused, BadRequest, FieldError, MethodNotAllowed, NotFound, Unauthorized, Unprocessable
 from crm.http import json_response, read_json
+from crm.textrules import Notes, choice, field_errors, identifier
 
 KEY_HEADER = "X-Api-Key"
 _KEY_SHAPE = re.compile(r"^crm_[A-Za-z0-9_-]{8,200}$")
