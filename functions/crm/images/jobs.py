@@ -136,7 +136,7 @@ def cache_order(db: Database, cache: ImageCache, order: dict[str, Any], token: u
         state = "partial" if cached else "failed"
 
     with db.transaction("service_role") as s:
-        if s.fetch_one("images_hold_claim", {"order_id": order_id, "token": token}) is None:
+        if not s.fetch_one("images_hold_claim", {"order_id": order_id, "token": token})["held"]:
             log.warning("image cache: lost the claim on order %s; its result is dropped", order_id)
             return {"order_id": str(order_id), "result": "lost_claim"}
         if attempted:

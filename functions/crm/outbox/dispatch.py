@@ -179,7 +179,7 @@ class Dispatcher:
 
     def next_due(self) -> float | None:
         with self.db.transaction("service_role") as s:
-            return s.fetch_one("outbox_next_due")["seconds"]
+            return s.fetch_one("outbox_next_due", {"token": self.token})["seconds"]
 
     # -- recording (its own thread, so claims and results travel side by side) -----------------------
     def _start_recorder(self) -> None:
