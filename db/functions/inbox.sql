@@ -561,7 +561,26 @@ comment on function private.inbox_claim(integer, integer, uuid) is
 revoke all on function private.inbox_claim(integer, integer, uuid) from public;
 grant execute on function private.inbox_claim(integer, integer, uuid) to service_role;
 
-drop function if exists private.inbox_finish(bigint, jsonb, text);
+create or replace function private.inbox_finish(p_id bigint, p_extra jsonb, p_error text)
+returns text
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+  ev private.inbound_events;
+begin
+  select e.* into ev from private.inbound_events e where e.id = p_id for update;
+  if not found or ev.status not in ('pending', 'failed') then
+    return coalesce(ev.status, 'missing');  -- finished meanwhile: nothing to do
+  end if;
+  return private.inbox_try(ev, p_extra, p_error);
+end
+$$;
+comment on function private.inbox_finish(bigint, jsonb, text) is
+  'pull-leads: processes a stored event with the data pulled for it (p_extra) whoever holds it: the outcome is recorded once (the row lock), and a process-inbox run still fetching it finds it finished. process-inbox itself finishes under its lease (the four-argument form).';
+revoke all on function private.inbox_finish(bigint, jsonb, text) from public;
+grant execute on function private.inbox_finish(bigint, jsonb, text) to service_role;
+
 create or replace function private.inbox_finish(p_id bigint, p_extra jsonb, p_error text, p_token uuid)
 returns text
 language plpgsql volatile security definer

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import string
-import sys
-import time
 import urllib.parse
 import uuid
 from collections import Counter
@@ -31,7 +29,8 @@ from crm.images.errors import FetchError, ImageCacheError
 from crm.images.fetch import FetchPolicy, SafeFetcher
 from crm.images.process import ProcessOptions
 from crm.images.storage import storage_from_env
-from crm.jobs import job
+from crm.jobs import ApplyOptions, LimitOptions, job
+from crm.progress import progress_bar
 
 log = logging.getLogger("crm.images.jobs")
 
@@ -181,41 +180,18 @@ def _attempt(cache: ImageCache, url: str, attempts: int, settings: Settings) -> 
     return entry
 
 
-# -- progress on a terminal -----------------------------------------------------------------------
-class Progress:
-    def __init__(self, enabled: bool, label: str, total: int | None = None):
-        self.enabled, self.label, self.total, self.done = enabled, label, total, 0
-        self.last = 0.0
-
-    def step(self, note: str = "") -> None:
-        self.done += 1
-        if not self.enabled or (time.monotonic() - self.last < 0.1 and self.done != self.total):
-            return
-        self.last = time.monotonic()
-        if self.total:
-            filled = int(30 * self.done / self.total)
-            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}"
-        else:
-            bar = f"{self.done}"
-        print(f"\r{self.label} {bar} {note[:40]:<40}", end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            print(file=sys.stderr, flush=True)
-
-
 # -- cache-images ---------------------------------------------------------------------------------
-@job("cache-images", every_seconds=3,
+@job("cache-images", every_seconds=3, options=LimitOptions, check=check_config,
      description="Cache the images of pending orders to first-party storage (retries with backoff).")
-def cache_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
+def cache_images(db: Database, options: LimitOptions) -> dict[str, Any]:
     summary: Counter[str] = Counter()
     with db.transaction("service_role") as s:
         if not s.fetch_one("images_has_work")["has_work"]:
             return {"job": "cache-images", "orders": 0}
     settings = Settings.from_env()
-    limit = options.get("limit") or settings.run_limit
+    limit = options.limit or settings.run_limit
     cache = ImageCache.from_env()
-    progress = Progress(bool(options.get("progress")), "cache-images")
+    progress = progress_bar(options.progress, "cache-images", unit="orders")
     try:
         while summary["orders"] < limit:
             token = uuid.uuid4()
@@ -233,7 +209,8 @@ def cache_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
                 summary[outcome["result"]] += 1
                 for key in ("images_cached", "images_failed", "images_retrying"):
                     summary[key] += outcome.get(key, 0)
-                progress.step(order["order_code"])
+                progress.set_postfix_str(order["order_code"], refresh=False)
+                progress.update()
     finally:
         progress.close()
         cache.close()
@@ -310,18 +287,18 @@ def plan_order(order: dict[str, Any], fetcher: SafeFetcher, settings: Settings, 
     return entry
 
 
-@job("backfill-images",
+@job("backfill-images", options=ApplyOptions, check=check_config,
      description="Cache images of legacy orders without first-party images; dry run unless --apply.")
-def backfill_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
-    apply = bool(options.get("apply"))
-    limit = options.get("limit")
+def backfill_images(db: Database, options: ApplyOptions) -> dict[str, Any]:
+    apply = options.apply
+    limit = options.limit
     settings = Settings.from_env()
     storage = storage_from_env()
     first_party = storage.url_prefix
     catalog = Catalog.from_env()
     fetcher = SafeFetcher(FetchPolicy.from_env())
     cache = ImageCache(fetcher, storage, ProcessOptions.from_env())
-    report_path = Path(options.get("report") or config.data_dir() / "reports" / (
+    report_path = Path(options.report or config.data_dir() / "reports" / (
         f"backfill-images-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{'apply' if apply else 'dry-run'}.json"))
 
     with db.transaction("service_role") as s:
@@ -330,7 +307,7 @@ def backfill_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
         total = min(total, limit)
     summary: Counter[str] = Counter()
     entries: list[dict[str, Any]] = []
-    progress = Progress(bool(options.get("progress")), "backfill-images", total)
+    progress = progress_bar(options.progress, "backfill-images", total, unit="orders")
     after = NIL_UUID
     interrupted = False
     try:
@@ -350,7 +327,8 @@ def backfill_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
                 if apply:
                     _apply_order(db, cache, order, entry, settings, catalog, summary)
                 entries.append(entry)
-                progress.step(order["order_code"])
+                progress.set_postfix_str(order["order_code"], refresh=False)
+                progress.update()
     except KeyboardInterrupt:
         interrupted = True
         raise

@@ -16,9 +16,9 @@ from urllib.parse import quote
 from crm import config
 from crm.db import Database
 from crm.errors import NotFound
-from crm.jobs import job
+from crm.jobs import LimitOptions, job
 from crm.net import PostPolicy, SafePoster
-from crm.sealing import SecretBox
+from crm.sealing import SecretBox, check_key
 
 log = logging.getLogger("crm.inbox")
 
@@ -116,14 +116,15 @@ class Inbox:
 
 
 def check_config() -> None:
-    SecretBox.from_env()
+    """process-inbox seals parked integration secrets on every run: it always needs the key."""
+    check_key()
 
 
-@job("process-inbox", every_seconds=5,
+@job("process-inbox", every_seconds=5, options=LimitOptions, check=check_config,
      description="Finish inbound webhook events: fetch Meta leads, retry failures with backoff.")
-def process_inbox(db: Database, options: dict[str, Any]) -> dict[str, Any]:
+def process_inbox(db: Database, options: LimitOptions) -> dict[str, Any]:
     inbox = Inbox(db)
     try:
-        return inbox.run_once(limit=options.get("limit"))
+        return inbox.run_once(limit=options.limit)
     finally:
         inbox.close()

@@ -36,6 +36,7 @@ from crm import config, queries
 from crm.db import Database
 from crm.errors import ConfigError, CrmError
 from crm.net import PostPolicy, SafePoster
+from crm.progress import progress_bar
 from crm.sealing import SealError, SecretBox
 
 log = logging.getLogger("crm.outbox")
@@ -282,28 +283,36 @@ class Dispatcher:
             self.renew_leases()
         return worked
 
-    def run_once(self, limit: int | None = None) -> dict[str, Any]:
-        """The scheduled job: everything due now, then return (later retries are the next run's)."""
+    def _recorded(self) -> int:
+        return sum(self.stats[k] for k in ("succeeded", "failed", "dead", "lost"))
+
+    def run_once(self, limit: int | None = None, progress: bool = False) -> dict[str, Any]:
+        """The scheduled job: everything due now, then return (later retries are the next run's).
+        `progress`: a bar of recorded attempts on stderr (a terminal)."""
         self._start_recorder()
+        bar = progress_bar(progress, "dispatch-outbox", unit="deliveries")
         try:
             self._step(housekeeping=True)
-            progress = (time.monotonic(), -1)
+            progress_at = (time.monotonic(), -1)
             while limit is None or self.stats["claimed"] < limit:
                 self.wake.clear()
                 worked = self._step(housekeeping=False)
+                bar.update(self._recorded() - bar.n)
                 with self.lock:
                     left = len(self.inflight)
                 if not worked and not left:
                     break
-                if worked or left != progress[1]:
-                    progress = (time.monotonic(), left)
-                elif time.monotonic() - progress[0] > self.settings.timeout + 10:
+                if worked or left != progress_at[1]:
+                    progress_at = (time.monotonic(), left)
+                elif time.monotonic() - progress_at[0] > self.settings.timeout + 10:
                     log.warning("dispatch-outbox: %d attempts cannot be recorded; giving up this run", left)
                     break
                 if not worked:
                     self.wake.wait(0.05)
         finally:
             self._drain()
+            bar.update(self._recorded() - bar.n)
+            bar.close()
         return self.summary()
 
     def serve(self, stop: threading.Event) -> None:

@@ -24,10 +24,10 @@ from typing import Any
 from crm import config
 from crm.db import Database
 from crm.errors import CrmError, NotFound
-from crm.images.jobs import Progress
 from crm.inbox.receive import load_integration
-from crm.jobs import job
-from crm.sealing import SecretBox
+from crm.jobs import JobOptions, job
+from crm.progress import progress_bar
+from crm.sealing import SecretBox, check_key, check_key_if_set
 from crm.wms.client import ClientPolicy, Page, WarehouseClient, WarehouseError
 
 log = logging.getLogger("crm.wms")
@@ -164,7 +164,7 @@ class Reconciler:
         if not keys:
             return _run_summary(self._fail(run_id, "the wms integration has no api_key secret", 1, None))
 
-        bar = Progress(self.progress, kind.job)
+        bar = progress_bar(self.progress, kind.job, unit="pages")
         number, cursor = 1, None
         try:
             with WarehouseClient(base_url, keys[0], allow_loopback=self.settings.allow_loopback,
@@ -176,7 +176,7 @@ class Reconciler:
                     with self.db.transaction("service_role") as s:
                         s.fetch_one("sync_run_page", {"run_id": run_id, "page": page.raw.decode("utf-8"),
                                                       "cursor": page.cursor})
-                    bar.step(f"page {page.number}")
+                    bar.update()
                     number, cursor = page.number + 1, page.next_cursor
             with self.db.transaction("service_role") as s:
                 done = s.fetch_one("sync_run_finish", {"run_id": run_id})
@@ -194,13 +194,13 @@ class Reconciler:
         return _run_summary(done)
 
 
-@job(INVENTORY.job, every_seconds=3600,
+@job(INVENTORY.job, every_seconds=3600, check=check_key_if_set, deployed_check=check_key,
      description="Compare the warehouse inventory cache with the warehouse, heal it, record the run (sync_runs).")
-def reconcile_inventory(db: Database, options: dict[str, Any]) -> dict[str, Any]:
-    return Reconciler(db, progress=bool(options.get("progress"))).run(INVENTORY)
+def reconcile_inventory(db: Database, options: JobOptions) -> dict[str, Any]:
+    return Reconciler(db, progress=options.progress).run(INVENTORY)
 
 
-@job(WMS_ORDERS.job, every_seconds=3600,
+@job(WMS_ORDERS.job, every_seconds=3600, check=check_key_if_set, deployed_check=check_key,
      description="Compare the warehouse orders cache with the warehouse, heal it, record the run (sync_runs).")
-def reconcile_wms_orders(db: Database, options: dict[str, Any]) -> dict[str, Any]:
-    return Reconciler(db, progress=bool(options.get("progress"))).run(WMS_ORDERS)
+def reconcile_wms_orders(db: Database, options: JobOptions) -> dict[str, Any]:
+    return Reconciler(db, progress=options.progress).run(WMS_ORDERS)
