@@ -594,8 +594,7 @@ begin
     select e.* into ev from private.inbound_events e where e.id = p_id;
     return coalesce(ev.status, 'missing');
   end if;
-  select e.* into ev from private.inbound_events e where e.id = p_id;
-  return private.inbox_try(ev, p_extra, p_error);
+  return private.inbox_finish(p_id, p_extra, p_error);  -- still ours, so still pending or failed
 end
 $$;
 comment on function private.inbox_finish(bigint, jsonb, text, uuid) is

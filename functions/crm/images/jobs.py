@@ -1,11 +1,12 @@
 """Jobs `cache-images` and `backfill-images` (SPEC §7.4, §8). Scheduled jobs run as service_role
 (SPEC §6.1), in transactions set up exactly as PostgREST sets them up.
 
-A worker claims queued orders in one short transaction (FOR UPDATE SKIP LOCKED plus a lease, see
-db/migrations/0006_image_cache.sql), downloads and re-encodes with no transaction open, then
-writes each order's result in another short transaction that first checks the claim is still its
-own. Failures are recorded per image in private.image_cache_images; transient ones are retried
-with exponential backoff up to CRM_IMAGE_MAX_ATTEMPTS, then the image counts as failed.
+A worker claims queued orders in one short transaction (the leased work queue of
+db/functions/000_work_queue.sql: FOR UPDATE SKIP LOCKED plus a lease), downloads and re-encodes
+with no transaction open, then writes each order's result in another short transaction that first
+checks the claim is still its own (`queue_hold`). Failures are recorded per image in
+private.image_cache_images; transient ones are retried with exponential backoff up to
+CRM_IMAGE_MAX_ATTEMPTS, then the image counts as failed.
 """
 
 from __future__ import annotations

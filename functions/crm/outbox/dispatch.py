@@ -4,9 +4,10 @@ One `Dispatcher` per process. Its loop (one thread) does the queue's moves:
 - seals secrets the RPCs just generated (the database never has `CRM_SECRETS_KEY`);
 - fans queued outbox events out into deliveries (one statement per 1,000 events);
 - claims due deliveries into the free slots of a thread pool with one `for update skip locked`
-  UPDATE that leases them to this worker (`locked_until`, `lease_token`), and renews the leases of
-  what is still in flight, so a slow receiver never makes a delivery claimable twice while its
-  worker lives, and a killed worker's deliveries are claimed again once their lease runs out;
+  UPDATE that leases them to this worker (`locked_until`, `lease_token`; the shared leased queue of
+  db/functions/000_work_queue.sql), and renews the leases of what is still in flight, so a slow
+  receiver never makes a delivery claimable twice while its worker lives, and a killed worker's
+  deliveries are claimed again once their lease runs out;
 - a recorder thread, on a connection of its own, writes finished attempts in batches
   (`private.webhook_record_attempts`: the retry schedule, Retry-After, 410 and the five-day rule
   are SQL), so claiming and recording go on side by side.
