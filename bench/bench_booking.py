@@ -56,11 +56,11 @@ from pathlib import Path
 import psycopg
 from psycopg import conninfo, sql
 
-from crm import booking as intake
 from crm import queries
+from crm.booking import intake
 from crm.db import Database
 from crm.errors import CrmError
-from crm.migrate import Migrator
+from crm.tools.migrate import Migrator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.pgcluster starts PgBouncer for --pgbouncer

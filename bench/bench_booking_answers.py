@@ -28,9 +28,9 @@ from psycopg import conninfo, sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crm import booking  # noqa: E402
+from crm.booking import intake as booking  # noqa: E402
 from crm.db import Database  # noqa: E402
-from crm.migrate import Migrator  # noqa: E402
+from crm.tools.migrate import Migrator  # noqa: E402
 from tests.helpers import BOOKING_EXAMPLE  # noqa: E402
 
 

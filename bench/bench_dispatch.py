@@ -40,9 +40,9 @@ from psycopg import conninfo, sql
 from psycopg.rows import dict_row
 
 from crm.db import Database
-from crm.migrate import Migrator
 from crm.outbox.dispatch import Dispatcher, DispatchSettings
 from crm.sealing import SecretBox, generate_key, parse_key
+from crm.tools.migrate import Migrator
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = generate_key()

@@ -33,7 +33,7 @@ from psycopg import conninfo, sql
 from psycopg.rows import dict_row
 
 from crm.imports.run import run_import
-from crm.migrate import Migrator
+from crm.tools.migrate import Migrator
 
 GOAL = 0.2
 COLUMNS = ("legacy_id", "full_name", "phone", "email", "status", "notes")

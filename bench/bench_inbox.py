@@ -40,8 +40,8 @@ from bench_booking import ORG, RATE_LIMIT, Counter, free_port, merge, start_embe
 
 from crm.db import Database  # noqa: E402
 from crm.inbox.jobs import seal_pending  # noqa: E402
-from crm.migrate import Migrator  # noqa: E402
 from crm.sealing import SecretBox, generate_key, parse_key  # noqa: E402
+from crm.tools.migrate import Migrator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def app():
     import functions_framework
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-    from crm.devserver import _at_root_when_bare, root_app
+    from crm.tools.devserver import _at_root_when_bare, root_app
 
     apps = {f"/{name}": _at_root_when_bare(functions_framework.create_app(
         target=name, source=str(ROOT / "functions" / name / "main.py"))) for name in ("booking", "webhooks")}

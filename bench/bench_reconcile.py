@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from crm.db import Database  # noqa: E402
-from crm.migrate import Migrator  # noqa: E402
 from crm.sealing import SecretBox, generate_key, parse_key  # noqa: E402
+from crm.tools.migrate import Migrator  # noqa: E402
 from crm.wms.client import ClientPolicy, WarehouseClient  # noqa: E402
 from crm.wms.reconcile import INVENTORY, Reconciler, Settings  # noqa: E402
 

@@ -30,7 +30,7 @@ import time
 import psycopg
 from psycopg import conninfo, sql
 
-from crm.migrate import Migrator
+from crm.tools.migrate import Migrator
 
 RUNS = 40
 GOAL_MS = 20.0

@@ -29,7 +29,7 @@ import uuid
 import psycopg
 from psycopg import conninfo, sql
 
-from crm.migrate import Migrator
+from crm.tools.migrate import Migrator
 
 SESSIONS = 1000
 BOOK = "select id from public.book_session(session_id => %s, customer_id => %s)"

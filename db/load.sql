@@ -1,7 +1,7 @@
 -- Apply the whole schema with psql alone, in the order `crm db migrate` uses:
 --   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 --single-transaction -f db/load.sql
 -- Versioned migrations first (in number order), then the repeatable files: db/functions/,
--- db/policies/, then db/triggers/, each in name order. Regenerate with `python -m crm.migrate`;
+-- db/policies/, then db/triggers/, each in name order. Regenerate with `python -m crm.tools.migrate`;
 -- tests/migration/test_load_sql.py keeps it in step.
 \set ON_ERROR_STOP on
 \ir migrations/0001_supabase_bootstrap.sql

@@ -22,7 +22,7 @@ from psycopg import conninfo, sql
 from psycopg.rows import dict_row
 
 from crm.db import Database, set_database
-from crm.migrate import Migrator
+from crm.tools.migrate import Migrator
 
 RUN_ID = secrets.token_hex(3)
 #: Read once, before the isolation fixture below hides DATABASE_URL from every test.

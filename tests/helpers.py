@@ -233,7 +233,7 @@ def start_crm_dev(args: list[str], env: dict[str, str], log: Path) -> subprocess
     """`crm dev --port 0 ARGS` in a subprocess: the server takes a free port itself (no race for a
     port picked beforehand) and prints it; `crm_dev_url` reads it. Output goes to `log`."""
     with log.open("w") as out:
-        return subprocess.Popen([sys.executable, "-m", "crm.cli", "dev", "--port", "0", *args],
+        return subprocess.Popen([sys.executable, "-m", "crm.tools.cli", "dev", "--port", "0", *args],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
 
 

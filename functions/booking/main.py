@@ -2,14 +2,14 @@
 
 Deploy: `functions-framework --source functions/booking/main.py --target booking`. Needs only
 `DATABASE_URL`; `CRM_TRUSTED_PROXIES`, `CRM_BOOKING_RATE_LIMIT` and `CRM_BOOKING_RATE_WINDOW` tune the
-abuse limits (see `crm.booking`). Validation and the one SQL call live in `crm.booking`.
+abuse limits (see `crm.booking.intake`). Validation and the one SQL call live in `crm.booking.intake`.
 """
 
 import flask
 import functions_framework
 
-from crm import booking as intake
 from crm import config
+from crm.booking import intake
 from crm.db import get_database
 from crm.errors import NotFound
 from crm.http import endpoint, json_response, prepare_deployment, read_json, require_method

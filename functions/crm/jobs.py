@@ -107,11 +107,12 @@ def job(name: str, *, description: str, every_seconds: float | None = None, serv
 def load_all() -> dict[str, Job]:
     """Every capability's jobs: each registers where it is defined, so importing is registering.
     A capability with jobs adds its import here."""
-    from crm import booking, sessions  # noqa: F401
+    from crm.booking import intake  # noqa: F401
     from crm.images import jobs as images  # noqa: F401
     from crm.imports import pull  # noqa: F401
     from crm.inbox import jobs as inbox  # noqa: F401
     from crm.outbox import jobs as outbox  # noqa: F401
+    from crm.sessions import jobs as sessions  # noqa: F401
     from crm.wms import reconcile  # noqa: F401
 
     return REGISTRY

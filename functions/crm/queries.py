@@ -1,8 +1,9 @@
-"""Named SQL queries, loaded from `crm/sql/*.sql` (procrastinate's habit).
+"""Named SQL queries, loaded from every `.sql` file of the `crm` package (procrastinate's habit).
 
-The files read as the data-access API, one per concern: each query starts with a `-- name --`
-header line and uses `%(param)s` placeholders. Python never builds SQL from strings. Names are
-unique across all files.
+Each capability package keeps its own (`crm/booking/queries.sql`, `crm/outbox/queries.sql`, …),
+the platform's are in `crm/sql/`, the tools' in `crm/tools/sql/`. The files read as the data-access
+API, one per concern: each query starts with a `-- name --` header line and uses `%(param)s`
+placeholders. Python never builds SQL from strings. Names are unique across all files.
 """
 
 from __future__ import annotations
@@ -24,16 +25,22 @@ def parse(text: str) -> dict[str, str]:
     return queries
 
 
-SQL_DIR = Path(__file__).with_name("sql")
+PACKAGE_DIR = Path(__file__).parent
+
+
+def files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
+    """Every `.sql` file under the package, in path order."""
+    return sorted(package_dir.rglob("*.sql"))
 
 
 @cache
 def load() -> dict[str, str]:
     queries: dict[str, str] = {}
-    for path in sorted(SQL_DIR.glob("*.sql")):
+    for path in files():
         for name, sql in parse(path.read_text(encoding="utf-8")).items():
             if name in queries:
-                raise ValueError(f"query {name!r} in {path.name} is already defined in another file")
+                where = path.relative_to(PACKAGE_DIR)
+                raise ValueError(f"query {name!r} in crm/{where} is already defined in another file")
             queries[name] = sql
     return queries
 
@@ -42,4 +49,4 @@ def get(name: str) -> str:
     try:
         return load()[name]
     except KeyError:
-        raise KeyError(f"no query named {name!r} in crm/sql/*.sql") from None
+        raise KeyError(f"no query named {name!r} in the .sql files of the crm package") from None

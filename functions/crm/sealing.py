@@ -47,7 +47,7 @@ def key_from_env() -> bytes:
     """`CRM_SECRETS_KEY`; without `DATABASE_URL` (the embedded dev server) the one `crm dev` generated."""
     raw = config.env(KEY_VARIABLE)
     if raw is None and config.env("DATABASE_URL") is None:
-        from crm.embedded import dev_secrets
+        from crm.tools.embedded import dev_secrets
 
         raw = dev_secrets().get(KEY_VARIABLE)
     if raw is None:

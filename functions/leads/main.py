@@ -12,7 +12,7 @@ from crm import auth, config
 from crm.db import get_database
 from crm.errors import NotFound
 from crm.http import endpoint, json_response, prepare_deployment, read_json, require_method
-from crm.leads import lead_ref, parse_patch, patch_lead
+from crm.leads.patch import lead_ref, parse_patch, patch_lead
 
 prepare_deployment()  # problem+json for the framework's own errors; crm.server, not gunicorn
 # Fail at startup, naming the variable, rather than on the first request.

@@ -10,9 +10,9 @@ import httpx
 import psycopg
 import pytest
 
-from crm import booking as intake
-from crm.devserver import build_app
+from crm.booking import intake
 from crm.sealing import generate_key
+from crm.tools.devserver import build_app
 from tests.helpers import BOOKING_EXAMPLE as EXAMPLE
 from tests.helpers import LiveServer, acting_as, assert_refuses_to_start, function_app, make_org, start_function
 

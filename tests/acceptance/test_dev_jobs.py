@@ -80,7 +80,7 @@ def test_crm_dev_on_a_taken_port_is_one_line(db_url: str, tmp_path: Path) -> Non
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "crm.cli", "dev", "--port", str(port), "--no-jobs"],
+        result = subprocess.run([sys.executable, "-m", "crm.tools.cli", "dev", "--port", str(port), "--no-jobs"],
                                 env=dev_env(db_url, tmp_path), capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
     assert result.stderr.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr

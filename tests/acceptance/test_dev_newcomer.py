@@ -53,11 +53,11 @@ def test_crm_dev_newcomer_path(tmp_path, data_dir):
 
         # A second terminal: no DATABASE_URL, same CRM_DATA_DIR → the same embedded server.
         env = newcomer_env(data_dir)
-        added = subprocess.run([sys.executable, "-m", "crm.cli", "staff", "add", "--org", "demo",
+        added = subprocess.run([sys.executable, "-m", "crm.tools.cli", "staff", "add", "--org", "demo",
                                 "--email", "manager@demo.test", "--role", "manager"],
                                env=env, capture_output=True, text=True, timeout=60)
         assert added.returncode == 0, added.stderr
-        token = subprocess.run([sys.executable, "-m", "crm.cli", "token", "--user", added.stdout.strip()],
+        token = subprocess.run([sys.executable, "-m", "crm.tools.cli", "token", "--user", added.stdout.strip()],
                                env=env, capture_output=True, text=True, timeout=60)
         assert token.returncode == 0, token.stderr
         secret = json.loads((data_dir / "secrets.json").read_text())["CRM_JWT_SECRET"]

@@ -23,7 +23,7 @@ def test_crm_dev_delivers_a_booking_signed(tmp_path, db_url):
         url = crm_dev_url(proc, log)
         with Receiver() as rx:
             # A second terminal, configured only by what crm dev left in CRM_DATA_DIR.
-            added = subprocess.run([sys.executable, "-m", "crm.cli", "webhooks", "add", "--org", "demo",
+            added = subprocess.run([sys.executable, "-m", "crm.tools.cli", "webhooks", "add", "--org", "demo",
                                     "--url", rx.url + "/hook"], env=env, capture_output=True, text=True, timeout=60)
             assert added.returncode == 0, added.stderr
             secret = json.loads(added.stdout)["secret"]

@@ -196,7 +196,7 @@ def test_crm_dev_serves_through_the_same_server(db_url, tmp_path):
     env.update({"DATABASE_URL": db_url, "CRM_DATA_DIR": str(tmp_path / "crm")})
     log = tmp_path / "dev.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "crm.cli", "dev", "--port", str(port), "--no-jobs",
+        proc = subprocess.Popen([sys.executable, "-m", "crm.tools.cli", "dev", "--port", str(port), "--no-jobs",
                                  "--no-demo"], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -26,10 +26,10 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request as WsgiRequest
 from werkzeug.wrappers import Response as WsgiResponse
 
-from crm import openapi
 from crm.auth import mint_token
-from crm.devserver import FUNCTIONS, build_app
 from crm.sealing import generate_key
+from crm.tools import openapi
+from crm.tools.devserver import FUNCTIONS, build_app
 from tests.helpers import BOOKING_EXAMPLE, LiveServer, make_org, make_staff
 
 JWT_SECRET = "openapi-test-jwt-secret-0123456789abcdef"

@@ -193,8 +193,8 @@ def test_a_key_never_appears_in_clear_in_any_table_or_log(conn, api, orgs, caplo
 
 
 def test_crm_dev_serves_the_api_under_api(conn, database, orgs, monkeypatch, tmp_path):
-    from crm.devserver import build_app
     from crm.sealing import generate_key
+    from crm.tools.devserver import build_app
 
     for name, value in {"CRM_JWT_SECRET": "dev-test-secret-of-at-least-32-bytes!", "CRM_CRON_SECRET": "cron",
                         "CRM_PUBLIC_URL": "http://127.0.0.1", "CRM_STORAGE_DIR": str(tmp_path),

@@ -11,9 +11,9 @@ import httpx
 import psycopg
 import pytest
 
-from crm import booking as intake
+from crm.booking import intake
 from crm.db import CONNECT_TIMEOUT, POOL_TIMEOUT, Database, set_database
-from crm.migrate import Migrator
+from crm.tools.migrate import Migrator
 from tests.helpers import LiveServer, function_app, stoppable_postgres, wait_until
 
 

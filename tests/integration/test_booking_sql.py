@@ -8,7 +8,7 @@ import uuid
 import psycopg
 import pytest
 
-from crm import booking
+from crm.booking import intake as booking
 from crm.jobs import REGISTRY
 from tests.helpers import acting_as, make_org
 

@@ -18,8 +18,8 @@ import pytest
 from psycopg import errors as pg
 from psycopg.rows import dict_row
 
-from crm import sessions
 from crm.jobs import REGISTRY
+from crm.sessions import jobs as sessions
 from tests.helpers import make_org, make_staff
 
 

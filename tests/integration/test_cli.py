@@ -15,7 +15,7 @@ from tests.integration.image_fixtures import ImageServer, encoded, two_tone
 
 
 def crm(*args: str, url: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "crm.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "crm.tools.cli", *args], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "DATABASE_URL": url, **env})
 
 

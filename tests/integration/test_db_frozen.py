@@ -12,7 +12,7 @@ import httpx
 import psycopg
 import pytest
 
-from crm.migrate import Migrator
+from crm.tools.migrate import Migrator
 from tests import pgcluster
 from tests.helpers import BOOKING_EXAMPLE, first_answer, make_org, start_function
 

@@ -6,8 +6,8 @@ import httpx
 import psycopg
 
 from crm.db import CONNECT_TIMEOUT, POOL_TIMEOUT, Database, set_database
-from crm.devserver import root_app
-from crm.migrate import Migrator
+from crm.tools.devserver import root_app
+from crm.tools.migrate import Migrator
 from tests.helpers import LiveServer, stoppable_postgres
 
 

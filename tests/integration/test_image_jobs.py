@@ -149,7 +149,7 @@ def test_a_booking_shows_first_party_images(env, server, conn, database, monkeyp
     public tracking page and the media route all serve our own copies."""
     import httpx
 
-    from crm.devserver import root_app
+    from crm.tools.devserver import root_app
     from tests.helpers import LiveServer, acting_as, function_app
 
     slug = f"bikes-{uuid.uuid4().hex[:6]}"

@@ -14,10 +14,10 @@ import flask
 import httpx
 import pytest
 
-from crm.devserver import root_app
 from crm.errors import ConfigError
 from crm.images.errors import StorageError
 from crm.images.storage import LocalStorage, SupabaseStorage, storage_from_env
+from crm.tools.devserver import root_app
 from tests.helpers import LiveServer, refused_port
 
 KEY = "service-role-key-for-tests"

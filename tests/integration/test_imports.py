@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from crm.cli import main
+from crm.tools.cli import main
 from tests.helpers import make_org
 from tests.integration.json_server import JsonServer
 
@@ -270,7 +270,7 @@ def test_orders_from_the_catalog_and_archived_when_it_forgot_the_item(conn, org,
 
 
 def run_cli(db_url, *args):
-    return subprocess.run([sys.executable, "-m", "crm.cli", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "crm.tools.cli", *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "DATABASE_URL": db_url})
 
 
@@ -305,7 +305,7 @@ def test_ctrl_c_leaves_whole_batches_and_a_rerun_resumes(conn, org, tmp_path, db
     path = tmp_path / "many.csv"
     path.write_text("legacy_id,full_name,email\n"
                     + "".join(f"{n},Person {n},p{n}@example.com\n" for n in range(1, rows + 1)))
-    proc = subprocess.Popen([sys.executable, "-m", "crm.cli", "import", "leads", str(path), "--org", org["slug"],
+    proc = subprocess.Popen([sys.executable, "-m", "crm.tools.cli", "import", "leads", str(path), "--org", org["slug"],
                              "--apply"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "DATABASE_URL": db_url})
     deadline = time.monotonic() + 60
@@ -351,8 +351,8 @@ def test_progress_bar_on_a_terminal(conn, org, tmp_path, db_url):
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
     try:
-        result = subprocess.run([sys.executable, "-m", "crm.cli", "import", "leads", str(path), "--org", org["slug"]],
-                                stdout=subprocess.PIPE, stderr=secondary, timeout=60,
+        result = subprocess.run([sys.executable, "-m", "crm.tools.cli", "import", "leads", str(path), "--org",
+                                 org["slug"]], stdout=subprocess.PIPE, stderr=secondary, timeout=60,
                                 env={**os.environ, "DATABASE_URL": db_url})
         os.close(secondary)
         secondary = -1
@@ -379,7 +379,7 @@ def test_two_imports_of_one_file_at_once_write_each_row_once(conn, org, tmp_path
     path = tmp_path / "same.csv"
     path.write_text("legacy_id,full_name,phone\n"
                     + "".join(f"{n},Person {n},+49151{n:08d}\n" for n in range(1, rows + 1)))
-    args = [sys.executable, "-m", "crm.cli", "import", "leads", str(path), "--org", org["slug"], "--apply"]
+    args = [sys.executable, "-m", "crm.tools.cli", "import", "leads", str(path), "--org", org["slug"], "--apply"]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "DATABASE_URL": db_url}) for _ in range(2)]
     reports = []

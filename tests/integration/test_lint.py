@@ -8,8 +8,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from crm.cli import main as crm_main
-from crm.lint import run_lint
+from crm.tools.cli import main as crm_main
+from crm.tools.lint import run_lint
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_cli_exits_one_naming_the_object(clone_database, monkeypatch: pytest.Mon
 
 
 def test_every_check_is_shown_to_fire() -> None:
-    from crm import lint
+    from crm.tools import lint
 
     shown = {finding.split(":")[0] for _, finding in BAD_OBJECTS}
     assert shown == set(lint._CHECKS) | {"auth_rls_initplan"}

@@ -16,9 +16,10 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
-from crm import ROOT, booking, config, queries
+from crm import ROOT, config, queries
+from crm.booking import intake as booking
 from crm.db import Database
-from crm.sqlsplit import split
+from crm.tools.sqlsplit import split
 from tests import pgcluster
 from tests.helpers import BOOKING_EXAMPLE, make_org
 
@@ -66,7 +67,7 @@ def test_bookings_through_pgbouncer_in_transaction_mode_never_fail(bouncer_url, 
 def test_crm_db_migrate_refuses_a_transaction_pooler_in_one_line(bouncer_url):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CRM_"))}
     env.update({"DATABASE_URL": bouncer_url, "CRM_DB_POOLER": "transaction"})
-    result = subprocess.run([sys.executable, "-m", "crm.cli", "db", "migrate"], env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "crm.tools.cli", "db", "migrate"], env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1, result.stderr
@@ -102,6 +103,8 @@ def session_level_findings(where: str, sql: str) -> list[str]:
 NEEDS_A_SESSION = {
     "outbox_listen": "the webhook worker's own listener connection; DispatchSettings.listen is off "
                      "under CRM_DB_POOLER=transaction (test below)",
+    "migrate_lock": "the migration runner's lock across its per-file transactions; `crm db migrate` and `crm dev` "
+                    "refuse CRM_DB_POOLER=transaction (test_crm_db_migrate_refuses_a_transaction_pooler_in_one_line)",
 }
 
 

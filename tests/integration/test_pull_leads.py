@@ -259,7 +259,7 @@ def test_a_twilio_integration_without_account_sid_is_reported(conn, database, or
 
 
 def test_pull_leads_is_a_job_and_needs_no_key_without_integrations(db_url, monkeypatch, capsys):
-    from crm.cli import main
+    from crm.tools.cli import main
 
     monkeypatch.delenv("CRM_SECRETS_KEY")
     monkeypatch.setenv("DATABASE_URL", db_url)

@@ -62,7 +62,7 @@ class AuthStandIn:
 
 def crm(*args: str, url: str, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CRM_", "SUPABASE_"))}
-    return subprocess.run([sys.executable, "-m", "crm.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "crm.tools.cli", *args], capture_output=True, text=True,
                           timeout=60, env={**base, "DATABASE_URL": url, **env})
 
 

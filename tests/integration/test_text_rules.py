@@ -16,8 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
-from crm import booking, leads, textrules
+from crm import textrules
+from crm.booking import intake as booking
 from crm.errors import Unprocessable
+from crm.leads import patch as leads
 from tests.helpers import BOOKING_EXAMPLE, acting_as, make_org, make_staff
 
 CORPUS = [

@@ -593,7 +593,7 @@ def test_create_integration_rules(conn, org):
 
 def test_crm_dev_mounts_webhooks_and_twilio_signs_the_public_url(conn, database, org, monkeypatch):
     """`crm dev` serves the function under /webhooks; its CRM_PUBLIC_URL + that path is what Twilio signs."""
-    from crm.devserver import build_app
+    from crm.tools.devserver import build_app
 
     monkeypatch.setenv("CRM_JWT_SECRET", "dev-secret-" + "x" * 32)
     monkeypatch.setenv("CRM_CRON_SECRET", "cron-secret")

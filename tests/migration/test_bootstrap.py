@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from crm.migrate import DB_DIR, EQUIVALENT_EARLIER_CHECKSUMS, Migrator, SqlFile
+from crm.tools.migrate import DB_DIR, EQUIVALENT_EARLIER_CHECKSUMS, Migrator, SqlFile
 from tests.conftest import SUPABASE_MODE, create_database, drop_database
 
 RELEASED_0001 = Path(__file__).parent / "data" / "0001_supabase_bootstrap.released.sql"
@@ -108,7 +108,7 @@ def test_crm_org_create_and_staff_add_work_on_supabase(supabase_db):
     with psycopg.connect(supabase_db, autocommit=True) as conn:
         Migrator(conn).migrate()
     env = {"DATABASE_URL": supabase_db, "PATH": "/usr/bin:/bin"}
-    crm = [sys.executable, "-m", "crm.cli"]
+    crm = [sys.executable, "-m", "crm.tools.cli"]
     org = subprocess.run([*crm, "org", "create", "acme", "--name", "Acme"], env=env, capture_output=True, text=True)
     assert org.returncode == 0, org.stderr
     added = subprocess.run([*crm, "staff", "add", "--org", "acme", "--email", "boss@acme.test", "--role", "manager"],
@@ -134,7 +134,7 @@ def test_a_database_migrated_with_the_released_0001_still_migrates_cleanly(fresh
         assert Migrator(conn).migrate() == []
         entries = Migrator(conn).plan()
         assert {e.state for e in entries} == {"applied"}
-    status = subprocess.run([sys.executable, "-m", "crm.cli", "db", "status"], env={"DATABASE_URL": url},
+    status = subprocess.run([sys.executable, "-m", "crm.tools.cli", "db", "status"], env={"DATABASE_URL": url},
                             capture_output=True, text=True)
     assert status.returncode == 0, status.stderr
     assert "equivalent earlier text" in status.stdout

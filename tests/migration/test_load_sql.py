@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from crm.migrate import DB_DIR, load_sql_lines
+from crm.tools.migrate import DB_DIR, load_sql_lines
 
 SCHEMA_FINGERPRINT = """
 select 'column', format('%s.%s.%s %s %s %s', table_schema, table_name, column_name, data_type,
@@ -53,7 +53,7 @@ def fingerprint(url: str) -> list[tuple[str, str]]:
 def test_load_sql_lists_every_file_in_runner_order():
     text = (DB_DIR / "load.sql").read_text()
     lines = [line.strip() for line in text.splitlines() if line.startswith("\\ir")]
-    assert lines == load_sql_lines(), "db/load.sql is out of step with db/: run `python -m crm.migrate`"
+    assert lines == load_sql_lines(), "db/load.sql is out of step with db/: run `python -m crm.tools.migrate`"
     assert "\\set ON_ERROR_STOP on" in text
 
 
@@ -61,7 +61,7 @@ def _psql() -> str:
     found = shutil.which("psql")
     if found:
         return found
-    from crm.embedded import _server_module
+    from crm.tools.embedded import _server_module
 
     return str(Path(_server_module().POSTGRES_BIN_PATH) / "psql")
 

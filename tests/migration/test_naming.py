@@ -1,6 +1,6 @@
 """Migration files follow the naming rules the runner enforces, and versions are contiguous."""
 
-from crm.migrate import DB_DIR, REPEATABLE_NAME, VERSIONED_NAME, repeatable_files, versioned_files
+from crm.tools.migrate import DB_DIR, REPEATABLE_NAME, VERSIONED_NAME, repeatable_files, versioned_files
 
 
 def test_versioned_files_are_named_and_numbered_contiguously():

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from crm.migrate import DB_DIR, Migrator, versioned_files
+from crm.tools.migrate import DB_DIR, Migrator, versioned_files
 
 RULES = next(f.path.name for f in versioned_files() if f.path.name.endswith("_database_rules.sql"))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from crm.migrate import MigrationError, Migrator
+from crm.tools.migrate import MigrationError, Migrator
 
 
 def write(root: Path, rel: str, text: str) -> Path:
@@ -137,7 +137,7 @@ def test_bad_file_names_are_refused(fresh_database, db_dir):
 def crm(*args: str, url: str) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "crm.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "crm.tools.cli", *args], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "DATABASE_URL": url})
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crm import booking as b
+from crm.booking import intake as b
 from crm.errors import BadRequest, ConfigError, Unprocessable
 from tests.helpers import BOOKING_EXAMPLE as EXAMPLE
 

@@ -4,7 +4,8 @@ import psycopg
 import pytest
 from psycopg import pq
 
-from crm import queries, sqlsplit
+from crm import queries
+from crm.tools import sqlsplit
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
 _TRANSACTION_CONTROL = re.compile(r"(?i)^(begin|commit|rollback)\b")

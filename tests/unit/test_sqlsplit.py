@@ -1,6 +1,6 @@
 import pytest
 
-from crm.sqlsplit import split
+from crm.tools.sqlsplit import split
 
 
 def test_splits_on_top_level_semicolons_only():

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import flask
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from crm.booking import CustomerIn, Notes, choice, field_errors, identifier
+from crm.booking.intake import CustomerIn, Notes, choice, field_errors, identifier
 from crm.db import Database, Session
 from crm.errors import BadRequest, FieldError, MethodNotAllowed, NotFound, Unauthorized, Unprocessable
 from crm.http import json_response, read_json

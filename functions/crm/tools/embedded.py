@@ -15,7 +15,7 @@ import secrets
 import warnings
 from pathlib import Path
 
-from crm import config
+from crm import config, queries
 
 log = logging.getLogger("crm.embedded")
 
@@ -47,9 +47,9 @@ class EmbeddedPostgres:
         import psycopg
 
         with psycopg.connect(admin_url, autocommit=True) as conn:
-            exists = conn.execute("select 1 from pg_database where datname = %s", (DATABASE,)).fetchone()
+            (exists,) = conn.execute(queries.get("embedded_database_exists"), {"name": DATABASE}).fetchone()
             if not exists:
-                conn.execute(f'create database "{DATABASE}"')
+                conn.execute(queries.get("embedded_create_database"))
         return self._server.get_uri(DATABASE)
 
     def admin_url(self) -> str:

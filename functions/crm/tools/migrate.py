@@ -24,8 +24,8 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import tuple_row
 
-from crm import ROOT, config
-from crm.sqlsplit import split
+from crm import ROOT, config, queries
+from crm.tools.sqlsplit import split
 
 DB_DIR = ROOT / "db"
 REPEATABLE_DIRS = ("functions", "policies", "triggers")
@@ -44,24 +44,6 @@ EQUIVALENT_EARLIER_CHECKSUMS: dict[str, frozenset[str]] = {
         "9f45bf775333007c6d5230bf691077c0cc12cdd817854ac899a1f86494c8707e",  # main before issue 9
     }),
 }
-
-_TRACKING_DDL = """
-create schema if not exists private;
-revoke all on schema private from public;
-create table if not exists private.schema_migrations (
-  version integer primary key,
-  name text not null,
-  checksum text not null,
-  applied_at timestamptz not null default now(),
-  duration_ms integer not null
-);
-create table if not exists private.schema_repeatables (
-  path text primary key,
-  checksum text not null,
-  applied_at timestamptz not null default now(),
-  duration_ms integer not null
-);
-"""
 
 
 class MigrationError(Exception):
@@ -140,30 +122,27 @@ class Migrator:
         self.db_dir = db_dir
         self.log = log
 
-    def _q(self, sql: str, params: tuple | None = None) -> psycopg.Cursor:
-        return self.conn.cursor(row_factory=tuple_row).execute(sql, params)
+    def _q(self, query: str, params: dict | None = None) -> psycopg.Cursor:
+        """Run the named query `query` (crm/tools/sql/migrate.sql)."""
+        return self.conn.cursor(row_factory=tuple_row).execute(queries.get(query), params)
 
     # -- state ---------------------------------------------------------------------------------
     def _tracking_exists(self) -> bool:
-        row = self._q(
-            "select to_regclass('private.schema_migrations') is not null"
-            " and to_regclass('private.schema_repeatables') is not null").fetchone()
+        row = self._q("migrate_tracking_exists").fetchone()
         return bool(row and row[0])
 
     def _ensure_tracking(self) -> None:
         with self.conn.transaction():
-            for stmt in split(_TRACKING_DDL):
+            for stmt in split(queries.get("migrate_tracking_ddl")):
                 self.conn.execute(stmt.sql)
 
     def plan(self) -> list[Entry]:
         applied: dict[int, tuple[str, str]] = {}
         repeat: dict[str, str] = {}
         if self._tracking_exists():
-            for version, name, checksum in self._q(
-                    "select version, name, checksum from private.schema_migrations order by version"):
+            for version, name, checksum in self._q("migrate_applied_migrations"):
                 applied[version] = (name, checksum)
-            for path, checksum in self._q(
-                    "select path, checksum from private.schema_repeatables"):
+            for path, checksum in self._q("migrate_applied_repeatables"):
                 repeat[path] = checksum
 
         entries: list[Entry] = []
@@ -193,7 +172,7 @@ class Migrator:
         """Apply what is pending; returns the entries applied (or, with dry_run, to be applied).
 
         Callers that take the connection from `DATABASE_URL` call `refuse_transaction_pooler()` first."""
-        self._q("select pg_advisory_lock(%s)", (LOCK_KEY,))
+        self._q("migrate_lock", {"key": LOCK_KEY})
         try:
             if not dry_run:
                 self._ensure_tracking()
@@ -221,7 +200,7 @@ class Migrator:
                 self.log("nothing to apply: the database is up to date")
             return todo
         finally:
-            self._q("select pg_advisory_unlock(%s)", (LOCK_KEY,))
+            self._q("migrate_unlock", {"key": LOCK_KEY})
 
     def _apply(self, entry: Entry) -> int:
         assert entry.file is not None
@@ -230,7 +209,7 @@ class Migrator:
             statements = split(text)
         except ValueError as exc:
             raise MigrationError(f"{entry.name}: {exc}") from exc
-        started = self._q("select clock_timestamp()").fetchone()[0]
+        started = self._q("migrate_clock").fetchone()[0]
         try:
             with self.conn.transaction():
                 for stmt in statements:
@@ -241,21 +220,13 @@ class Migrator:
                         raise MigrationError(
                             f"{entry.name}, line {stmt.line}: {message} (statement: {stmt.summary})"
                         ) from exc
-                ms = self._q(
-                    "select (extract(epoch from clock_timestamp() - %s) * 1000)::int", (started,)
-                ).fetchone()[0]
+                ms = self._q("migrate_elapsed_ms", {"started": started}).fetchone()[0]
                 if entry.kind == "migration":
-                    self._q(
-                        "insert into private.schema_migrations (version, name, checksum, duration_ms)"
-                        " values (%s, %s, %s, %s)",
-                        (entry.file.version, entry.name, entry.checksum, ms))
+                    self._q("migrate_record_migration", {"version": entry.file.version, "name": entry.name,
+                                                         "checksum": entry.checksum, "duration_ms": ms})
                 else:
-                    self._q(
-                        "insert into private.schema_repeatables (path, checksum, duration_ms)"
-                        " values (%s, %s, %s) on conflict (path) do update"
-                        " set checksum = excluded.checksum, applied_at = now(),"
-                        " duration_ms = excluded.duration_ms",
-                        (entry.name, entry.checksum, ms))
+                    self._q("migrate_record_repeatable", {"path": entry.name, "checksum": entry.checksum,
+                                                          "duration_ms": ms})
         except MigrationError:
             raise
         except psycopg.Error as exc:
@@ -293,7 +264,7 @@ LOAD_SQL_HEADER = """\
 -- Apply the whole schema with psql alone, in the order `crm db migrate` uses:
 --   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 --single-transaction -f db/load.sql
 -- Versioned migrations first (in number order), then the repeatable files: db/functions/,
--- db/policies/, then db/triggers/, each in name order. Regenerate with `python -m crm.migrate`;
+-- db/policies/, then db/triggers/, each in name order. Regenerate with `python -m crm.tools.migrate`;
 -- tests/migration/test_load_sql.py keeps it in step.
 \\set ON_ERROR_STOP on
 """

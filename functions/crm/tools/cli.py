@@ -16,20 +16,13 @@ from collections.abc import Iterator
 from typing import NoReturn
 
 import psycopg
-from psycopg.rows import dict_row
 
 from crm import config, queries, supabase_auth
 from crm.errors import ConfigError, CrmError
-
-ROLES = ("admin", "manager", "agent", "viewer")
-
-
-class CliError(Exception):
-    """A failure to report as one line on stderr with exit code 1."""
-
-
-class UsageError(Exception):
-    """A usage error to report with exit code 2."""
+from crm.orgs import accounts
+from crm.orgs.accounts import ROLES
+from crm.tools.common import CliError, UsageError, connect, database_url
+from crm.tools.common import one_line as _one_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,45 +30,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-@contextlib.contextmanager
-def database_url() -> Iterator[str]:
-    """`DATABASE_URL`, else the embedded server of `CRM_DATA_DIR` (started if needed)."""
-    url = config.env("DATABASE_URL")
-    if url:
-        yield url
-        return
-    from crm.embedded import EmbeddedPostgres
-
-    server = EmbeddedPostgres()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
-@contextlib.contextmanager
-def connect(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-    try:
-        # Behind a transaction pooler a prepared statement may be gone in the next transaction.
-        prepare = {"prepare_threshold": None} if config.transaction_pooler() else {}
-        conn = psycopg.connect(url, autocommit=autocommit, row_factory=dict_row, connect_timeout=5, **prepare)
-    except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
-        raise CliError(f"cannot connect to the database: {first}") from exc
-    with conn:
-        yield conn
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
-        return exc.diag.message_primary
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 # -- db ------------------------------------------------------------------------------------------
 def cmd_db_migrate(args: argparse.Namespace) -> int:
-    from crm.migrate import MigrationError, Migrator, refuse_transaction_pooler
+    from crm.tools.migrate import MigrationError, Migrator, refuse_transaction_pooler
 
     try:
         refuse_transaction_pooler()
@@ -90,7 +47,7 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_db_status(args: argparse.Namespace) -> int:
-    from crm.migrate import MigrationError, Migrator, status_lines
+    from crm.tools.migrate import MigrationError, Migrator, status_lines
 
     with database_url() as url, connect(url, autocommit=True) as conn:
         try:
@@ -108,7 +65,7 @@ def cmd_db_status(args: argparse.Namespace) -> int:
 
 
 def cmd_db_lint(args: argparse.Namespace) -> int:
-    from crm.lint import run_lint
+    from crm.tools.lint import run_lint
 
     with database_url() as url, connect(url, autocommit=True) as conn:
         findings = run_lint(conn)
@@ -122,47 +79,21 @@ def cmd_db_lint(args: argparse.Namespace) -> int:
 
 
 # -- org / staff / token -------------------------------------------------------------------------
-def create_org(conn: psycopg.Connection, slug: str, name: str, country: str) -> str:
-    row = conn.execute(queries.get("create_organization"),
-                       {"slug": slug, "name": name, "country": country.upper()}).fetchone()
-    return str(row["id"])
-
-
-def add_staff(conn: psycopg.Connection, org: str, email: str, role: str) -> str:
-    email = email.strip()
-    if "@" not in email:
-        raise UsageError(f"not an email address: {email!r}")
-    if not conn.execute(queries.get("organization_exists"), {"org": org}).fetchone()["found"]:
-        raise CliError(f"no organization with slug {org!r}")
-    user = conn.execute(queries.get("find_user_by_email"), {"email": email}).fetchone()
-    if user is not None:
-        user_id = str(user["id"])
-    elif supabase_auth.configured():
-        # Supabase Auth owns auth.users there: it assigns the id and fills what it needs.
-        try:
-            admin = supabase_auth.AuthAdmin.from_env()
-        except ConfigError as exc:
-            raise CliError(str(exc)) from exc
-        try:
-            user_id = admin.ensure_user(email.lower())
-        except supabase_auth.AuthAdminError as exc:
-            raise CliError(str(exc)) from exc
-        finally:
-            admin.close()
-    else:
-        # auth.users.id has no default on Supabase (nor in our stand-in): the id is explicit.
-        user_id = str(conn.execute(queries.get("create_user"), {"email": email.lower()}).fetchone()["id"])
-    row = conn.execute(queries.get("add_staff"),
-                       {"org": org, "user_id": user_id, "role": role}).fetchone()
-    if row is None:
-        raise CliError(f"no organization with slug {org!r}")
-    return user_id
+@contextlib.contextmanager
+def account_errors() -> Iterator[None]:
+    """`crm.orgs.accounts` refusals as the CLI reports them."""
+    try:
+        yield
+    except accounts.InvalidEmail as exc:
+        raise UsageError(str(exc)) from exc
+    except (accounts.AccountError, supabase_auth.AuthAdminError) as exc:
+        raise CliError(str(exc)) from exc
 
 
 def cmd_org_create(args: argparse.Namespace) -> int:
     with database_url() as url, connect(url) as conn:
         try:
-            print(create_org(conn, args.slug, args.name, args.country))
+            print(accounts.create_org(conn, args.slug, args.name, args.country))
         except psycopg.errors.UniqueViolation as exc:
             raise CliError(f"an organization with slug {args.slug!r} already exists") from exc
         except psycopg.errors.CheckViolation as exc:
@@ -171,8 +102,8 @@ def cmd_org_create(args: argparse.Namespace) -> int:
 
 
 def cmd_staff_add(args: argparse.Namespace) -> int:
-    with database_url() as url, connect(url) as conn:
-        print(add_staff(conn, args.org, args.email, args.role))
+    with database_url() as url, connect(url) as conn, account_errors():
+        print(accounts.add_staff(conn, args.org, args.email, args.role))
     return 0
 
 
@@ -180,7 +111,7 @@ def jwt_secret() -> str:
     secret = config.env("CRM_JWT_SECRET")
     if secret:
         return secret
-    from crm.embedded import dev_secrets
+    from crm.tools.embedded import dev_secrets
 
     return dev_secrets()["CRM_JWT_SECRET"]
 
@@ -192,12 +123,12 @@ def cmd_token(args: argparse.Namespace) -> int:
         raise UsageError("--ttl must be a positive number of seconds")
     with database_url() as url, connect(url) as conn:
         try:
-            row = conn.execute(queries.get("user_email"), {"user_id": args.user}).fetchone()
+            email = accounts.user_email(conn, args.user)
         except psycopg.errors.InvalidTextRepresentation as exc:
             raise UsageError(f"--user is not a uuid: {args.user!r}") from exc
-    if row is None:
+    if email is None:
         raise CliError(f"no user with id {args.user}")
-    print(mint_token(args.user, row["email"], jwt_secret(), ttl=args.ttl,
+    print(mint_token(args.user, email, jwt_secret(), ttl=args.ttl,
                      issuer=config.env("CRM_JWT_ISSUER")))
     return 0
 
@@ -206,7 +137,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_jobs_run(args: argparse.Namespace) -> int:
     from crm import jobs
     from crm.db import Database
-    from crm.embedded import apply_dev_settings
+    from crm.tools.embedded import apply_dev_settings
 
     apply_dev_settings()  # a second terminal next to `crm dev` uses its image store and public URL
     registry = jobs.load_all()
@@ -240,7 +171,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import signal
 
     from crm.db import Database
-    from crm.embedded import apply_dev_settings
+    from crm.tools.embedded import apply_dev_settings
     from crm.worker import Worker, default_jobs
 
     apply_dev_settings()
@@ -281,7 +212,7 @@ def _webhook_call(query: str, params: dict, missing: str = "not found") -> dict:
 
 
 def cmd_webhooks_add(args: argparse.Namespace) -> int:
-    from crm.embedded import apply_dev_settings
+    from crm.tools.embedded import apply_dev_settings
 
     apply_dev_settings()  # next to `crm dev`: its loopback receivers are allowed here too
     row = _webhook_call("outbox_cli_add_endpoint", {
@@ -375,9 +306,10 @@ def add_import_command(sub: argparse._SubParsersAction) -> None:
 
 # -- dev -----------------------------------------------------------------------------------------
 def cmd_dev(args: argparse.Namespace) -> int:
-    from crm.devserver import run_dev
+    from crm.tools.devserver import run_dev
 
-    return run_dev(port=args.port, host=args.host, jobs=not args.no_jobs, demo=not args.no_demo)
+    with account_errors():
+        return run_dev(port=args.port, host=args.host, jobs=not args.no_jobs, demo=not args.no_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -454,8 +386,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m crm.cli` runs this file as `__main__`, a second copy of the module: run the
-    # importable one, so CliError raised by modules that import it from crm.cli is caught above.
-    from crm.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -16,15 +16,17 @@ from pathlib import Path
 
 import flask
 import functions_framework
-import psycopg
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from crm import ROOT, config, openapi
+from crm import ROOT, config
 from crm.db import Database, set_database
 from crm.errors import NotFound
 from crm.http import endpoint, framework_error, problem_response, require_method
+from crm.orgs import accounts
 from crm.server import Server
+from crm.tools import openapi
+from crm.tools.common import CliError, connect
 
 log = logging.getLogger("crm.dev")
 
@@ -101,26 +103,17 @@ def build_app(media_dir: Path | None = None):
 
 def ensure_demo(url: str) -> tuple[str, str] | None:
     """On an empty database: org `demo` (DE) and a demo manager. Returns (org id, user id)."""
-    from crm.cli import add_staff, create_org
-
-    with psycopg.connect(url) as conn:
-        if conn.execute("select exists (select from public.organizations)").fetchone()[0]:
+    with connect(url) as conn:
+        if accounts.any_organization(conn):
             return None
-        from psycopg.rows import dict_row
-
-        conn.row_factory = dict_row
-        org_id = create_org(conn, DEMO_ORG, "Demo Bikes", "DE")
-        user_id = add_staff(conn, DEMO_ORG, DEMO_MANAGER, "manager")
+        org_id = accounts.create_org(conn, DEMO_ORG, "Demo Bikes", "DE")
+        user_id = accounts.add_staff(conn, DEMO_ORG, DEMO_MANAGER, "manager")
         return org_id, user_id
 
 
 def demo_manager_id(url: str) -> str | None:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "select s.user_id from public.staff s join public.organizations o on o.id = s.org_id"
-            " join auth.users u on u.id = s.user_id where o.slug = %s and lower(u.email) = %s limit 1",
-            (DEMO_ORG, DEMO_MANAGER)).fetchone()
-    return str(row[0]) if row else None
+    with connect(url) as conn:
+        return accounts.staff_user_id(conn, DEMO_ORG, DEMO_MANAGER)
 
 
 def try_it_text(base: str, demo: tuple[str, str] | None, manager_id: str | None) -> str:
@@ -161,9 +154,8 @@ def public_url(host: str, port: int) -> str:
 
 
 def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
-    from crm.cli import CliError, connect
-    from crm.embedded import EmbeddedPostgres, dev_secrets, save_dev_settings
-    from crm.migrate import MigrationError, Migrator, refuse_transaction_pooler
+    from crm.tools.embedded import EmbeddedPostgres, dev_secrets, save_dev_settings
+    from crm.tools.migrate import MigrationError, Migrator, refuse_transaction_pooler
 
     try:
         refuse_transaction_pooler()
