@@ -367,6 +367,12 @@ begin
   if claimed is null then
     return;
   end if;
+  -- An attempt recorded as failed after its endpoint was disabled (by a 410 or the five-day rule
+  -- in the same batch) left a retry that came due: pause it as the endpoint's trigger pauses the rest.
+  update public.webhook_deliveries d
+     set next_attempt_at = 'infinity', locked_until = null, lease_token = null, attempts = d.attempts - 1
+    from pg_catalog.jsonb_to_recordset(claimed) as x (id uuid), public.webhook_endpoints e
+   where d.id = x.id and e.id = d.endpoint_id and not e.enabled;
   -- payload::text is the body: jsonb's text form is a function of the stored value, so every
   -- attempt sends (and signs) the same bytes unless the event itself was changed (e.g. scrubbed by
   -- an erasure).
@@ -379,7 +385,7 @@ begin
            o.payload::text as body
       from c
       join public.webhook_deliveries d on d.id = c.id
-      join public.webhook_endpoints e on e.id = d.endpoint_id
+      join public.webhook_endpoints e on e.id = d.endpoint_id and e.enabled
       join private.outbox o on o.event_id = d.event_id
   ), lost as (
     -- A lease that ran out: its worker died mid-send. That attempt is recorded now, its outcome unknown.

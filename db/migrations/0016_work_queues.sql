@@ -30,7 +30,7 @@ comment on column private.work_queues.token_column is
   'The lease token of the worker holding the item (null when none does); a result is written only under it.';
 comment on column private.work_queues.count_column is 'Incremented by every claim (attempts, claims), or null.';
 comment on column private.work_queues.ready is
-  'Extra condition on a claimable row, the table aliased t (e.g. its status; matches the table''s partial due index).';
+  'Extra condition on a claimable row, the table aliased t: its own columns only (e.g. its status, matching the table''s partial due index), so a claim reads the due index in order and stops at the limit.';
 
 insert into private.work_queues (name, relation, key_column, due_column, lease_column, token_column, count_column, ready)
 values
@@ -38,7 +38,8 @@ values
    null),
   ('webhook_deliveries', 'public.webhook_deliveries', 'id', 'next_attempt_at', 'locked_until', 'lease_token',
    'attempts',
-   $$t.status in ('pending', 'failed') and exists (select from public.webhook_endpoints e where e.id = t.endpoint_id and e.enabled)$$),
+   -- A disabled endpoint's deliveries wait at next_attempt_at = infinity (its trigger), so they are never due.
+   $$t.status in ('pending', 'failed')$$),
   ('inbox', 'private.inbound_events', 'id', 'next_attempt_at', 'locked_until', 'lease_token', null,
    $$t.status in ('pending', 'failed')$$);
 

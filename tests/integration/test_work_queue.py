@@ -125,3 +125,33 @@ def test_service_role_claims_deliveries_and_images_but_not_the_inbox_directly(co
         assert claim(conn, "webhook_deliveries", uuid.uuid4()) == []
     with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_as(conn, "service_role"):
         claim(conn, "inbox", uuid.uuid4())  # through private.inbox_claim (definer) only
+
+
+def test_a_retry_of_a_disabled_endpoint_that_came_due_is_paused_not_sent(conn) -> None:
+    """A 410 disables the endpoint while other attempts are in flight; those are recorded as failed
+    afterwards with a retry time. The claim must not send them: it pauses them as the endpoint's
+    trigger paused the rest (next_attempt_at = infinity, the claim's attempt given back)."""
+    org = make_org(conn)
+    conn.execute("select set_config('crm.webhook_allow_loopback', 'on', false)")
+    endpoint = conn.execute("select private.webhook_endpoint_create(%s, 'http://127.0.0.1:9/', '{}', 'x') as e",
+                            (org,)).fetchone()["e"]["id"]
+    conn.execute("insert into public.customers (org_id, full_name, email) values (%s, 'Anna', 'a@example.com')",
+                 (org,))
+    fanned = conn.execute(
+        "insert into public.webhook_deliveries (org_id, endpoint_id, event_id, event_type)"
+        " select o.org_id, %s, o.event_id, o.event_type from private.outbox o where o.org_id = %s returning id",
+        (endpoint, org)).fetchall()
+    assert fanned
+    conn.execute("update public.webhook_endpoints set enabled = false where id = %s", (endpoint,))
+    conn.execute("update public.webhook_deliveries set status = 'failed', attempts = 1, next_attempt_at = now()"
+                 " where endpoint_id = %s", (endpoint,))  # recorded after the endpoint was disabled
+    assert conn.execute("select * from private.webhook_claim(%s, 10, interval '1 minute')",
+                        (uuid.uuid4(),)).fetchall() == []
+    rows = conn.execute("select next_attempt_at = 'infinity' as paused, attempts, lease_token"
+                        " from public.webhook_deliveries where endpoint_id = %s", (endpoint,)).fetchall()
+    assert rows and all(r == {"paused": True, "attempts": 1, "lease_token": None} for r in rows)
+    # Enabled again, they are sent now (the endpoint's trigger), with the claim counting the attempt.
+    conn.execute("update public.webhook_endpoints set enabled = true where id = %s", (endpoint,))
+    again = conn.execute("select * from private.webhook_claim(%s, 10, interval '1 minute')",
+                         (uuid.uuid4(),)).fetchall()
+    assert len(again) == len(rows) and all(r["attempts"] == 2 for r in again)
