@@ -583,19 +583,12 @@ grant execute on function private.inbox_finish(bigint, jsonb, text) to service_r
 
 create or replace function private.inbox_finish(p_id bigint, p_extra jsonb, p_error text, p_token uuid)
 returns text
-language plpgsql volatile security definer
+language sql volatile security definer
 set search_path = ''
 as $$
-declare
-  ev private.inbound_events;
-begin
-  if not private.queue_hold('inbox', p_id::text, p_token) then
-    -- Finished meanwhile, or the lease ran out and another run holds it now: nothing to do here.
-    select e.* into ev from private.inbound_events e where e.id = p_id;
-    return coalesce(ev.status, 'missing');
-  end if;
-  return private.inbox_finish(p_id, p_extra, p_error);  -- still ours, so still pending or failed
-end
+  -- Not ours any more (finished meanwhile, or the lease ran out and another run holds it): nothing to do.
+  select case when private.queue_hold('inbox', p_id::text, p_token) then private.inbox_finish(p_id, p_extra, p_error)
+              else coalesce((select e.status from private.inbound_events e where e.id = p_id), 'missing') end
 $$;
 comment on function private.inbox_finish(bigint, jsonb, text, uuid) is
   'process-inbox: processes an event claimed under p_token with what the worker fetched (p_extra), or records p_error (a failed fetch) with backoff; does nothing once the lease is no longer p_token''s.';

@@ -155,3 +155,21 @@ def test_a_retry_of_a_disabled_endpoint_that_came_due_is_paused_not_sent(conn) -
     again = conn.execute("select * from private.webhook_claim(%s, 10, interval '1 minute')",
                          (uuid.uuid4(),)).fetchall()
     assert len(again) == len(rows) and all(r["attempts"] == 2 for r in again)
+
+
+def test_process_inbox_records_a_result_only_under_its_lease(conn) -> None:
+    [event] = inbound(conn, 1)
+    run, later_run = uuid.uuid4(), uuid.uuid4()
+    assert [r["id"] for r in conn.execute("select id from private.inbox_claim(10, 60, %s)", (run,))] == [event]
+    # The lease ran out and a later run claimed the event: the first run's result is dropped.
+    conn.execute("update private.inbound_events set locked_until = now() - interval '1 second'")
+    assert [r["id"] for r in conn.execute("select id from private.inbox_claim(10, 60, %s)", (later_run,))] == [event]
+    finish = "select private.inbox_finish(%s, null, 'fetch failed: timeout', %s) as outcome"
+    assert conn.execute(finish, (event, run)).fetchone()["outcome"] == "pending"
+    row = conn.execute("select status, attempts, lease_token from private.inbound_events where id = %s",
+                       (event,)).fetchone()
+    assert row == {"status": "pending", "attempts": 0, "lease_token": later_run}
+    assert conn.execute(finish, (event, later_run)).fetchone()["outcome"] == "failed"
+    row = conn.execute("select status, attempts, lease_token, next_attempt_at > now() as later"
+                       " from private.inbound_events where id = %s", (event,)).fetchone()
+    assert row == {"status": "failed", "attempts": 1, "lease_token": None, "later": True}
