@@ -257,7 +257,7 @@ class NetworkBlocked(OSError):
 
 
 def _is_loopback_literal(host: object) -> bool:
-    # Written again rather than imported from crm.images.fetch: the safety net must not share a bug
+    # Written again rather than imported from crm.net: the safety net must not share a bug
     # with the code it guards.
     if isinstance(host, bytes):
         host = host.decode("ascii", "replace")

@@ -5,27 +5,6 @@
 -- ---------------------------------------------------------------------------------------------
 -- Integration RPCs (admins)
 -- ---------------------------------------------------------------------------------------------
-create or replace function hidden.integration_admin_check(org uuid)
-returns void
-language plpgsql stable
-set search_path = ''
-as $$
-declare
-  role public.staff_role := hidden.staff_role(org);
-begin
-  if pg_catalog.current_setting('role') = 'none' then
-    return;  -- the migrations owner (CLI, tests): no API role
-  elsif role is null then
-    raise sqlstate 'PT404' using message = 'organization not found', detail = 'not_found';
-  elsif role <> 'admin' then
-    raise sqlstate 'PT403' using message = 'only admins manage integrations', detail = 'forbidden';
-  end if;
-end
-$$;
-comment on function hidden.integration_admin_check(uuid) is
-  'PT404 when the caller is not staff of the org, PT403 when staff but not admin; the owner passes.';
-revoke all on function hidden.integration_admin_check(uuid) from public;
-
 create or replace function hidden.integration_secret_names(kind text)
 returns text[]
 language sql immutable
@@ -94,7 +73,7 @@ declare
   refusal text;
   s record;
 begin
-  perform hidden.integration_admin_check(create_integration.org_id);
+  perform hidden.org_admin_check(create_integration.org_id, 'integrations');
   if hidden.integration_secret_names(create_integration.kind) is null then
     raise sqlstate 'PT422' using message = 'kind must be wms, twilio or meta', detail = 'kind_unknown', hint = 'kind';
   end if;
@@ -161,7 +140,7 @@ begin
   if not found then
     raise sqlstate 'PT404' using message = 'integration not found', detail = 'not_found';
   end if;
-  perform hidden.integration_admin_check(integ.org_id);
+  perform hidden.org_admin_check(integ.org_id, 'integrations');
   if v_value is null then
     if rotate_integration_secret.name <> 'webhook_secret' then
       perform private.check_integration_secret(integ.kind, rotate_integration_secret.name, '"generated-value"');

@@ -533,27 +533,6 @@ grant select on public.sync_run_reports to authenticated, service_role;
 -- ---------------------------------------------------------------------------------------------
 -- API keys
 -- ---------------------------------------------------------------------------------------------
-create or replace function hidden.org_admin_check(org uuid, what text)
-returns void
-language plpgsql stable
-set search_path = ''
-as $$
-declare
-  role public.staff_role := hidden.staff_role(org);
-begin
-  if pg_catalog.current_setting('role') = 'none' then
-    return;  -- the migrations owner (CLI, tests): no API role
-  elsif role is null then
-    raise sqlstate 'PT404' using message = 'organization not found', detail = 'not_found';
-  elsif role <> 'admin' then
-    raise sqlstate 'PT403' using message = 'only admins manage ' || what, detail = 'forbidden';
-  end if;
-end
-$$;
-comment on function hidden.org_admin_check(uuid, text) is
-  'PT404 when the caller is not staff of the org (nothing to see), PT403 when staff but not admin ("only admins manage <what>"); the owner passes.';
-revoke all on function hidden.org_admin_check(uuid, text) from public;
-
 create or replace function public.create_api_key(org_id uuid, name text, scopes text[],
                                                  expires_at timestamptz default null)
 returns jsonb

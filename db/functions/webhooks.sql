@@ -91,25 +91,6 @@ $$;
 comment on function hidden.new_webhook_secret() is 'A Standard Webhooks secret: whsec_ + base64 of 32 random bytes.';
 revoke all on function hidden.new_webhook_secret() from public;
 
-create or replace function hidden.webhook_admin_check(org uuid, what text)
-returns void
-language plpgsql stable
-set search_path = ''
-as $$
-declare
-  role public.staff_role := hidden.staff_role(org);
-begin
-  if role is null then
-    raise sqlstate 'PT404' using message = what || ' not found', detail = 'not_found';
-  elsif role <> 'admin' then
-    raise sqlstate 'PT403' using message = 'only admins manage webhook endpoints', detail = 'forbidden';
-  end if;
-end
-$$;
-comment on function hidden.webhook_admin_check(uuid, text) is
-  'PT404 when the caller is not staff of the org (nothing to see), PT403 when staff but not admin.';
-revoke all on function hidden.webhook_admin_check(uuid, text) from public;
-
 -- ---------------------------------------------------------------------------------------------
 -- Admin RPCs
 -- ---------------------------------------------------------------------------------------------
@@ -144,7 +125,7 @@ language plpgsql volatile security definer
 set search_path = ''
 as $$
 begin
-  perform hidden.webhook_admin_check(create_webhook_endpoint.org_id, 'organization');
+  perform hidden.org_admin_check(create_webhook_endpoint.org_id, 'webhook endpoints');
   return private.webhook_endpoint_create(create_webhook_endpoint.org_id, create_webhook_endpoint.url,
                                          create_webhook_endpoint.event_types, create_webhook_endpoint.description);
 end
@@ -167,7 +148,7 @@ begin
     raise sqlstate 'PT404' using message = 'webhook endpoint not found', detail = 'not_found';
   end if;
   if check_admin then
-    perform hidden.webhook_admin_check(e.org_id, 'webhook endpoint');
+    perform hidden.org_admin_check(e.org_id, 'webhook endpoints', 'webhook endpoint');
   end if;
   return e;
 end

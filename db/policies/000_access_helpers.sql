@@ -40,3 +40,30 @@ revoke all on function hidden.staff_org_ids(), hidden.staff_org_ids(public.staff
   hidden.staff_role(uuid) from public;
 grant execute on function hidden.staff_org_ids(), hidden.staff_org_ids(public.staff_role[]),
   hidden.staff_role(uuid) to authenticated, service_role;
+
+-- The admin gate of the management RPCs (API keys, integrations, webhook endpoints). RPCs call it;
+-- no policy does. Replaces hidden.webhook_admin_check and hidden.integration_admin_check, and
+-- org_admin_check's two-argument form.
+drop function if exists hidden.webhook_admin_check(uuid, text), hidden.integration_admin_check(uuid),
+  hidden.org_admin_check(uuid, text);
+
+create or replace function hidden.org_admin_check(org uuid, managed text, missing text default 'organization')
+returns void
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  role public.staff_role := hidden.staff_role(org);
+begin
+  if pg_catalog.current_setting('role') = 'none' then
+    return;  -- the migrations owner (CLI, tests): no API role
+  elsif role is null then
+    raise sqlstate 'PT404' using message = missing || ' not found', detail = 'not_found';
+  elsif role <> 'admin' then
+    raise sqlstate 'PT403' using message = 'only admins manage ' || managed, detail = 'forbidden';
+  end if;
+end
+$$;
+comment on function hidden.org_admin_check(uuid, text, text) is
+  'PT404 "<missing> not found" when the caller is not staff of the org (nothing to see), PT403 "only admins manage <managed>" when staff but not admin; the owner passes.';
+revoke all on function hidden.org_admin_check(uuid, text, text) from public;

@@ -15,6 +15,20 @@ comment on function hidden.tg__protect_org_id() is
   'Refuses moving a row to another organization (attached with WHEN old.org_id is distinct from new.org_id).';
 revoke all on function hidden.tg__protect_org_id() from public;
 
+create or replace function hidden.outbox_body(event_type text, data jsonb)
+returns jsonb
+language sql stable
+-- No SET clause: inlined into its callers' statements (it is SECURITY INVOKER, qualified names).
+as $$
+  select pg_catalog.jsonb_build_object(
+           'type', event_type,
+           'timestamp', pg_catalog.to_char(pg_catalog.now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'data', data)
+$$;
+comment on function hidden.outbox_body(text, jsonb) is
+  'An outbox event as a Standard Webhooks body {type, timestamp, data} (the transaction''s time, UTC).';
+revoke all on function hidden.outbox_body(text, jsonb) from public;
+
 create or replace function hidden.outbox_write(org uuid, event_type text, aggregate_type text,
                                                aggregate_id uuid, data jsonb)
 returns void
@@ -26,11 +40,7 @@ as $$
 #variable_conflict use_variable
 begin
   insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)
-  values (org, event_type, aggregate_type, aggregate_id,
-          pg_catalog.jsonb_build_object(
-            'type', event_type,
-            'timestamp', pg_catalog.to_char(pg_catalog.now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-            'data', data));
+  values (org, event_type, aggregate_type, aggregate_id, hidden.outbox_body(event_type, data));
 end
 $$;
 comment on function hidden.outbox_write(uuid, text, text, uuid, jsonb) is
@@ -86,23 +96,32 @@ comment on function hidden.tg__status_machine() is
   'Enforces the machine named by the trigger argument for every writer (RPC, function or direct PATCH): PT409 naming both statuses. On insert (when the machine limits initial statuses) PT409 naming the status.';
 revoke all on function hidden.tg__status_machine() from public;
 
+-- The insert side is statement-level with a transition table: a bulk insert (crm import) writes its
+-- status events and created events in one statement each instead of one trigger call per row; a
+-- one-row insert (a booking) costs the same as the row trigger did.
 create or replace function hidden.tg__status_event()
 returns trigger
 language plpgsql volatile security definer
 set search_path = ''
 as $$
-begin
+declare
   -- tg_argv: the machine's status-event table, subject column and note column (see define_status_machine).
-  execute pg_catalog.format(
-    'insert into %s (org_id, %I, from_status, to_status, changed_by, %I) values ($1, $2, $3, $4, $5, $6)',
-    tg_argv[0]::regclass, tg_argv[1], tg_argv[2])
-    using new.org_id, new.id, case tg_op when 'UPDATE' then old.status end, new.status,
-          (select auth.uid()), hidden.status_note();
+  target text := pg_catalog.format('insert into %s (org_id, %I, from_status, to_status, changed_by, %I) ',
+                                   tg_argv[0]::regclass, tg_argv[1], tg_argv[2]);
+begin
+  if tg_level = 'STATEMENT' then  -- after insert: every inserted row (new_rows) in one insert
+    execute target || 'select n.org_id, n.id, null, n.status, $1, $2 from new_rows n'
+      using (select auth.uid()), hidden.status_note();
+  else
+    execute target || 'values ($1, $2, $3, $4, $5, $6)'
+      using new.org_id, new.id, case tg_op when 'UPDATE' then old.status end, new.status,
+            (select auth.uid()), hidden.status_note();
+  end if;
   return null;
 end
 $$;
 comment on function hidden.tg__status_event() is
-  'Writes the machine''s status-event row on insert (from_status null) and on every status change: who (auth.uid()), when, the RPC''s note.';
+  'Writes the machine''s status-event rows: statement-level after insert, one per inserted row (from_status null); row-level on every status change. Who (auth.uid()), when, the RPC''s note.';
 revoke all on function hidden.tg__status_event() from public;
 
 create or replace function hidden.tg__outbox()
@@ -119,8 +138,43 @@ declare
   doc jsonb;
   data jsonb := '{}';
   i integer;
+  columns_ text[];
+  plain text[];      -- keys that are a column of the row under their own name
+  computed_keys text[];
+  computed_paths text[];
+  extra jsonb;
 begin
-  if tg_op = 'INSERT' then
+  if tg_level = 'STATEMENT' then
+    -- After insert: the created event of every inserted row (new_rows) in one insert. The plain keys
+    -- are the row's JSON minus its other columns (one operator per row); only a renamed or nested
+    -- key (orders: title=item_snapshot.title) is looked up one by one.
+    extra := pg_catalog.jsonb_build_object('from_status', null, 'changed_by', (select auth.uid()),
+                                           'note', hidden.status_note());
+    select pg_catalog.array_agg(a.attname::text) into columns_
+      from pg_catalog.pg_attribute a where a.attrelid = tg_relid and a.attnum > 0 and not a.attisdropped;
+    select coalesce(pg_catalog.array_agg(u.k) filter (where u.k = u.p and u.k = any (columns_)), '{}'),
+           coalesce(pg_catalog.array_agg(u.k) filter (where not (u.k = u.p and u.k = any (columns_))), '{}'),
+           coalesce(pg_catalog.array_agg(u.p) filter (where not (u.k = u.p and u.k = any (columns_))), '{}')
+      into plain, computed_keys, computed_paths
+      from rows from (pg_catalog.unnest(keys), pg_catalog.unnest(paths)) u (k, p);
+    columns_ := array(select c from pg_catalog.unnest(columns_) c where c <> all (plain));
+    if pg_catalog.cardinality(computed_keys) = 0 then
+      insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)
+      select n.org_id, tg_argv[1], tg_argv[0], n.id,
+             hidden.outbox_body(tg_argv[1], (pg_catalog.to_jsonb(n) - columns_) || extra)
+        from new_rows n;
+    else
+      insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)
+      select n.org_id, tg_argv[1], tg_argv[0], n.id,
+             hidden.outbox_body(tg_argv[1], (pg_catalog.to_jsonb(n) - columns_) || d.data || extra)
+        from new_rows n
+        cross join lateral (
+          select pg_catalog.jsonb_object_agg(
+                   u.k, coalesce(pg_catalog.to_jsonb(n) #> pg_catalog.string_to_array(u.p, '.'), 'null')) as data
+            from rows from (pg_catalog.unnest(computed_keys), pg_catalog.unnest(computed_paths)) u (k, p)) d;
+    end if;
+    return null;
+  elsif tg_op = 'INSERT' then
     event := nullif(tg_argv[1], '');
   else
     select t.event_type into event
@@ -145,7 +199,7 @@ begin
 end
 $$;
 comment on function hidden.tg__outbox() is
-  'Writes the machine''s created event on insert, and the event of the transition (if it has one) on a status change, to private.outbox in the changing transaction. Payload: the machine''s keys plus from_status, changed_by, note.';
+  'Writes the machine''s created event of every inserted row (statement-level after insert), and the event of the transition (if it has one) on a status change (row-level), to private.outbox in the changing transaction. Payload: the machine''s keys plus from_status, changed_by, note.';
 revoke all on function hidden.tg__outbox() from public;
 
 create or replace function private.define_status_machine(
@@ -219,9 +273,10 @@ begin
   execute pg_catalog.format('drop trigger if exists _500_status_event_created on %s', on_table);
   execute pg_catalog.format('drop trigger if exists _500_status_event_changed on %s', on_table);
   if events_table is not null then
-    execute pg_catalog.format('create trigger _500_status_event_created after insert on %s for each row'
-                              ' execute function hidden.tg__status_event(%L, %L, %L)', on_table, m.events_table,
-                              m.subject_column, m.note_column);
+    execute pg_catalog.format('create trigger _500_status_event_created after insert on %s'
+                              ' referencing new table as new_rows for each statement'
+                              ' execute function hidden.tg__status_event(%L, %L, %L)', on_table,
+                              m.events_table, m.subject_column, m.note_column);
     execute pg_catalog.format('create trigger _500_status_event_changed after update on %s for each row'
                               ' when (old.status is distinct from new.status)'
                               ' execute function hidden.tg__status_event(%L, %L, %L)', on_table, m.events_table,
@@ -229,7 +284,8 @@ begin
   end if;
   execute pg_catalog.format('drop trigger if exists _900_outbox_created on %s', on_table);
   if created_event is not null then
-    execute pg_catalog.format('create trigger _900_outbox_created after insert on %s for each row'
+    execute pg_catalog.format('create trigger _900_outbox_created after insert on %s'
+                              ' referencing new table as new_rows for each statement'
                               ' execute function hidden.tg__outbox(%s)', on_table, outbox_args);
   end if;
   execute pg_catalog.format('drop trigger if exists _900_outbox_status_changed on %s', on_table);

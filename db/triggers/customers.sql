@@ -17,6 +17,22 @@ comment on function hidden.tg_customers__normalize() is
   'Stores email lower-case and trimmed (so the per-org unique index is case-insensitive); name and city in the text rules'' normalised form (the CHECKs refuse what stays invalid).';
 revoke all on function hidden.tg_customers__normalize() from public;
 
+create or replace function hidden.customer_event_data(c public.customers)
+returns jsonb
+language sql stable
+-- No SET clause: inlined into the outbox triggers' statements (SECURITY INVOKER, qualified names).
+as $$
+  select case when c.erased_at is not null then
+           pg_catalog.jsonb_build_object('id', c.id, 'org_id', c.org_id, 'erased_at', c.erased_at)
+         else pg_catalog.jsonb_build_object(
+           'id', c.id, 'org_id', c.org_id, 'full_name', c.full_name, 'phone_e164', c.phone_e164,
+           'email', c.email, 'preferred_channel', c.preferred_channel, 'city', c.city,
+           'stage', c.stage, 'created_at', c.created_at, 'updated_at', c.updated_at) end
+$$;
+comment on function hidden.customer_event_data(public.customers) is
+  'The data of a customer.* outbox event: the customer''s fields, or ids and time only once erased.';
+revoke all on function hidden.customer_event_data(public.customers) from public;
+
 create or replace function hidden.tg_customers__outbox()
 returns trigger
 language plpgsql volatile security definer
@@ -25,20 +41,31 @@ as $$
 begin
   perform hidden.outbox_write(
     new.org_id,
-    case when tg_op = 'INSERT' then 'customer.created'
-         when new.erased_at is not null then 'customer.erased' else 'customer.updated' end,
-    'customer', new.id,
-    case when new.erased_at is not null then
-      pg_catalog.jsonb_build_object('id', new.id, 'org_id', new.org_id, 'erased_at', new.erased_at)
-    else pg_catalog.jsonb_build_object(
-      'id', new.id, 'org_id', new.org_id, 'full_name', new.full_name, 'phone_e164', new.phone_e164,
-      'email', new.email, 'preferred_channel', new.preferred_channel, 'city', new.city,
-      'stage', new.stage, 'created_at', new.created_at, 'updated_at', new.updated_at) end);
+    case when new.erased_at is not null then 'customer.erased' else 'customer.updated' end,
+    'customer', new.id, hidden.customer_event_data(new));
   return null;
 end
 $$;
 comment on function hidden.tg_customers__outbox() is
-  'Writes customer.created / customer.updated / customer.erased (ids and time only) to private.outbox in the changing transaction.';
+  'Writes customer.updated / customer.erased (ids and time only) to private.outbox in the changing transaction.';
+
+create or replace function hidden.tg_customers__outbox_created()
+returns trigger
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+begin
+  -- Statement-level: a bulk insert (crm import) writes its customer.created events in one insert.
+  insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)
+  select n.org_id, 'customer.created', 'customer', n.id,
+         hidden.outbox_body('customer.created', hidden.customer_event_data(n))
+    from new_rows n;
+  return null;
+end
+$$;
+comment on function hidden.tg_customers__outbox_created() is
+  'Statement-level after insert: customer.created of every inserted customer to private.outbox, in one insert.';
+revoke all on function hidden.tg_customers__outbox_created() from public;
 
 create or replace function hidden.tg_customers__erased_frozen()
 returns trigger
@@ -85,7 +112,8 @@ create trigger _100_timestamps
 drop trigger if exists _900_outbox_created on public.customers;
 create trigger _900_outbox_created
   after insert on public.customers
-  for each row execute function hidden.tg_customers__outbox();
+  referencing new table as new_rows
+  for each statement execute function hidden.tg_customers__outbox_created();
 
 drop trigger if exists _900_outbox_updated on public.customers;
 create trigger _900_outbox_updated

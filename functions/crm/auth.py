@@ -23,7 +23,7 @@ import httpx
 import jwt
 
 from crm import config
-from crm.errors import ConfigError, DatabaseUnavailable, Unauthorized
+from crm.errors import ConfigError, InvalidToken, ServiceUnavailable, Unauthorized
 
 log = logging.getLogger("crm.auth")
 
@@ -56,14 +56,13 @@ def mint_token(user_id: uuid.UUID | str, email: str | None, secret: str, *, ttl:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def invalid_token(detail: str) -> Unauthorized:
-    """401 with RFC 6750's `error="invalid_token"`, so clients know to refresh the session."""
-    return Unauthorized(detail, code="invalid_token",
-                        headers={"WWW-Authenticate": 'Bearer realm="crm", error="invalid_token"'})
+def invalid_token(detail: str) -> InvalidToken:
+    """A refused token (RFC 6750's `error="invalid_token"`, so clients know to refresh the session)."""
+    return InvalidToken(detail)
 
 
 def bearer_token(authorization: str | None) -> str:
-    """The token of an `Authorization: Bearer …` header; 401 when absent or of another scheme."""
+    """The token of an `Authorization: Bearer …` header; `Unauthorized` when absent or of another scheme."""
     if not authorization or not authorization.strip():
         raise Unauthorized("An Authorization: Bearer <access token> header is required.",
                            code="missing_token")
@@ -73,8 +72,8 @@ def bearer_token(authorization: str | None) -> str:
     return match.group(1)
 
 
-class JwksUnavailable(DatabaseUnavailable):
-    """The key set cannot be fetched: not the caller's fault, so 503 rather than 401."""
+class JwksUnavailable(ServiceUnavailable):
+    """The key set cannot be fetched: an outage, not the caller's fault (so not `Unauthorized`)."""
 
     def __init__(self, detail: str = "The token signing keys cannot be fetched; try again shortly."):
         super().__init__(detail, code="jwks_unavailable")
@@ -263,7 +262,7 @@ def get_verifier() -> Verifier:
 
 
 def verify_token(token: str) -> dict[str, Any]:
-    """The verified claims of a Supabase access token; `Unauthorized` (401) for any bad token."""
+    """The verified claims of a Supabase access token; `InvalidToken` for any bad token."""
     return get_verifier().verify(token)
 
 

@@ -1,7 +1,8 @@
 """The connector: one psycopg_pool pool per process, request transactions as PostgREST runs them.
 
 Domain code depends on `Session` (`execute`, `fetch_one`, `fetch_all` of named queries), never on
-psycopg. `wrap_exceptions()` is the one place where psycopg errors become `crm.errors` types.
+psycopg. psycopg errors become `crm.errors` types here and only here, by one table
+(`SQLSTATE_ERRORS`), for the functions' sessions and the tooling's `direct()` connections alike.
 """
 
 from __future__ import annotations
@@ -26,13 +27,20 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from crm import config, queries
 from crm.errors import (
+    BadRequest,
     Conflict,
     CrmError,
+    DatabaseError,
     DatabaseUnavailable,
     FieldError,
     Forbidden,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
     Unprocessable,
-    error_for_status,
+    UpstreamFailed,
 )
 
 log = logging.getLogger("crm.db")
@@ -59,8 +67,41 @@ TCP_SETTINGS = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
                 "tcp_user_timeout": 5_000}
 API_ROLES = frozenset({"anon", "authenticated", "service_role"})
 
-# SQLSTATE classes that mean "the database is not there right now" rather than "your request is bad".
-_UNAVAILABLE_PREFIXES = ("08", "53", "57P", "58")
+#: SQLSTATE → the project's exception: the one table, for the functions and the CLI alike. A key is an
+#: exact SQLSTATE or a class prefix ("22", "08", "57P"); the longest key that matches wins. `PT<status>`
+#: is PostgREST's convention (`raise sqlstate 'PT409' using message = …, detail = '<code>'`; hint: the
+#: field for PT422, the seconds to wait for PT429/PT503), so each PT key names the class `crm.http`
+#: answers with that status, as PostgREST would (a test holds both tables to it, and every PT code the
+#: SQL raises to this one). A state no key matches is a bug: `DatabaseError`, logged.
+SQLSTATE_ERRORS: dict[str, type[CrmError]] = {
+    "PT400": BadRequest,
+    "PT401": Unauthorized,
+    "PT403": Forbidden,
+    "PT404": NotFound,
+    "PT409": Conflict,
+    "PT422": Unprocessable,
+    "PT429": TooManyRequests,
+    "PT502": UpstreamFailed,
+    "PT503": ServiceUnavailable,
+    "23505": Conflict,  # unique_violation: code = the constraint
+    "23502": Unprocessable,  # not_null_violation
+    "23503": Unprocessable,  # foreign_key_violation
+    "23514": Unprocessable,  # check_violation
+    "22": InvalidInput,  # data exceptions: a value the column's type cannot hold
+    "42501": Forbidden,  # insufficient_privilege: grants and RLS `with check`
+    "40001": Conflict,  # serialization_failure: retry
+    "40P01": Conflict,  # deadlock_detected: retry
+    "55P03": Conflict,  # lock_not_available: retry
+    "57014": DatabaseUnavailable,  # query_canceled: the statement timeout
+    # The database is not there right now (connection, resources, shutdown, system errors).
+    "08": DatabaseUnavailable,
+    "53": DatabaseUnavailable,
+    "57P": DatabaseUnavailable,
+    "58": DatabaseUnavailable,
+}
+_PREFIX_LENGTHS = sorted({len(k) for k in SQLSTATE_ERRORS}, reverse=True)
+
+#: Field messages for rule violations (the problem's `errors`), and codes when no constraint is named.
 _UNPROCESSABLE = {
     "23514": "violates a check constraint",
     "23502": "is required",
@@ -77,6 +118,18 @@ _UNPROCESSABLE = {
     "22021": "contains invalid characters",
     "22P05": "contains invalid characters",
 }
+_DEFAULT_CODES = {"23505": "unique_violation", "23502": "not_null_violation", "23503": "foreign_key_violation",
+                  "42501": "insufficient_privilege", "40001": "concurrent_update", "40P01": "concurrent_update",
+                  "55P03": "concurrent_update", "57014": "statement_timeout"}
+
+
+def error_class(sqlstate: str) -> type[CrmError] | None:
+    """The class `SQLSTATE_ERRORS` gives a SQLSTATE (longest matching key), or None."""
+    for length in _PREFIX_LENGTHS:
+        found = SQLSTATE_ERRORS.get(sqlstate[:length])
+        if found is not None:
+            return found
+    return None
 
 
 def _field_of(diag: psycopg.errors.Diagnostic) -> str:
@@ -91,8 +144,13 @@ def _not_null_name(state: str, diag: psycopg.errors.Diagnostic) -> str | None:
     return None
 
 
+def _seconds(hint: str | None, default: int) -> int:
+    hint = (hint or "").strip()
+    return int(hint) if hint.isdigit() else default
+
+
 def translate(exc: BaseException) -> CrmError:
-    """Map a psycopg/pool exception to the project's error (keyed by SQLSTATE and constraint)."""
+    """The project's error for a psycopg/pool exception, by `SQLSTATE_ERRORS` and constraint name."""
     if isinstance(exc, CrmError):
         return exc
     if isinstance(exc, PoolTimeout):
@@ -101,72 +159,80 @@ def translate(exc: BaseException) -> CrmError:
         return CrmError("unexpected error")
     if isinstance(exc, psycopg.DataError) and not exc.sqlstate:
         # Refused by psycopg before it reached the server (e.g. a NUL character in a string).
-        return Unprocessable(str(exc).strip() or "invalid input", code="invalid_input",
-                             errors=[FieldError("body", "contains characters the database cannot store")])
+        return InvalidInput(str(exc).strip() or "invalid input",
+                            errors=[FieldError("body", "contains characters the database cannot store")])
     state = exc.sqlstate or ""
     diag = exc.diag
     message = diag.message_primary or str(exc).strip() or "database error"
-    if state.startswith("PT") and state[2:].isdigit():
-        # PostgREST's convention: `raise sqlstate 'PT409' using message = …, detail = '<code>'`.
-        status = int(state[2:])
-        code = (diag.message_detail or "").strip() or f"pt{status}"
-        headers = {}
-        if status in (429, 503):
-            headers["Retry-After"] = (diag.message_hint or "").strip() or "5"
-        errors = []
-        if status == 422:
-            errors = [FieldError(field=(diag.message_hint or "body").strip(), message=message)]
-        return error_for_status(status, message, code=code, errors=errors, headers=headers)
-    if state == "23505":
-        return Conflict(message, code=diag.constraint_name or "unique_violation")
-    if state in _UNPROCESSABLE or state.startswith("22"):
-        field = _field_of(diag)
-        code = diag.constraint_name or _not_null_name(state, diag) or {
-            "23502": "not_null_violation",
-            "23503": "foreign_key_violation",
-        }.get(state, "invalid_input")
-        return Unprocessable(message, code=code,
-                             errors=[FieldError(field, _UNPROCESSABLE.get(state, message))])
-    if state == "42501":
-        return Forbidden(message, code="insufficient_privilege")
-    if state in ("40001", "40P01", "55P03"):
-        return Conflict("The request collided with a concurrent change; retry it.",
-                        code="concurrent_update", headers={"Retry-After": "1"})
+    cls = error_class(state)
+    if cls is None:
+        if isinstance(exc, psycopg.OperationalError):  # no SQLSTATE: the connection itself failed
+            return DatabaseUnavailable()
+        return DatabaseError(message)
+    if state.startswith("PT"):
+        code = (diag.message_detail or "").strip() or state.lower()
+        if issubclass(cls, Unprocessable):
+            return cls(message, code=code, errors=[FieldError((diag.message_hint or "body").strip(), message)])
+        if issubclass(cls, (TooManyRequests, ServiceUnavailable)):
+            return cls(message, code=code, retry_after=_seconds(diag.message_hint, cls.retry_after or 5))
+        return cls(message, code=code)
+    if issubclass(cls, Unprocessable):
+        code = diag.constraint_name or _not_null_name(state, diag) or _DEFAULT_CODES.get(state, "invalid_input")
+        return cls(message, code=code, errors=[FieldError(_field_of(diag), _UNPROCESSABLE.get(state, message))])
+    if cls is Conflict and state != "23505":
+        return Conflict("The request collided with a concurrent change; retry it.", code=_DEFAULT_CODES[state],
+                        retry_after=1)
+    if cls is Conflict:
+        return Conflict(message, code=diag.constraint_name or _DEFAULT_CODES[state])
+    if cls is Forbidden:
+        return Forbidden(message, code=_DEFAULT_CODES[state])
     if state == "57014":
-        return DatabaseUnavailable("The database took too long to answer.", code="statement_timeout")
-    if isinstance(exc, psycopg.OperationalError) or state.startswith(_UNAVAILABLE_PREFIXES):
-        return DatabaseUnavailable()
-    return CrmError("unexpected database error")
+        return DatabaseUnavailable("The database took too long to answer.", code=_DEFAULT_CODES[state])
+    return cls()
+
+
+def _translated(exc: psycopg.Error | PoolTimeout) -> CrmError:
+    err = translate(exc)
+    if type(err) in (DatabaseError, CrmError):
+        log.error("unexpected database error: %s", exc, exc_info=exc)
+    return err
 
 
 @contextmanager
 def wrap_exceptions() -> Iterator[None]:
+    """psycopg/pool errors raised in the block leave it as `crm.errors` types (chained with `from`)."""
     try:
         yield
     except CrmError:
         raise
     except (psycopg.Error, PoolTimeout) as exc:
-        err = translate(exc)
-        if err.status >= 500 and not isinstance(err, DatabaseUnavailable):
-            log.exception("unexpected database error")
-        raise err from exc
+        raise _translated(exc) from exc
 
 
 class Session:
-    """A transaction of one request: named queries only."""
+    """A transaction of one request: named queries only. A statement's error is already the project's
+    (so a caller may narrow it, e.g. a PT401 from the key check into `ApiKeyRefused`)."""
 
     def __init__(self, conn: psycopg.Connection):
         self._conn = conn
 
     def execute(self, name: str, params: Mapping[str, Any] | None = None) -> int:
-        cur = self._conn.execute(queries.get(name), params or {})
-        return cur.rowcount
+        try:
+            return self._conn.execute(queries.get(name), params or {}).rowcount
+        except psycopg.Error as exc:
+            raise _translated(exc) from exc
 
     def fetch_one(self, name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-        return self._conn.execute(queries.get(name), params or {}).fetchone()
+        try:
+            return self._conn.execute(queries.get(name), params or {}).fetchone()
+        except psycopg.Error as exc:
+            raise _translated(exc) from exc
 
     def fetch_all(self, name: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        return self._conn.execute(queries.get(name), params or {}).fetchall()
+        try:
+            return self._conn.execute(queries.get(name), params or {}).fetchall()
+        except psycopg.Error as exc:
+            raise _translated(exc) from exc
 
 
 class _Watchdog:
@@ -343,6 +409,23 @@ class Database:
             return True
         except DatabaseUnavailable:
             return False
+
+
+@contextmanager
+def direct(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    """One connection of its own, for tooling (the CLI, migrations, imports), which needs psycopg's
+    connection itself; whatever fails in the block, the connection and COMMIT included, leaves it as a
+    `crm.errors` type by the same table as the functions' (an unreachable server: DatabaseUnavailable)."""
+    # Behind a transaction pooler a prepared statement may be gone in the next transaction.
+    prepare = {"prepare_threshold": None} if config.transaction_pooler() else {}
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, row_factory=dict_row, connect_timeout=5, **prepare)
+    except psycopg.OperationalError as exc:
+        lines = str(exc).strip().splitlines()
+        raise DatabaseUnavailable(f"cannot connect to the database: {lines[0] if lines else 'connection failed'}",
+                                  code="connection_failed") from exc
+    with wrap_exceptions(), conn:
+        yield conn
 
 
 _default: Database | None = None

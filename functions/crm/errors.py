@@ -1,7 +1,10 @@
-"""The project's own exceptions, and the one table that maps them to HTTP.
+"""The project's own exceptions: what went wrong, in words and a stable code, never how to answer it.
 
-Database errors are turned into these by `crm.db.wrap_exceptions`, keyed by SQLSTATE and
-constraint name, so handlers never look at psycopg types.
+The database's errors become these in the connector (`crm.db.SQLSTATE_ERRORS`, keyed by SQLSTATE
+and constraint name), so no caller looks at psycopg types. How each class answers is decided by its
+caller's surface: `crm.http.PROBLEMS` (status, title, headers) for the functions, `crm.tools.cli` (one
+line, exit code) for the command line; both resolve a class through its MRO, so a subclass at any
+depth answers as its nearest mapped ancestor.
 """
 
 from __future__ import annotations
@@ -19,102 +22,145 @@ class FieldError:
 
 
 class CrmError(Exception):
-    """Base class: a refused request with an HTTP status and a machine-readable code."""
+    """Base class: a refused or failed request, with a machine-readable code.
 
-    status: int = 500
-    title: str = "Internal Server Error"
+    `retry_after`: seconds after which the same request may succeed (an outage, a limit, a
+    collision), or None when retrying unchanged will not help.
+    """
+
     code: str = "internal_error"
+    retry_after: int | None = None
 
-    def __init__(self, detail: str = "", *, code: str | None = None, status: int | None = None,
-                 headers: dict[str, str] | None = None, errors: list[FieldError] | None = None):
-        super().__init__(detail or self.title)
-        self.detail = detail or self.title
+    def __init__(self, detail: str = "", *, code: str | None = None, errors: list[FieldError] | None = None,
+                 retry_after: int | None = None):
+        super().__init__(detail or type(self).__name__)
+        self.detail = detail
         if code is not None:
             self.code = code
-        if status is not None:
-            self.status = status
-        self.headers = headers or {}
+        if retry_after is not None:
+            self.retry_after = retry_after
         self.errors = errors or []
 
 
+class DatabaseError(CrmError):
+    """The database refused a statement for a reason no rule covers (a bug, not the caller's fault).
+
+    `message` is the database's own words, for logs and operators; callers are told only that it
+    happened."""
+
+    def __init__(self, message: str = ""):
+        super().__init__("unexpected database error")
+        self.message = message or "unexpected database error"
+
+
 class BadRequest(CrmError):
-    status, title, code = 400, "Bad Request", "bad_request"
+    code = "bad_request"
 
 
 class Unauthorized(CrmError):
-    status, title, code = 401, "Unauthorized", "unauthorized"
+    """No credentials, or credentials that do not authenticate anyone. As such (a missing access
+    token, or a PT401 from SQL that no caller narrowed): the staff functions' bearer token."""
 
-    def __init__(self, detail: str = "", **kw):
-        kw.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="crm"'})
-        super().__init__(detail, **kw)
+    code = "unauthorized"
+
+
+class InvalidToken(Unauthorized):
+    """An access token was sent and refused (expired, badly signed, wrong audience…): the client
+    should refresh its session rather than sign in again (RFC 6750 `invalid_token`)."""
+
+    code = "invalid_token"
+
+
+class ApiKeyRefused(Unauthorized):
+    """The machine API's `X-Api-Key` is missing, malformed, unknown, revoked or expired."""
+
+    code = "api_key_invalid"
+
+
+class CronSecretRefused(Unauthorized):
+    """The scheduler's `X-Cron-Secret` is missing or wrong."""
+
+
+class SignatureRefused(Unauthorized):
+    """A webhook's signature (or its timestamp) does not verify."""
+
+    code = "bad_signature"
 
 
 class Forbidden(CrmError):
-    status, title, code = 403, "Forbidden", "forbidden"
+    code = "forbidden"
 
 
 class NotFound(CrmError):
-    status, title, code = 404, "Not Found", "not_found"
+    code = "not_found"
 
 
 class MethodNotAllowed(CrmError):
-    status, title, code = 405, "Method Not Allowed", "method_not_allowed"
+    """`allowed`: the methods the resource does take, when the refusing code knows them."""
+
+    code = "method_not_allowed"
+
+    def __init__(self, detail: str = "", *, allowed: tuple[str, ...] = (), **kw):
+        super().__init__(detail, **kw)
+        self.allowed = tuple(allowed)
 
 
 class Conflict(CrmError):
-    status, title, code = 409, "Conflict", "conflict"
+    code = "conflict"
 
 
 class PayloadTooLarge(CrmError):
-    status, title, code = 413, "Content Too Large", "payload_too_large"
+    code = "payload_too_large"
 
 
 class UnsupportedMediaType(CrmError):
-    status, title, code = 415, "Unsupported Media Type", "unsupported_media_type"
+    code = "unsupported_media_type"
 
 
 class Unprocessable(CrmError):
-    status, title, code = 422, "Unprocessable Content", "validation_failed"
+    """Well-formed but refused by a rule; `errors` names each field and why."""
+
+    code = "validation_failed"
+
+
+class InvalidInput(Unprocessable):
+    """A value the database cannot even read as its type (a malformed uuid, timestamp, number…)."""
+
+    code = "invalid_input"
 
 
 class TooManyRequests(CrmError):
-    status, title, code = 429, "Too Many Requests", "rate_limited"
+    code = "rate_limited"
+    retry_after = 5
 
 
-class DatabaseUnavailable(CrmError):
-    status, title, code = 503, "Service Unavailable", "database_unavailable"
+class UpstreamFailed(CrmError):
+    """A third party (the warehouse, a provider) answered something we cannot use."""
+
+    code = "upstream_failed"
+
+
+class ServiceUnavailable(CrmError):
+    """Something we depend on is not answering right now; the same request will work later."""
+
+    code = "service_unavailable"
+    retry_after = 5
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
 
     def __init__(self, detail: str = "The database is not answering; try again shortly.", **kw):
-        kw.setdefault("headers", {"Retry-After": "5"})
         super().__init__(detail, **kw)
 
 
 class ConfigError(Exception):
-    """A required setting is missing or malformed (a startup error, never an HTTP answer)."""
-
-
-STATUS_TITLES = {
-    cls.status: cls.title
-    for cls in (BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed, Conflict,
-                PayloadTooLarge, UnsupportedMediaType, Unprocessable, TooManyRequests,
-                DatabaseUnavailable, CrmError)
-}
-
-
-def error_for_status(status: int, detail: str, *, code: str, errors: list[FieldError] | None = None,
-                     headers: dict[str, str] | None = None) -> CrmError:
-    """An error for an HTTP status chosen by SQL (`raise sqlstate 'PT409'`)."""
-    for cls in CrmError.__subclasses__():
-        if cls.status == status:
-            return cls(detail, code=code, errors=errors, headers=headers)
-    err = CrmError(detail, code=code, status=status, errors=errors, headers=headers)
-    err.title = STATUS_TITLES.get(status, "Error")
-    return err
+    """A required setting is missing or malformed (a startup error, never an answer to a caller)."""
 
 
 @dataclass
 class Problem:
-    """An RFC 9457 problem document."""
+    """An RFC 9457 problem document (the HTTP layer fills it from `crm.http.PROBLEMS`)."""
 
     status: int
     title: str

@@ -13,6 +13,8 @@ import re
 import urllib.parse
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import flask
@@ -20,15 +22,27 @@ from werkzeug.exceptions import HTTPException
 
 from crm.db import get_database
 from crm.errors import (
+    ApiKeyRefused,
     BadRequest,
     ConfigError,
+    Conflict,
     CrmError,
+    CronSecretRefused,
+    DatabaseError,
     DatabaseUnavailable,
+    Forbidden,
+    InvalidToken,
     MethodNotAllowed,
+    NotFound,
     PayloadTooLarge,
     Problem,
+    ServiceUnavailable,
+    SignatureRefused,
+    TooManyRequests,
+    Unauthorized,
+    Unprocessable,
     UnsupportedMediaType,
-    error_for_status,
+    UpstreamFailed,
 )
 
 log = logging.getLogger("crm.http")
@@ -40,6 +54,77 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 Handler = Callable[[flask.Request], flask.Response]
 
 
+@dataclass(frozen=True)
+class Answer:
+    """How the functions answer one exception class: status, title and the headers it calls for.
+    The problem's `type` is `/problems/<code>`, from the exception's own code."""
+
+    status: int
+    title: str
+    headers: Callable[[CrmError], dict[str, str]] = lambda err: {}
+
+
+def _challenge(value: str) -> Callable[[CrmError], dict[str, str]]:
+    # RFC 9110 §11.6.1: every 401 names the scheme that would work.
+    return lambda err: {"WWW-Authenticate": value}
+
+
+def _retry_after(err: CrmError) -> dict[str, str]:
+    return {"Retry-After": str(err.retry_after)} if err.retry_after is not None else {}
+
+
+def _allow(err: CrmError) -> dict[str, str]:
+    allowed = getattr(err, "allowed", ())
+    return {"Allow": ", ".join(allowed)} if allowed else {}
+
+
+_UNAUTHORIZED = "Unauthorized"
+
+#: Exception class → answer: the one table. `answer_for` resolves a class through its MRO, so a
+#: subclass anywhere below an entry answers as that entry until it gets one of its own. `CrmError`
+#: is the catch-all (500); a test fails on any class of ours that would fall through to it unlisted.
+PROBLEMS: dict[type[CrmError], Answer] = {
+    CrmError: Answer(500, "Internal Server Error"),
+    DatabaseError: Answer(500, "Internal Server Error"),
+    BadRequest: Answer(400, "Bad Request"),
+    Unauthorized: Answer(401, _UNAUTHORIZED, _challenge('Bearer realm="crm"')),
+    InvalidToken: Answer(401, _UNAUTHORIZED, _challenge('Bearer realm="crm", error="invalid_token"')),
+    ApiKeyRefused: Answer(401, _UNAUTHORIZED, _challenge("ApiKey")),
+    CronSecretRefused: Answer(401, _UNAUTHORIZED, _challenge('CronSecret realm="crm"')),
+    SignatureRefused: Answer(401, _UNAUTHORIZED, _challenge('Signature realm="crm"')),
+    Forbidden: Answer(403, "Forbidden"),
+    NotFound: Answer(404, "Not Found"),
+    MethodNotAllowed: Answer(405, "Method Not Allowed", _allow),
+    Conflict: Answer(409, "Conflict", _retry_after),
+    PayloadTooLarge: Answer(413, "Content Too Large"),
+    UnsupportedMediaType: Answer(415, "Unsupported Media Type"),
+    Unprocessable: Answer(422, "Unprocessable Content"),
+    TooManyRequests: Answer(429, "Too Many Requests", _retry_after),
+    UpstreamFailed: Answer(502, "Bad Gateway"),
+    ServiceUnavailable: Answer(503, "Service Unavailable", _retry_after),
+}
+
+
+def answer_for(err: BaseException | type[BaseException]) -> Answer:
+    """The answer `PROBLEMS` gives an exception (or class): its nearest listed ancestor's."""
+    for cls in (err if isinstance(err, type) else type(err)).__mro__:
+        found = PROBLEMS.get(cls)  # type: ignore[call-overload]
+        if found is not None:
+            return found
+    return PROBLEMS[CrmError]
+
+
+def status_title(status: int) -> str:
+    """The title `PROBLEMS` uses for a status, for answers the framework chose itself."""
+    for answer in PROBLEMS.values():
+        if answer.status == status:
+            return answer.title
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> flask.Response:
     resp = flask.Response(json.dumps(body, default=str, ensure_ascii=False), status=status,
                           mimetype="application/json")
@@ -49,9 +134,10 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def problem_response(err: CrmError) -> flask.Response:
-    problem = Problem(status=err.status, title=err.title, detail=err.detail, code=err.code,
+    answer = answer_for(err)
+    problem = Problem(status=answer.status, title=answer.title, detail=err.detail or answer.title, code=err.code,
                       errors=err.errors)
-    resp = json_response(problem.as_dict(), status=err.status, headers=err.headers)
+    resp = json_response(problem.as_dict(), status=answer.status, headers=answer.headers(err))
     resp.mimetype = "application/problem+json"
     return resp
 
@@ -84,11 +170,11 @@ def endpoint(handler: Handler) -> Handler:
             # Deployed functions validate settings at import; this is the safety net for one that
             # is only read later: the operator's mistake, not the caller's, and not a crash.
             log.error("request %s: misconfigured: %s", rid, err)
-            resp = problem_response(DatabaseUnavailable(
+            resp = problem_response(ServiceUnavailable(
                 "The service is misconfigured; the operator has been told.", code="misconfigured"))
         except CrmError as err:
-            if err.status >= 500 and not isinstance(err, DatabaseUnavailable):
-                log.error("request %s failed: %s", rid, err.detail)
+            if answer_for(err).status >= 500 and not isinstance(err, ServiceUnavailable):
+                log.error("request %s failed: %s", rid, getattr(err, "message", None) or err.detail)
             resp = problem_response(err)
         except Exception:
             log.exception("request %s crashed", rid)
@@ -105,8 +191,11 @@ def framework_error(exc: HTTPException) -> flask.Response:
     """What the framework answers itself (no route matched, e.g. `PATCH /leads/abc%0A`), as a problem."""
     status = exc.code or 500
     code = (exc.name or "error").lower().replace(" ", "_")
-    resp = problem_response(error_for_status(status, f"No route for {flask.request.method} {flask.request.path!r}."
-                                             if status == 404 else (exc.description or exc.name), code=code))
+    detail = (f"No route for {flask.request.method} {flask.request.path!r}." if status == 404
+              else (exc.description or exc.name))
+    resp = json_response(Problem(status=status, title=status_title(status), detail=detail, code=code).as_dict(),
+                         status=status)
+    resp.mimetype = "application/problem+json"
     resp.headers["X-Request-Id"] = request_id(flask.request)
     return resp
 
@@ -127,7 +216,7 @@ def prepare_deployment() -> None:
 
 def require_method(request: flask.Request, *methods: str) -> None:
     if request.method not in methods:
-        raise MethodNotAllowed(f"Use {' or '.join(methods)}.", headers={"Allow": ", ".join(methods)})
+        raise MethodNotAllowed(f"Use {' or '.join(methods)}.", allowed=methods)
 
 
 def _reject_constant(name: str) -> Any:

@@ -15,7 +15,7 @@ import functions_framework
 
 from crm import config, jobs
 from crm.db import get_database
-from crm.errors import BadRequest, NotFound, Unauthorized
+from crm.errors import BadRequest, CronSecretRefused, NotFound
 from crm.http import endpoint, json_response, prepare_deployment, require_method
 
 prepare_deployment()  # problem+json for the framework's own errors; crm.server, not gunicorn
@@ -35,7 +35,7 @@ def reconcile(request: flask.Request) -> flask.Response:
     require_method(request, "POST")
     given = request.headers.get("X-Cron-Secret", "")
     if not hmac.compare_digest(given.encode(), CRON_SECRET.encode()):
-        raise Unauthorized("A valid X-Cron-Secret header is required.", headers={})
+        raise CronSecretRefused("A valid X-Cron-Secret header is required.")
     name = parts[-1]
     job = JOBS.get(name)
     if job is None:

@@ -109,6 +109,26 @@ def test_right_scope_200_missing_scope_403_revoked_or_expired_401_other_org_404(
     assert used["last_used_at"] is not None
 
 
+def test_every_refused_key_is_challenged_whether_python_or_sql_refused_it(conn, api, orgs):
+    """RFC 9110: a 401 names the scheme. A missing or malformed key is refused in Python; an unknown,
+    revoked or expired one by `private.api_authenticate` (PT401): the same challenge either way."""
+    mine = customer(conn, orgs["a"])
+    revoked = create_key(conn, orgs["a"], ["customers:read"])
+    conn.execute("select public.revoke_api_key(%s)", (revoked["id"],))
+    refusals = {
+        "api_key_missing": {},  # Python
+        "api_key_invalid": {"X-Api-Key": "hello"},  # Python
+        "api_key_revoked": {"X-Api-Key": revoked["key"]},  # SQL
+    }
+    for code, headers in refusals.items():
+        resp = api.get(f"/api/customers/{mine}", headers=headers)
+        assert (resp.status_code, resp.json()["code"]) == (401, code), resp.text
+        assert resp.headers["WWW-Authenticate"] == "ApiKey", code
+    unknown = api.get(f"/api/customers/{mine}", headers={"X-Api-Key": "crm_" + "x" * 43})  # SQL: no such key
+    assert (unknown.status_code, unknown.json()["code"], unknown.headers["WWW-Authenticate"]) == (
+        401, "api_key_invalid", "ApiKey")
+
+
 def test_customer_search_matches_as_search_customers_within_the_keys_org(conn, api, orgs):
     mine = customer(conn, orgs["a"], name="Иванов Пётр", phone="+4915123456789", email="petr@example.com")
     customer(conn, orgs["b"], name="Ivanov Other", phone="+4915123456780")

@@ -75,6 +75,40 @@ def test_unreachable_database_is_one_line(tmp_path):
     assert result.stderr.count("\n") == 1 and "cannot connect" in result.stderr
 
 
+def test_a_database_outage_is_one_line_naming_the_database_whichever_path_met_it():
+    """A direct connection (`org create`, `webhooks retry`) and the pool (`jobs run`) meet the outage
+    as the same exception class (`DatabaseUnavailable`, from the connector's table): one line, exit 1."""
+    with refused_port() as port:
+        url = f"postgresql://postgres@127.0.0.1:{port}/none"
+        direct = [crm("org", "create", "acme", "--name", "Acme", url=url),
+                  crm("webhooks", "retry", str(uuid.uuid4()), url=url)]
+        pooled = crm("jobs", "run", "purge-booking-state", url=url)
+    for result in direct:
+        assert (result.returncode, result.stdout) == (1, ""), result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith("crm: error: cannot connect to the database: "), result.stderr
+    assert (pooled.returncode, pooled.stdout) == (1, ""), pooled.stderr
+    lines = [line for line in pooled.stderr.splitlines() if line.startswith("crm:")]
+    assert lines == ["crm: error: The database is not answering; try again shortly."], pooled.stderr
+    assert "Traceback" not in pooled.stderr
+
+
+def test_database_errors_reach_the_cli_as_the_projects_exceptions(db_url):
+    """What `crm.db.direct` raises is the connector's table's class, and the CLI's line and exit code
+    follow from that class alone."""
+    from crm.db import direct
+    from crm.errors import DatabaseError, InvalidInput
+    from crm.tools.cli import error_line, exit_code
+
+    for statement, cls, line in (
+        ("select * from no_such_table", DatabaseError, 'crm: error: database: relation "no_such_table" does not exist'),
+        ("select 'nope'::uuid", InvalidInput, 'crm: error: invalid input syntax for type uuid: "nope"'),
+    ):
+        with pytest.raises(cls) as info, direct(db_url) as conn:
+            conn.execute(statement)
+        assert (error_line(info.value), exit_code(info.value)) == (line, 1)
+
+
 def test_jobs_run_cache_images_prints_its_summary_and_honours_limit(db_url, conn, tmp_path):
     """`crm jobs run NAME` as an operator or a cron line runs it: one job once, JSON on stdout."""
     org = make_org(conn)

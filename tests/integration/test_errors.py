@@ -1,14 +1,31 @@
-"""The one table mapping database errors to HTTP, exercised with real errors from Postgres."""
+"""The two tables: database errors to the project's exceptions (crm.db), exceptions to HTTP (crm.http),
+exercised with real errors from Postgres."""
 
+import importlib
+import pkgutil
+import re
 import uuid
 
 import flask
+import httpx
 import psycopg
 import pytest
 
-from crm.db import Database, translate
-from crm.errors import CrmError, Problem, Unprocessable
-from crm.http import endpoint
+from crm import ROOT
+from crm.auth import JwksUnavailable
+from crm.db import SQLSTATE_ERRORS, Database, direct, translate
+from crm.errors import (
+    ApiKeyRefused,
+    CrmError,
+    DatabaseUnavailable,
+    InvalidToken,
+    Problem,
+    ServiceUnavailable,
+    Unauthorized,
+    Unprocessable,
+)
+from crm.http import PROBLEMS, answer_for, endpoint
+from tests.helpers import LiveServer
 
 
 @pytest.mark.parametrize(
@@ -28,7 +45,7 @@ def test_translate_real_errors(conn, statement, status, code):
     with pytest.raises(psycopg.Error) as info:
         conn.execute(statement)
     err = translate(info.value)
-    assert (err.status, err.code) == (status, code)
+    assert (answer_for(err).status, err.code) == (status, code)
     if status == 422:
         assert err.errors
 
@@ -38,17 +55,17 @@ def test_constraint_violations(conn):
     conn.execute("insert into t values (1, 1)")
     with pytest.raises(psycopg.Error) as dup:
         conn.execute("insert into t values (1, 1)")
-    assert (translate(dup.value).status, translate(dup.value).code) == (409, "t_pkey")
+    assert (answer_for(translate(dup.value)).status, translate(dup.value).code) == (409, "t_pkey")
     with pytest.raises(psycopg.Error) as chk:
         conn.execute("insert into t values (2, -1)")
     err = translate(chk.value)
-    assert (err.status, err.code) == (422, "n_positive")
+    assert (answer_for(err).status, err.code) == (422, "n_positive")
 
 
 def test_problem_document_shape():
     doc = Problem(status=422, title="Unprocessable Content", detail="d", code="c").as_dict()
     assert set(doc) == {"type", "title", "status", "detail", "code", "errors"}
-    assert CrmError().status == 500
+    assert answer_for(CrmError()).status == 500
 
 
 def _constraint(conn: psycopg.Connection, table: str, references: str) -> str:
@@ -89,3 +106,89 @@ def test_foreign_key_and_not_null_violations_are_422_naming_the_constraint(datab
         assert resp.status_code == 422 and resp.mimetype == "application/problem+json"
         assert resp.json["code"] == code and resp.json["status"] == 422 and resp.json["errors"]
         assert resp.headers["X-Request-Id"]
+
+
+# -- the two tables: SQLSTATE → exception (crm.db), exception → HTTP answer (crm.http) -------------
+
+def _all_crm_error_classes() -> set[type[CrmError]]:
+    """Every CrmError subclass, at any depth, once every crm module is imported."""
+    import crm
+
+    for info in pkgutil.walk_packages(crm.__path__, "crm."):
+        importlib.import_module(info.name)
+    found, todo = set(), [CrmError]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in found:
+                found.add(sub)
+                todo.append(sub)
+    return found
+
+
+def _unmapped(classes) -> list[str]:
+    """Classes that would answer the catch-all 500 only because nothing lists them or an ancestor."""
+    return sorted(f"{c.__module__}.{c.__qualname__}" for c in classes
+                  if c not in PROBLEMS and answer_for(c) is PROBLEMS[CrmError])
+
+
+def test_every_exception_class_in_crm_is_in_the_http_table():
+    classes = {c for c in _all_crm_error_classes() if c.__module__.startswith("crm.")}
+    assert {DatabaseUnavailable, JwksUnavailable, InvalidToken, ApiKeyRefused} <= classes
+    assert _unmapped(classes) == []
+
+    class Unlisted(CrmError):  # the check does fail on a class nobody mapped
+        pass
+
+    assert _unmapped({Unlisted}) == [f"{__name__}.{Unlisted.__qualname__}"]
+
+
+def test_grandchildren_answer_as_their_nearest_listed_ancestor():
+    class StaleSession(InvalidToken):  # CrmError → Unauthorized → InvalidToken → here
+        pass
+
+    class ReplicaLagging(DatabaseUnavailable):  # CrmError → ServiceUnavailable → DatabaseUnavailable → here
+        pass
+
+    err = StaleSession("the session was ended elsewhere")
+    assert (answer_for(err).status, answer_for(err).headers(err)) == (
+        401, {"WWW-Authenticate": 'Bearer realm="crm", error="invalid_token"'})
+    lag = ReplicaLagging()
+    assert (answer_for(lag).status, answer_for(lag).headers(lag)) == (503, {"Retry-After": "5"})
+    # The key set's outage is an outage like the database's, but not the database's.
+    jwks = JwksUnavailable()
+    assert isinstance(jwks, ServiceUnavailable) and not isinstance(jwks, DatabaseUnavailable)
+    assert (answer_for(jwks).status, answer_for(jwks).headers(jwks), jwks.code) == (
+        503, {"Retry-After": "5"}, "jwks_unavailable")
+
+
+def test_each_pt_code_maps_to_the_class_http_answers_with_that_status():
+    """PostgREST answers PT<nnn> with nnn; the functions must too, through both tables."""
+    pt = {state: cls for state, cls in SQLSTATE_ERRORS.items() if state.startswith("PT")}
+    assert pt and all(answer_for(cls).status == int(state[2:]) for state, cls in pt.items()), pt
+    raised = set()
+    for path in (ROOT / "db").rglob("*.sql"):
+        raised |= set(re.findall(r"sqlstate\s+'(PT\d{3})'", path.read_text(encoding="utf-8"), re.IGNORECASE))
+    assert raised and raised <= set(pt), sorted(raised - set(pt))
+
+
+def test_pt401_from_sql_keeps_its_challenge_over_http(db_url):
+    """Authentication refused by SQL answers like authentication refused in Python: 401 with
+    `WWW-Authenticate`, through the connector's table and the HTTP layer's, on a real socket."""
+
+    @endpoint
+    def handler(request: flask.Request) -> flask.Response:
+        if request.path.endswith("/python"):
+            raise Unauthorized("Sign in first.", code="missing_token")
+        with direct(db_url) as conn:
+            conn.execute("do $$ begin raise sqlstate 'PT401' using message = 'the session has ended',"
+                         " detail = 'session_ended'; end $$")
+        return flask.Response(status=204)
+
+    app = flask.Flask(__name__)
+    app.add_url_rule("/<kind>", view_func=lambda kind: handler(flask.request), methods=["GET"])
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=30) as client:
+        for path, code in (("/sql", "session_ended"), ("/python", "missing_token")):
+            resp = client.get(path)
+            assert resp.status_code == 401 and resp.headers["content-type"].startswith("application/problem+json")
+            assert (resp.json()["code"], resp.json()["type"]) == (code, f"/problems/{code}")
+            assert resp.headers["WWW-Authenticate"] == 'Bearer realm="crm"', path

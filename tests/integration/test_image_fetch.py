@@ -16,7 +16,8 @@ import pytest
 
 from crm.errors import ConfigError
 from crm.images.errors import FetchError
-from crm.images.fetch import FetchPolicy, SafeFetcher, address_refusal, tcp_connector
+from crm.images.fetch import FetchPolicy, SafeFetcher
+from crm.net import address_refusal, tcp_connector
 from tests.helpers import TIMEOUT_SLACK, refused_port
 from tests.integration.image_fixtures import (
     ImageServer,

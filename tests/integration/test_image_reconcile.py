@@ -121,6 +121,13 @@ def test_cron_secret_is_required(reconcile: httpx.Client) -> None:
     assert_problem(reconcile.post("/reconcile/cache-images", headers={"X-Cron-Secret": CRON_SECRET[:-1]}), 401)
 
 
+def test_a_refused_cron_secret_names_its_scheme(reconcile: httpx.Client) -> None:
+    for headers in ({}, {"X-Cron-Secret": CRON_SECRET + "x"}):
+        resp = reconcile.post("/reconcile/cache-images", headers=headers)
+        assert assert_problem(resp, 401)["code"] == "unauthorized"
+        assert resp.headers["WWW-Authenticate"] == 'CronSecret realm="crm"'
+
+
 def test_unknown_job_method_and_limit(reconcile: httpx.Client) -> None:
     secret = {"X-Cron-Secret": CRON_SECRET}
     assert "no-such-job" in assert_problem(reconcile.post("/reconcile/no-such-job", headers=secret), 404)["detail"]

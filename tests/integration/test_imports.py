@@ -392,3 +392,117 @@ def test_two_imports_of_one_file_at_once_write_each_row_once(conn, org, tmp_path
     assert conn.execute("select count(*) n from leads").fetchone()["n"] == rows
     assert conn.execute("select count(*) n from customers").fetchone()["n"] == rows
     assert conn.execute("select count(*) n from activities").fetchone()["n"] == rows
+
+
+# -- the set-based path: what a batch written in one statement per table must keep --------------
+
+def people_csv(path, rows: int, odd: dict[int, dict[str, str]] | None = None):
+    """`rows` leads of as many different people (each row its own phone and email), some overridden."""
+    lines = ["legacy_id,full_name,phone,email,city,notes"]
+    for n in range(1, rows + 1):
+        row = {"legacy_id": str(n), "full_name": f"Person {n}", "phone": f"+49151{n:08d}",
+               "email": f"p{n}@example.com", "city": "Berlin", "notes": f"note {n}"}
+        row.update((odd or {}).get(n, {}))
+        lines.append(",".join(row.values()))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bad_rows_amid_good_ones_in_one_batch_block_nothing_and_leave_nothing(
+        conn, org, tmp_path, monkeypatch, capsys, db_url):
+    # Rows the database refuses only when it writes them (CHECKs of customers and leads), in one
+    # batch of independent rows: the batch statement fails, its halves are written, the two rows
+    # end as bad rows with the database's reasons, every other row is written whole.
+    path = people_csv(tmp_path / "batch.csv", 60, {20: {"full_name": LONG_NAME}, 45: {"notes": "n" * 20_001}})
+    before = snapshot_of_db(conn)
+    dry = crm_import(monkeypatch, capsys, db_url, "leads", str(path), "--org", org["slug"])
+    assert snapshot_of_db(conn) == before
+    report = crm_import(monkeypatch, capsys, db_url, "leads", str(path), "--org", org["slug"], "--apply")
+    for r in (dry, report):
+        assert (r["created"], r["bad"], r["customers_created"]) == (58, 2, 58), r
+        assert [(b["line"], b["column"]) for b in r["bad_rows"]] == [(21, "full_name"), (46, "notes")]
+        assert "customers_full_name" in r["bad_rows"][0]["reason"] and "leads_notes" in r["bad_rows"][1]["reason"]
+    counts = conn.execute(
+        "select (select count(*) from customers) customers, (select count(*) from leads) leads,"
+        " (select count(*) from lead_status_events where note = 'import' and from_status is null) events,"
+        " (select count(*) from private.outbox where event_type = 'lead.created'"
+        "    and payload #>> '{data,note}' = 'import') lead_created,"
+        " (select count(*) from private.outbox where event_type = 'customer.created') customer_created,"
+        " (select count(*) from activities where kind = 'import') activities").fetchone()
+    assert counts == {"customers": 58, "leads": 58, "events": 58, "lead_created": 58, "customer_created": 58,
+                      "activities": 58}
+    # The refused rows left nothing: not even the customer the notes row's set statement had made.
+    assert conn.execute("select count(*) n from customers where email in ('p20@example.com', 'p45@example.com')"
+                        ).fetchone()["n"] == 0
+    lead = conn.execute("select l.status::text, l.notes, c.full_name, c.phone_e164, c.city from leads l "
+                        "join customers c on c.id = l.customer_id where l.legacy_id = 44").fetchone()
+    assert lead == {"status": "new", "notes": "note 44", "full_name": "Person 44", "phone_e164": "+4915100000044",
+                    "city": "Berlin"}
+    again = crm_import(monkeypatch, capsys, db_url, "leads", str(path), "--org", org["slug"], "--apply")
+    assert (again["created"], again["updated"], again["skipped"], again["bad"]) == (0, 0, 58, 2)
+
+
+def test_a_booking_creating_the_same_customer_during_an_import_meets_it_on_one_row(conn, org, tmp_path, db_url):
+    import hashlib
+    import secrets
+    import time
+    import uuid
+
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from tests.helpers import acting_as
+    from tests.integration.test_booking_sql import CALL
+
+    path = people_csv(tmp_path / "batch.csv", 40, {17: {"phone": "0151 2345 6789", "email": ""}})
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as booker:
+        with acting_as(booker, "service_role", commit=True):
+            booking = booker.execute(CALL, {
+                "org": org["slug"], "order_id": uuid.uuid4(),
+                "customer": json.dumps({"full_name": "Anna Booking", "phone": "+4915123456789", "email": None}),
+                "snapshot": json.dumps({"external_ref": "ref-1", "title": "Bike"}),
+                "hash": hashlib.sha256(secrets.token_bytes(16)).digest(), "key": None,
+                "request_hash": hashlib.sha256(b"r").digest(), "client": "192.0.2.1/32", "limit": 0,
+                "window": 600}).fetchone()
+            # The booking's customer is inserted, not committed: the import's insert of the same
+            # phone number waits for it.
+            proc = subprocess.Popen([sys.executable, "-m", "crm.tools.cli", "import", "leads", str(path), "--org",
+                                     org["slug"], "--apply"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env={**os.environ, "DATABASE_URL": db_url})
+            deadline = time.monotonic() + 60
+            while not conn.execute("select count(*) n from pg_stat_activity where datname = current_database()"
+                                   " and wait_event_type = 'Lock'").fetchone()["n"]:
+                assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+                time.sleep(0.05)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    assert (report["created"], report["bad"], report["customers_created"]) == (40, 0, 39), report
+    anna = conn.execute("select id, full_name from customers where phone_e164 = '+4915123456789'").fetchall()
+    assert len(anna) == 1 and anna[0]["full_name"] == "Anna Booking"
+    lead = conn.execute("select customer_id from leads where legacy_id = 17").fetchone()
+    order = conn.execute("select customer_id from orders where id = %s", (booking["order_id"],)).fetchone()
+    assert lead["customer_id"] == order["customer_id"] == anna[0]["id"]
+    assert conn.execute("select count(*) n from customers").fetchone()["n"] == 40
+
+
+def test_one_legacy_id_twice_in_one_batch_is_written_as_row_after_row(conn, org):
+    # crm import flags a legacy_id seen earlier in the file; a caller of private.import_rows gets the
+    # row-by-row result: the first row creates the lead, the second finds it and moves its status.
+    rows = [{"line": 2, "legacy_id": "7", "email": "a@example.com", "status": "new"},
+            {"line": 3, "legacy_id": "8", "email": "c@example.com"},
+            {"line": 4, "legacy_id": " 7", "email": "b@example.com", "status": "contacted"},
+            {"line": 5, "legacy_id": "9", "email": "d@example.com"}]
+    with conn.transaction():
+        conn.execute("set local role service_role")
+        result = conn.execute("select line, outcome, customer_created, err_message from "
+                              "private.import_rows(%s, 'leads', %s::jsonb)", (org["id"], json.dumps(rows))).fetchall()
+    assert [(r["line"], r["outcome"], r["customer_created"]) for r in result] == [
+        (2, "created", True), (3, "created", True), (4, "updated", True), (5, "created", True)], result
+    lead = conn.execute("select l.status::text, c.email from leads l join customers c on c.id = l.customer_id "
+                        "where l.legacy_id = 7").fetchall()
+    assert lead == [{"status": "contacted", "email": "a@example.com"}]
+    events = conn.execute("select e.from_status::text f, e.to_status::text t, e.note from lead_status_events e "
+                          "join leads l on l.id = e.lead_id where l.legacy_id = 7 order by e.id").fetchall()
+    assert events == [{"f": None, "t": "new", "note": "import"}, {"f": "new", "t": "contacted", "note": "import"}]
+    assert conn.execute("select count(*) n from leads").fetchone()["n"] == 3

@@ -16,12 +16,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import psycopg
 import pytest
 from psycopg import errors as pg
-from psycopg.rows import dict_row
 
-from tests.helpers import acting_as, make_org, make_staff, matrix_cases, rows_reached
+from tests import rls_world as rls
+from tests.helpers import acting_as, matrix_cases
 
 ACTORS = ("anon", "outsider", "viewer", "agent", "manager", "admin", "service_role")
 
@@ -47,10 +46,7 @@ CASES = matrix_cases(MATRIX, ACTORS)
 
 
 @dataclass
-class World:
-    conn: psycopg.Connection
-    org: uuid.UUID
-    users: dict[str, uuid.UUID | None]
+class World(rls.StaffedOrg):
     customer: uuid.UUID
     lead: uuid.UUID
     integration: uuid.UUID
@@ -59,16 +55,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(clone_database) -> Iterator[World]:
-    with psycopg.connect(clone_database(), autocommit=True, row_factory=dict_row) as conn:
-        org, other = make_org(conn), make_org(conn)
-        users: dict[str, uuid.UUID | None] = {
-            "anon": None, "service_role": None,
-            "outsider": make_staff(conn, other, "admin"),
-            **{role: make_staff(conn, org, role) for role in ("viewer", "agent", "manager", "admin")},
-        }
-        customer = conn.execute(
-            "insert into public.customers (org_id, full_name, phone_e164) values (%s, 'Anna', '+4915100000001')"
-            " returning id", (org,)).fetchone()["id"]
+    with rls.staffed_org(clone_database) as s:
+        conn, org, users = s.conn, s.org, s.users
+        customer = rls.make_customer(conn, org)
         lead = conn.execute(
             "insert into public.leads (org_id, customer_id, source, assigned_to) values (%s, %s, 'phone_call', %s)"
             " returning id", (org, customer, users["agent"])).fetchone()["id"]
@@ -80,7 +69,7 @@ def world(clone_database) -> Iterator[World]:
         ).fetchone()["id"]
         conn.execute("select private.inbox_receive(%s, %s)", (integration, json.dumps([{
             "event_id": "msg_1", "event_type": "inventory.low_stock", "process": False, "payload": {"data": {}}}])))
-        yield World(conn, org, users, customer, lead, integration, activity)
+        yield World(**s.base(), customer=customer, lead=lead, integration=integration, activity=activity)
 
 
 def _statement(w: World, table: str, action: str) -> tuple[str, tuple]:
@@ -107,13 +96,9 @@ def _statement(w: World, table: str, action: str) -> tuple[str, tuple]:
     }[table]
 
 
-@pytest.mark.parametrize(("table", "action", "actor", "expected"), CASES,
-                         ids=[f"{t}-{a}-{r}" for t, a, r, _ in CASES])
+@rls.matrix_cells(CASES)
 def test_role_matrix(world: World, table: str, action: str, actor: str, expected: str) -> None:
-    sql, params = _statement(world, table, action)
-    reached = rows_reached(world.conn, actor, world.users[actor], sql, params, expected)
-    if expected != "E":
-        assert reached == int(expected), f"{actor} {action} on {table}"
+    rls.assert_cell(world, table, action, actor, expected, _statement(world, table, action))
 
 
 COLUMNS_WITHOUT_GRANT = [
@@ -126,13 +111,10 @@ COLUMNS_WITHOUT_GRANT = [
 ]
 
 
-@pytest.mark.parametrize(("sql", "column"), COLUMNS_WITHOUT_GRANT,
-                         ids=[f"{i}-{c}" for i, (_, c) in enumerate(COLUMNS_WITHOUT_GRANT)])
+@rls.column_cases(COLUMNS_WITHOUT_GRANT)
 def test_admin_cannot_write_columns_without_grant(world: World, sql: str, column: str) -> None:
     params = {"integration": world.integration, "org": world.org, "customer": world.customer}
-    with pytest.raises(pg.InsufficientPrivilege, match="permission denied"):
-        with acting_as(world.conn, "authenticated", world.users["admin"]) as c:
-            c.execute(sql, params)
+    rls.assert_admin_lacks_grant(world, sql, params)
 
 
 @pytest.mark.parametrize(("actor", "statement"), [

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 from psycopg import errors as pg
-from psycopg.rows import dict_row
 
-from tests.helpers import acting_as, make_org, make_staff, make_user
+from tests import rls_world as rls
+from tests.helpers import acting_as, make_staff, make_user
 from tests.integration.test_rls_integrations import MATRIX as INTEGRATIONS_MATRIX
 from tests.integration.test_rls_payments import MATRIX as PAYMENTS_MATRIX
 from tests.integration.test_rls_sessions import MATRIX as SESSIONS_MATRIX
@@ -89,10 +89,7 @@ SNAPSHOT = {"external_ref": "listing-1", "title": "Canyon Spectral 29",
 
 
 @dataclass
-class World:
-    conn: psycopg.Connection
-    org: uuid.UUID
-    users: dict[str, uuid.UUID | None]
+class World(rls.StaffedOrg):
     customer: uuid.UUID
     lead: uuid.UUID
     order: uuid.UUID
@@ -105,21 +102,12 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(clone_database) -> Iterator[World]:
-    with psycopg.connect(clone_database(), autocommit=True, row_factory=dict_row) as conn:
-        org, other = make_org(conn), make_org(conn)
-        users: dict[str, uuid.UUID | None] = {
-            "anon": None, "service_role": None,
-            "other_org": make_staff(conn, other, "manager"),
-            "viewer": make_staff(conn, org, "viewer"),
-            "agent_assigned": make_staff(conn, org, "agent"),
-            "agent_other": make_staff(conn, org, "agent"),
-            "manager": make_staff(conn, org, "manager"),
-            "admin": make_staff(conn, org, "admin"),
-        }
-        agent = users["agent_assigned"]
-        customer = conn.execute(
-            "insert into public.customers (org_id, full_name, phone_e164) values (%s, 'Anna', '+4915100000001')"
-            " returning id", (org,)).fetchone()["id"]
+    members = {"viewer": "viewer", "agent_assigned": "agent", "agent_other": "agent", "manager": "manager",
+               "admin": "admin"}
+    with rls.staffed_org(clone_database, outsider=("other_org", "manager"), members=members) as s:
+        conn, org = s.conn, s.org
+        agent = s.users["agent_assigned"]
+        customer = rls.make_customer(conn, org)
         lead = conn.execute(
             "insert into public.leads (org_id, customer_id, source, assigned_to) values (%s, %s, 'manual', %s)"
             " returning id", (org, customer, agent)).fetchone()["id"]
@@ -135,7 +123,8 @@ def world(clone_database) -> Iterator[World]:
             " returning id", (org, lead, agent)).fetchone()["id"]
         target = make_staff(conn, org, "viewer")
         newcomer = make_user(conn)
-        yield World(conn, org, users, customer, lead, order, shipment, task, agent, target, newcomer)
+        yield World(**s.base(), customer=customer, lead=lead, order=order, shipment=shipment, task=task,
+                    agent=agent, target=target, newcomer=newcomer)
 
 
 def _role(actor: str) -> str:
@@ -248,14 +237,11 @@ COLUMNS_WITHOUT_GRANT = [
 ]
 
 
-@pytest.mark.parametrize(("sql", "column"), COLUMNS_WITHOUT_GRANT, ids=[f"{i}-{c}" for i, (_, c) in
-                                                                         enumerate(COLUMNS_WITHOUT_GRANT)])
+@rls.column_cases(COLUMNS_WITHOUT_GRANT)
 def test_admin_cannot_write_columns_without_grant(world: World, sql: str, column: str) -> None:
     params = {"order": world.order, "customer": world.customer, "lead": world.lead, "task": world.task,
               "org": world.org}
-    with pytest.raises(pg.InsufficientPrivilege, match="permission denied"):
-        with acting_as(world.conn, "authenticated", world.users["admin"]) as c:
-            c.execute(sql, params)
+    rls.assert_admin_lacks_grant(world, sql, params)
 
 
 def test_agent_cannot_hand_their_lead_to_someone_else(world: World) -> None:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 from psycopg import errors as pg
-from psycopg.rows import dict_row
 
-from tests.helpers import acting_as, make_org, make_staff, matrix_cases, rows_reached
+from tests import rls_world as rls
+from tests.helpers import acting_as, matrix_cases
 
 ACTORS = ("anon", "outsider", "viewer", "agent", "manager", "admin", "service_role")
 
@@ -47,10 +47,7 @@ SNAPSHOT = {"external_ref": "listing-1", "title": "Canyon Spectral 29"}
 
 
 @dataclass
-class World:
-    conn: psycopg.Connection
-    org: uuid.UUID
-    users: dict[str, uuid.UUID | None]
+class World(rls.StaffedOrg):
     customer: uuid.UUID
     order: uuid.UUID
     payment: uuid.UUID
@@ -59,16 +56,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(clone_database) -> Iterator[World]:
-    with psycopg.connect(clone_database(), autocommit=True, row_factory=dict_row) as conn:
-        org, other = make_org(conn), make_org(conn)
-        users: dict[str, uuid.UUID | None] = {
-            "anon": None, "service_role": None,
-            "outsider": make_staff(conn, other, "admin"),
-            **{role: make_staff(conn, org, role) for role in ("viewer", "agent", "manager", "admin")},
-        }
-        customer = conn.execute(
-            "insert into public.customers (org_id, full_name, phone_e164) values (%s, 'Anna', '+4915100000001')"
-            " returning id", (org,)).fetchone()["id"]
+    with rls.staffed_org(clone_database) as s:
+        conn, org = s.conn, s.org
+        customer = rls.make_customer(conn, org)
         order = conn.execute(
             "insert into public.orders (org_id, customer_id, external_item_ref, item_snapshot, price_amount,"
             " currency) values (%s, %s, 'listing-1', %s, 1000, 'EUR') returning id",
@@ -81,7 +71,7 @@ def world(clone_database) -> Iterator[World]:
             (org, order)).fetchone()["id"]
         conn.execute("insert into public.wms_orders (org_id, wms_order_id, crm_customer_id, crm_order_id, status)"
                      " values (%s, 'W-1', %s, %s, 'picking')", (org, customer, order))
-        yield World(conn, org, users, customer, order, payment, inspection)
+        yield World(**s.base(), customer=customer, order=order, payment=payment, inspection=inspection)
 
 
 def _statement(w: World, table: str, action: str) -> tuple[str, tuple]:
@@ -109,13 +99,9 @@ def _statement(w: World, table: str, action: str) -> tuple[str, tuple]:
     }[table]
 
 
-@pytest.mark.parametrize(("table", "action", "actor", "expected"), CASES,
-                         ids=[f"{t}-{a}-{r}" for t, a, r, _ in CASES])
+@rls.matrix_cells(CASES)
 def test_role_matrix(world: World, table: str, action: str, actor: str, expected: str) -> None:
-    sql, params = _statement(world, table, action)
-    reached = rows_reached(world.conn, actor, world.users[actor], sql, params, expected)
-    if expected != "E":
-        assert reached == int(expected), f"{actor} {action} on {table}"
+    rls.assert_cell(world, table, action, actor, expected, _statement(world, table, action))
 
 
 COLUMNS_WITHOUT_GRANT = [
@@ -132,13 +118,10 @@ COLUMNS_WITHOUT_GRANT = [
 ]
 
 
-@pytest.mark.parametrize(("sql", "column"), COLUMNS_WITHOUT_GRANT,
-                         ids=[f"{i}-{c}" for i, (_, c) in enumerate(COLUMNS_WITHOUT_GRANT)])
+@rls.column_cases(COLUMNS_WITHOUT_GRANT)
 def test_admin_cannot_write_columns_without_grant(world: World, sql: str, column: str) -> None:
     params = {"payment": world.payment, "inspection": world.inspection, "order": world.order, "org": world.org}
-    with pytest.raises(pg.InsufficientPrivilege, match="permission denied"):
-        with acting_as(world.conn, "authenticated", world.users["admin"]) as c:
-            c.execute(sql, params)
+    rls.assert_admin_lacks_grant(world, sql, params)
 
 
 def test_outsider_cannot_pay_into_a_foreign_order_from_their_own_org(world: World) -> None:

@@ -14,12 +14,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import psycopg
 import pytest
 from psycopg import errors as pg
-from psycopg.rows import dict_row
 
-from tests.helpers import acting_as, make_org, make_staff, matrix_cases, rows_reached
+from tests import rls_world as rls
+from tests.helpers import acting_as, matrix_cases
 
 ACTORS = ("anon", "other_org", "viewer", "agent", "manager", "admin", "service_role")
 
@@ -53,20 +52,14 @@ CASES = matrix_cases(MATRIX, ACTORS)
 
 
 @dataclass
-class World:
-    conn: psycopg.Connection
-    org: uuid.UUID
-    users: dict[str, uuid.UUID | None]
+class World(rls.StaffedOrg):
     ids: dict[str, uuid.UUID]
 
 
 @pytest.fixture(scope="module")
 def world(clone_database) -> Iterator[World]:
-    with psycopg.connect(clone_database(), autocommit=True, row_factory=dict_row) as conn:
-        org, other = make_org(conn), make_org(conn)
-        users: dict[str, uuid.UUID | None] = {
-            "anon": None, "service_role": None, "other_org": make_staff(conn, other, "manager"),
-            **{role: make_staff(conn, org, role) for role in ("viewer", "agent", "manager", "admin")}}
+    with rls.staffed_org(clone_database, outsider=("other_org", "manager")) as s:
+        conn, org = s.conn, s.org
         one = lambda sql, *params: conn.execute(sql, params).fetchone()["id"]  # noqa: E731
         customer = one("insert into public.customers (org_id, full_name, email) values (%s, 'Anna', 'a@ex.test')"
                        " returning id", org)
@@ -82,7 +75,7 @@ def world(clone_database) -> Iterator[World]:
         }
         ids["session_bookings"] = one("insert into public.session_bookings (org_id, session_id, customer_id)"
                                       " values (%s, %s, %s) returning id", org, ids["class_sessions"], customer)
-        yield World(conn, org, users, ids)
+        yield World(**s.base(), ids=ids)
 
 
 def _statement(w: World, table: str, action: str) -> tuple[str, dict]:
@@ -123,12 +116,9 @@ def _statement(w: World, table: str, action: str) -> tuple[str, dict]:
     return f"delete from public.{table} where id = %(id)s", p
 
 
-@pytest.mark.parametrize(("table", "action", "actor", "expected"), CASES,
-                         ids=[f"{t}-{a}-{r}" for t, a, r, _ in CASES])
+@rls.matrix_cells(CASES)
 def test_role_matrix(world: World, table: str, action: str, actor: str, expected: str) -> None:
-    sql, params = _statement(world, table, action)
-    touched = rows_reached(world.conn, actor, world.users[actor], sql, params, expected)
-    assert expected == "E" or touched == int(expected), f"{actor} {action} on {table}"
+    rls.assert_cell(world, table, action, actor, expected, _statement(world, table, action))
 
 
 COLUMNS_WITHOUT_GRANT = [
@@ -143,12 +133,9 @@ COLUMNS_WITHOUT_GRANT = [
 ]
 
 
-@pytest.mark.parametrize(("sql", "column"), COLUMNS_WITHOUT_GRANT,
-                         ids=[f"{i}-{c}" for i, (_, c) in enumerate(COLUMNS_WITHOUT_GRANT)])
+@rls.column_cases(COLUMNS_WITHOUT_GRANT)
 def test_admin_cannot_write_columns_without_grant(world: World, sql: str, column: str) -> None:
-    with pytest.raises(pg.InsufficientPrivilege, match="permission denied"):
-        with acting_as(world.conn, "authenticated", world.users["admin"]) as c:
-            c.execute(sql, {"org": world.org, **world.ids})
+    rls.assert_admin_lacks_grant(world, sql, {"org": world.org, **world.ids})
 
 
 def test_service_role_cannot_pick_what_paid(world: World) -> None:

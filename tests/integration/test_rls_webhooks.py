@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
-from tests.helpers import acting_as, make_org, make_staff, matrix_cases, rows_reached
+from tests import rls_world as rls
+from tests.helpers import acting_as, matrix_cases
 
 ACTORS = ("anon", "outsider", "viewer", "agent", "manager", "admin", "service_role")
 
@@ -43,24 +43,15 @@ CASES = matrix_cases(MATRIX, ACTORS)
 
 
 @dataclass
-class World:
-    conn: psycopg.Connection
-    org: uuid.UUID
-    users: dict[str, uuid.UUID | None]
+class World(rls.StaffedOrg):
     rows: dict[str, uuid.UUID | int]  # the seeded row of each table
 
 
 @pytest.fixture(scope="module")
 def world(clone_database) -> Iterator[World]:
-    with psycopg.connect(clone_database(), autocommit=True, row_factory=dict_row) as conn:
-        org, other = make_org(conn), make_org(conn)
-        users: dict[str, uuid.UUID | None] = {
-            "anon": None, "service_role": None,
-            "outsider": make_staff(conn, other, "admin"),
-            **{role: make_staff(conn, org, role) for role in ("viewer", "agent", "manager", "admin")},
-        }
-        conn.execute("insert into public.customers (org_id, full_name, phone_e164)"
-                     " values (%s, 'Anna', '+4915100000001')", (org,))
+    with rls.staffed_org(clone_database) as s:
+        conn, org = s.conn, s.org
+        rls.make_customer(conn, org)
         endpoint = conn.execute(
             "insert into public.webhook_endpoints (org_id, url) values (%s, 'https://hooks.example.com/in')"
             " returning id", (org,)).fetchone()["id"]
@@ -73,7 +64,7 @@ def world(clone_database) -> Iterator[World]:
             " duration_ms, status_code, outcome) select org_id, id, endpoint_id, event_id, 1, now(), 5, 500,"
             " 'failed' from public.webhook_deliveries where id = %s returning id", (delivery,)).fetchone()["id"]
         rows = {"webhook_endpoints": endpoint, "webhook_deliveries": delivery, "webhook_attempts": attempt}
-        yield World(conn, org, users, rows)
+        yield World(**s.base(), rows=rows)
 
 
 def _statement(w: World, table: str, action: str) -> tuple[str, tuple]:
@@ -100,13 +91,9 @@ def _statement(w: World, table: str, action: str) -> tuple[str, tuple]:
     }[table]
 
 
-@pytest.mark.parametrize(("table", "action", "actor", "expected"), CASES,
-                         ids=[f"{t}-{a}-{r}" for t, a, r, _ in CASES])
+@rls.matrix_cells(CASES)
 def test_role_matrix(world: World, table: str, action: str, actor: str, expected: str) -> None:
-    sql, params = _statement(world, table, action)
-    reached = rows_reached(world.conn, actor, world.users[actor], sql, params, expected)
-    if expected != "E":
-        assert reached == int(expected), f"{actor} {action} on {table}"
+    rls.assert_cell(world, table, action, actor, expected, _statement(world, table, action))
 
 
 @pytest.mark.parametrize("column", ["org_id", "secret_version", "failing_since", "disabled_reason", "created_at"])

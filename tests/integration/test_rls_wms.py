@@ -15,12 +15,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import psycopg
 import pytest
 from psycopg import errors as pg
-from psycopg.rows import dict_row
 
-from tests.helpers import acting_as, make_org, make_staff, matrix_cases, rows_reached
+from tests import rls_world as rls
+from tests.helpers import acting_as, matrix_cases
 
 ACTORS = ("anon", "outsider", "viewer", "agent", "manager", "admin", "service_role")
 
@@ -39,28 +38,20 @@ CASES = matrix_cases(MATRIX, ACTORS)
 
 
 @dataclass
-class World:
-    conn: psycopg.Connection
-    org: uuid.UUID
-    users: dict[str, uuid.UUID | None]
+class World(rls.StaffedOrg):
     key: uuid.UUID
     run: uuid.UUID
 
 
 @pytest.fixture(scope="module")
 def world(clone_database) -> Iterator[World]:
-    with psycopg.connect(clone_database(), autocommit=True, row_factory=dict_row) as conn:
-        org, other = make_org(conn), make_org(conn)
-        users: dict[str, uuid.UUID | None] = {
-            "anon": None, "service_role": None,
-            "outsider": make_staff(conn, other, "admin"),
-            **{role: make_staff(conn, org, role) for role in ("viewer", "agent", "manager", "admin")},
-        }
+    with rls.staffed_org(clone_database) as s:
+        conn, org = s.conn, s.org
         key = conn.execute("select public.create_api_key(%s, 'warehouse', '{orders:read}') ->> 'id' as id",
                            (org,)).fetchone()["id"]
         integ = conn.execute("select public.create_integration(%s, 'wms') ->> 'id' as id", (org,)).fetchone()["id"]
         run = conn.execute("select id from private.sync_run_start(%s, 'inventory')", (integ,)).fetchone()["id"]
-        yield World(conn, org, users, uuid.UUID(key), run)
+        yield World(**s.base(), key=uuid.UUID(key), run=run)
 
 
 def _statement(w: World, table: str, action: str) -> tuple[str, tuple]:
@@ -77,13 +68,9 @@ def _statement(w: World, table: str, action: str) -> tuple[str, tuple]:
     return "update public.api_keys set name = 'renamed' where id = %s", (w.key,)
 
 
-@pytest.mark.parametrize(("table", "action", "actor", "expected"), CASES,
-                         ids=[f"{t}-{a}-{r}" for t, a, r, _ in CASES])
+@rls.matrix_cells(CASES)
 def test_role_matrix(world: World, table: str, action: str, actor: str, expected: str) -> None:
-    sql, params = _statement(world, table, action)
-    reached = rows_reached(world.conn, actor, world.users[actor], sql, params, expected)
-    if expected != "E":
-        assert reached == int(expected), f"{actor} {action} on {table}"
+    rls.assert_cell(world, table, action, actor, expected, _statement(world, table, action))
 
 
 COLUMNS_WITHOUT_GRANT = [
@@ -97,9 +84,7 @@ COLUMNS_WITHOUT_GRANT = [
 
 @pytest.mark.parametrize("sql", COLUMNS_WITHOUT_GRANT, ids=range(len(COLUMNS_WITHOUT_GRANT)))
 def test_admin_cannot_write_key_columns_without_grant(world: World, sql: str) -> None:
-    with pytest.raises(pg.InsufficientPrivilege, match="permission denied"):
-        with acting_as(world.conn, "authenticated", world.users["admin"]) as c:
-            c.execute(sql, {"key": world.key})
+    rls.assert_admin_lacks_grant(world, sql, {"key": world.key})
 
 
 @pytest.mark.parametrize("function", [

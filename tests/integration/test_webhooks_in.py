@@ -22,7 +22,6 @@ import pytest
 from standardwebhooks import Webhook
 from twilio.request_validator import RequestValidator
 
-from crm.images.fetch import FetchPolicy  # noqa: F401 — the pinning rules the client shares
 from crm.inbox.jobs import Inbox
 from crm.net import PostPolicy, SafePoster
 from crm.sealing import SecretBox, generate_key, parse_key
@@ -144,6 +143,15 @@ def test_wms_refused_signatures_are_401_and_store_nothing(conn, client, wms, cas
     assert r.headers["content-type"] == "application/problem+json"
     assert inbound(conn) == []
     assert count(conn, "select from public.inventory_items") == 0
+
+
+def test_a_refused_signature_names_its_scheme(conn, client, wms, twilio):
+    """RFC 9110: every 401 carries `WWW-Authenticate`; for a signed webhook the scheme is the signature."""
+    wms_refused = wms_post(client, wms, inventory_event("SKU-1", 5, "2026-01-01T10:00:00Z"), drop="webhook-signature")
+    twilio_refused = twilio_post(client, twilio, call(), signature="")
+    for resp in (wms_refused, twilio_refused):
+        assert (resp.status_code, resp.json()["code"]) == (401, "bad_signature"), resp.text
+        assert resp.headers["WWW-Authenticate"] == 'Signature realm="crm"'
 
 
 def test_unknown_org_source_or_disabled_integration_is_404_and_stores_nothing(conn, client, wms):

@@ -683,7 +683,7 @@ ADDRESS_CORPUS = [
 def test_sql_literal_rules_never_allow_what_the_client_refuses(conn, allow_loopback):
     """The RPC's literal check (SQL) and the pinned client's address rules (Python) are two codes of
     one policy: whatever the client refuses, the SQL refuses too when it is written literally."""
-    from crm.images.fetch import address_refusal
+    from crm.net import address_refusal
 
     for ip in ADDRESS_CORPUS:
         host = f"[{ip}]" if ":" in ip else ip

@@ -24,20 +24,19 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Annotated, Any, cast
 from urllib.parse import urlsplit
 
-import phonenumbers
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from crm import config, textrules
+from crm import config
+from crm.contacts import CustomerIn
 from crm.db import Database
 from crm.errors import (
     BadRequest,
@@ -49,75 +48,24 @@ from crm.errors import (
     Unprocessable,
 )
 from crm.jobs import JobOptions, job
+from crm.textrules import Label, Notes, Title, choice, fail, field_errors, identifier
 
 MAX_IMAGES = 20
 MAX_URL = 2048
 MAX_PRICE = Decimal("9999999999.99")  # numeric(12,2)
 CENTS = Decimal("0.01")
-CHANNELS = ("phone", "whatsapp", "telegram", "viber", "sms", "email")
 DELIVERY_METHODS = ("pickup", "shipping", "courier")
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 CURRENCY = re.compile(r"^[A-Z]{3}\Z")
-EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+\Z")
-DOMAIN_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
 TOKEN_LABEL = b"crm booking tracking token v1"
 
 
-def _fail(kind: str, message: str) -> PydanticCustomError:
-    return PydanticCustomError(kind, message)
-
-
-# -- field types ----------------------------------------------------------------------------------
-# Each takes the raw JSON value and returns the normalised one or raises with a message written for
-# the person who built the form. Strings are trimmed; free text is cut at its cap (a 10 KiB title is
-# still a booking), identifiers, URLs and contact data are refused when too long (cutting them would
-# store something else).
-
-# The text rules (what is refused, collapsed, how long) are the database's, mirrored in
-# crm.textrules; URLs keep their own stricter rule.
+# -- field types of the item and the booking ------------------------------------------------------
+# Text and choices are the shared field types of crm.textrules, the customer block crm.contacts';
+# URLs keep their own stricter rule. Identifiers, URLs and money are refused when malformed or too
+# long (cutting them would store something else).
 _URL_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def _clean(value: Any, kind: str) -> str:
-    """The text in its stored form, or a field error when the text rules refuse it."""
-    if not isinstance(value, str):
-        raise _fail("wrong_type", "must be a string")
-    cleaned = textrules.normalize(value, kind)
-    if cleaned and (problem := textrules.problem(cleaned, kind)) and problem != "too_long":
-        raise _fail(problem, textrules.message(problem, kind))
-    return cleaned
-
-
-def text(kind: str):
-    """Free text of a kind: normalised, cut at the kind's cap (a 10 KiB title is still a booking),
-    '' → None; refused when the text rules refuse it (controls, bidi overrides, nothing visible)."""
-
-    def check(value: Any) -> str | None:
-        if value is None:
-            return None
-        cleaned = textrules.normalize(_clean(value, kind)[:textrules.LIMITS[kind]], kind)
-        return cleaned or None
-
-    return BeforeValidator(check)
-
-
-def identifier(kind: str):
-    """Catalog ids and sizes: a string or a whole number, refused when longer than the kind's cap."""
-
-    def check(value: Any) -> str | None:
-        if value is None:
-            return None
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            raise _fail("wrong_type", "must be a string or a whole number")
-        cleaned = _clean(value, kind)
-        if cleaned and textrules.problem(cleaned, kind) == "too_long":
-            raise _fail("too_long", textrules.message("too_long", kind))
-        return cleaned or None
-
-    return BeforeValidator(check)
 
 
 def parse_url(value: Any) -> str | None:
@@ -125,26 +73,26 @@ def parse_url(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _fail("wrong_type", "must be a URL string")
+        raise fail("wrong_type", "must be a URL string")
     value = value.strip()
     if not value:
         return None
     if len(value) > MAX_URL:
-        raise _fail("too_long", f"must be at most {MAX_URL} characters")
+        raise fail("too_long", f"must be at most {MAX_URL} characters")
     if _URL_FORBIDDEN.search(value):
-        raise _fail("url_invalid", "must not contain spaces or control characters")
+        raise fail("url_invalid", "must not contain spaces or control characters")
     try:
         parts = urlsplit(value)
         port = parts.port
         host = parts.hostname
     except ValueError:
-        raise _fail("url_invalid", "is not a valid URL") from None
+        raise fail("url_invalid", "is not a valid URL") from None
     if parts.scheme.lower() not in ("http", "https"):
-        raise _fail("url_scheme", "must be an http or https URL")
+        raise fail("url_scheme", "must be an http or https URL")
     if not host:
-        raise _fail("url_invalid", "must include a host name")
+        raise fail("url_invalid", "must include a host name")
     if parts.username is not None or parts.password is not None:
-        raise _fail("url_invalid", "must not contain a user name or password")
+        raise fail("url_invalid", "must not contain a user name or password")
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
         netloc += f":{port}"
@@ -159,10 +107,10 @@ def parse_year(value: Any) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     if not isinstance(value, int) or isinstance(value, bool):
-        raise _fail("wrong_type", "must be a whole number")
+        raise fail("wrong_type", "must be a whole number")
     latest = dt.date.today().year + 1
     if not 1885 <= value <= latest:
-        raise _fail("out_of_range", f"must be between 1885 and {latest}")
+        raise fail("out_of_range", f"must be between 1885 and {latest}")
     return value
 
 
@@ -174,19 +122,19 @@ def parse_money(value: Any) -> Decimal | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise _fail("wrong_type", "must be a number")
+        raise fail("wrong_type", "must be a number")
     try:
         amount = Decimal(value.strip() if isinstance(value, str) else str(value))
     except InvalidOperation:
-        raise _fail("wrong_type", "must be a number") from None
+        raise fail("wrong_type", "must be a number") from None
     if not amount.is_finite():
-        raise _fail("wrong_type", "must be a finite number")
+        raise fail("wrong_type", "must be a finite number")
     if amount < 0:
-        raise _fail("out_of_range", "must not be negative")
+        raise fail("out_of_range", "must not be negative")
     if amount > MAX_PRICE:
-        raise _fail("out_of_range", f"must be at most {MAX_PRICE}")
+        raise fail("out_of_range", f"must be at most {MAX_PRICE}")
     if amount != amount.quantize(CENTS, rounding=ROUND_HALF_EVEN):
-        raise _fail("too_many_decimals", "must have at most 2 decimals")
+        raise fail("too_many_decimals", "must have at most 2 decimals")
     return amount.quantize(CENTS, rounding=ROUND_HALF_EVEN)
 
 
@@ -194,122 +142,22 @@ def parse_currency(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _fail("wrong_type", "must be a three-letter ISO 4217 code")
+        raise fail("wrong_type", "must be a three-letter ISO 4217 code")
     code = value.strip().upper()
     if not code:
         return None
     if not CURRENCY.match(code):
-        raise _fail("currency_invalid", "must be a three-letter ISO 4217 code such as EUR")
+        raise fail("currency_invalid", "must be a three-letter ISO 4217 code such as EUR")
     return code
 
 
-def choice(options: tuple[str, ...]):
-    def check(value: Any) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise _fail("wrong_type", f"must be one of: {', '.join(options)}")
-        picked = value.strip().lower()
-        if not picked:
-            return None
-        if picked not in options:
-            raise _fail("choice_invalid", f"must be one of: {', '.join(options)}")
-        return picked
-
-    return BeforeValidator(check)
-
-
-def parse_email(value: Any) -> str | None:
-    """Trimmed and lower-cased (stored so, unique per org); IDN domains in their ASCII form."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _fail("wrong_type", "must be an email address")
-    value = value.strip()
-    if not value:
-        return None
-    if len(value) > 254 or value.count("@") != 1:
-        raise _fail("email_invalid", "is not a valid email address")
-    local, domain = value.rsplit("@", 1)
-    try:
-        domain = domain.rstrip(".").encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        raise _fail("email_invalid", "has an invalid domain") from None
-    labels = domain.split(".")
-    if (not local or len(local) > 64 or not EMAIL_LOCAL.match(local) or local.startswith(".")
-            or local.endswith(".") or ".." in local or len(labels) < 2
-            or not all(DOMAIN_LABEL.match(label) for label in labels) or labels[-1].isdigit()):
-        raise _fail("email_invalid", "is not a valid email address")
-    address = f"{local}@{domain}".lower()
-    if len(address) > 254:
-        raise _fail("email_invalid", "is not a valid email address")
-    return address
-
-
-Name = Annotated[str | None, text("name")]
-City = Annotated[str | None, text("city")]
-Title = Annotated[str | None, text("title")]
-Label = Annotated[str | None, text("label")]
-Notes = Annotated[str | None, text("note")]
 Url = Annotated[str | None, BeforeValidator(parse_url)]
 Money = Annotated[Decimal | None, BeforeValidator(parse_money)]
 Currency = Annotated[str | None, BeforeValidator(parse_currency)]
-Email = Annotated[str | None, BeforeValidator(parse_email)]
 Year = Annotated[int | None, BeforeValidator(parse_year)]
 
 
 # -- the request ----------------------------------------------------------------------------------
-class CustomerIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    full_name: Name
-    phone: str | None = None
-    email: Email = None
-    preferred_channel: Annotated[str | None, choice(CHANNELS)] = None
-    city: City = None
-
-    @field_validator("full_name")
-    @classmethod
-    def _name_required(cls, value: str | None) -> str:
-        if not value:
-            raise _fail("required", "is required")
-        return value
-
-    @field_validator("phone", mode="before")
-    @classmethod
-    def _phone(cls, value: Any, info: ValidationInfo) -> str | None:
-        """E.164, parsed in the org's default country (`context["country"]`)."""
-        if value is None:
-            return None
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            raise _fail("wrong_type", "must be a phone number string")
-        raw = _clean(value, "label")
-        if not raw:
-            return None
-        if len(raw) > 40:
-            raise _fail("phone_invalid", "is not a valid phone number")
-        country = (info.context or {}).get("country")
-        try:
-            number = phonenumbers.parse(raw, country)
-        except phonenumbers.NumberParseException as exc:
-            if country is None and exc.error_type == exc.INVALID_COUNTRY_CODE:
-                return raw  # a local number cannot be judged without the org, which is reported
-            number = None
-        if number is None or not phonenumbers.is_valid_number(number):
-            where = f" for country {country}" if country else ""
-            raise _fail("phone_invalid", f"is not a valid phone number{where}")
-        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-    @model_validator(mode="after")
-    def _contact_required(self) -> CustomerIn:
-        if self.phone is None and self.email is None:
-            raise PydanticCustomError("contact_required", "give a phone number or an email address",
-                                      {"field": "phone"})
-        return self
-
-
 class ItemIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -330,7 +178,7 @@ class ItemIn(BaseModel):
     @classmethod
     def _required(cls, value: str | None) -> str:
         if not value:
-            raise _fail("required", "is required")
+            raise fail("required", "is required")
         return value
 
     @field_validator("images", mode="before")
@@ -339,9 +187,9 @@ class ItemIn(BaseModel):
         if value is None:
             return []
         if not isinstance(value, list):
-            raise _fail("wrong_type", "must be a list of image URLs")
+            raise fail("wrong_type", "must be a list of image URLs")
         if len(value) > 4 * MAX_IMAGES:
-            raise _fail("too_many", f"must list at most {MAX_IMAGES} images")
+            raise fail("too_many", f"must list at most {MAX_IMAGES} images")
         return value
 
     @model_validator(mode="after")
@@ -423,37 +271,6 @@ def _number(amount: Decimal | None) -> int | float | None:
     return int(amount) if amount == amount.to_integral_value() else float(amount)
 
 
-_MESSAGES = {
-    "missing": "is required",
-    "model_type": "must be an object",
-    "model_attributes_type": "must be an object",
-    "dict_type": "must be an object",
-    "string_type": "must be a string",
-    "list_type": "must be a list",
-}
-
-
-def field_errors(exc: ValidationError) -> list[FieldError]:
-    """Pydantic's errors as `{field: "customer.phone", message}`, one per bad field, in body order.
-
-    Checks spanning several fields are raised by their model with the field's name (relative to
-    that model) in the error's context, so they point at a field too.
-    """
-    out: list[FieldError] = []
-    seen: set[str] = set()
-    for err in exc.errors(include_url=False):
-        loc = [str(part) for part in err["loc"]]
-        extra = (err.get("ctx") or {}).get("field")
-        if extra:
-            loc += str(extra).split(".")
-        path = ".".join(loc) or "body"
-        if path in seen:
-            continue
-        seen.add(path)
-        out.append(FieldError(path, _MESSAGES.get(err["type"], err["msg"])))
-    return out
-
-
 ORG_MESSAGE = "must be an organization slug or id"
 
 
@@ -503,10 +320,9 @@ class OrgCache:
                 table.clear()
             table[key] = value
 
-    def limited(self, db: Database, client: str, retry_after: str | None) -> None:
+    def limited(self, db: Database, client: str, retry_after: int | None) -> None:
         """Remember that `client` is over the abuse limit for `retry_after` seconds."""
-        seconds = int(retry_after) if retry_after and retry_after.isdigit() else 1
-        self._put(self._limited, (db.url, client), time.monotonic() + seconds)
+        self._put(self._limited, (db.url, client), time.monotonic() + (1 if retry_after is None else retry_after))
 
     def get(self, db: Database, org_id: uuid.UUID | None, slug: str | None, *, client: str | None = None,
             limit: RateLimit | None = None) -> Org | None:
@@ -519,7 +335,7 @@ class OrgCache:
             return hit[1]
         if until and until > now:
             raise TooManyRequests("Too many bookings from this address; try again later.",
-                                  headers={"Retry-After": str(max(1, math.ceil(until - now)))})
+                                  retry_after=max(1, math.ceil(until - now)))
         if hit and hit[0] > now:
             return None
         limit = limit or RateLimit(0, 1)
@@ -529,7 +345,7 @@ class OrgCache:
                                                   "rate_limit": limit.bookings, "rate_window": limit.window_seconds})
         except TooManyRequests as exc:
             if client:
-                self.limited(db, client, exc.headers.get("Retry-After"))
+                self.limited(db, client, exc.retry_after)
             raise
         if row is None:
             self._put(self._entries, key, (now + self.negative_ttl, None))
@@ -710,7 +526,7 @@ def submit(db: Database, body: Any, *, idempotency_key: str | None, client: str,
         with db.transaction("service_role") as s:
             row = s.fetch_one("create_booking", params)
     except TooManyRequests as exc:
-        ORGS.limited(db, client, exc.headers.get("Retry-After"))
+        ORGS.limited(db, client, exc.retry_after)
         raise
     if row is None:
         raise CrmError("create_booking returned no row")

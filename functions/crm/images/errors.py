@@ -12,7 +12,9 @@ class ImageCacheError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail or reason
-        self.status = status  # the HTTP status, for reason == "http_status"
+        # What the image host answered us (reason == "http_status"): a fact about the fetch, not an
+        # answer of ours; no image cache failure ever reaches a caller as HTTP.
+        self.status = status
 
     @property
     def retryable(self) -> bool:

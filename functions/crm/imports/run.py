@@ -3,7 +3,8 @@
 Python reads the file (`crm.imports.read`), normalises contacts as every other writer does (phone to
 E.164 in the org's country, email lower-cased: `crm.contacts`), builds the item snapshot of an order
 that has none, and flags what only the file can know (bytes that are not UTF-8, a legacy id twice).
-Everything else is the database's to decide: `private.import_rows` writes each row in a savepoint.
+Everything else is the database's to decide: `private.import_rows` writes a batch set-based (the
+rows it refuses, and those that depend on another row of the batch, one by one in a savepoint).
 The dry run runs exactly that in one transaction and rolls it back, so its report is the real
 outcome; `--apply` commits batch by batch (a Ctrl-C loses at most the batch in flight, whole, and
 a rerun skips what is already there).
@@ -16,6 +17,8 @@ import string
 import sys
 import urllib.parse
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -143,6 +146,7 @@ class Importer:
         self.conn, self.kind, self.org, self.catalog = conn, kind, org, catalog
         self.session = Session(conn)
         self.legacy_seen: dict[str, int] = {}
+        self.phones: dict[str, str | None] = {}
 
     # -- preparing a row -------------------------------------------------------------------------
     def prepare(self, row: Row, report: Report) -> dict[str, Any] | None:
@@ -159,7 +163,9 @@ class Importer:
         out["preferred_channel"] = (_text(v.get("preferred_channel")) or "").lower() or None
         phone = _text(v.get("phone"))
         if phone:
-            out["phone_e164"] = contacts.phone_e164(phone, self.org["default_country"])
+            if phone not in self.phones:  # a person's number repeats in a legacy file
+                self.phones[phone] = contacts.phone_e164(phone, self.org["default_country"])
+            out["phone_e164"] = self.phones[phone]
             if out["phone_e164"] is None:
                 problems.append(("phone", f"not a valid phone number (read in {self.org['default_country']})"))
         email = _text(v.get("email"))
@@ -171,7 +177,7 @@ class Importer:
             legacy = _text(v.get("legacy_id"))
             out["legacy_id"] = legacy
             if legacy is not None:
-                key = legacy.lstrip("0") or "0"
+                key = legacy.strip().lstrip("0") or "0"
                 if key in self.legacy_seen:
                     problems.append(("legacy_id", f"{legacy} appears again (first on line {self.legacy_seen[key]})"))
                 else:
@@ -299,31 +305,37 @@ def run_import(conn: psycopg.Connection, kind: str, path: Path, org_slug: str, *
     importer = Importer(conn, kind, org, catalog)
     bar = tqdm(total=len(rows), unit="rows", desc=f"import {kind}", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
+    chunks = [rows[start:start + BATCH] for start in range(0, len(rows), BATCH)]
+
+    def prepare(chunk: list[Row]) -> tuple[Report, list[dict[str, Any]]]:
+        batch_report = Report(kind, str(path), apply)
+        return batch_report, [p for p in (importer.prepare(r, batch_report) for r in chunk) if p is not None]
+
+    # The next batch is prepared (phone numbers parsed, catalog requests made) in a thread while the
+    # database writes this one (psycopg releases the GIL while it waits); a batch's transaction opens
+    # only once its rows are ready, so no transaction waits for a catalog request.
+    ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-import-prepare")
     try:
-        if apply:
-            for start in range(0, len(rows), BATCH):
-                chunk = rows[start:start + BATCH]
-                batch_report = Report(kind, str(path), apply)
-                # Prepared (catalog requests included) before the batch's transaction opens.
-                prepared = [p for p in (importer.prepare(r, batch_report) for r in chunk) if p is not None]
-                with conn.transaction():
-                    session.execute("import_begin")
+        pending = ahead.submit(prepare, chunks[0]) if chunks else None
+        with conn.transaction(force_rollback=True) if not apply else nullcontext():
+            if not apply:
+                session.execute("import_begin")
+            for n, chunk in enumerate(chunks):
+                assert pending is not None
+                batch_report, prepared = pending.result()
+                pending = ahead.submit(prepare, chunks[n + 1]) if n + 1 < len(chunks) else None
+                with conn.transaction() if apply else nullcontext():
+                    if apply:
+                        session.execute("import_begin")
                     importer.write(prepared, batch_report)
-                report.counts.update(batch_report.counts)  # only what committed
+                report.counts.update(batch_report.counts)  # with --apply, only what committed
                 report.bad_rows.extend(batch_report.bad_rows)
                 bar.update(len(chunk))
-        else:
-            with conn.transaction(force_rollback=True):
-                session.execute("import_begin")
-                for start in range(0, len(rows), BATCH):
-                    chunk = rows[start:start + BATCH]
-                    prepared = [p for p in (importer.prepare(r, report) for r in chunk) if p is not None]
-                    importer.write(prepared, report)
-                    bar.update(len(chunk))
     except KeyboardInterrupt:
         report.interrupted = True
         raise
     finally:
+        ahead.shutdown(wait=False, cancel_futures=True)
         bar.close()
         if catalog is not None:
             catalog.close()

@@ -21,7 +21,7 @@ from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
 from crm import contacts
-from crm.errors import BadRequest, Unauthorized
+from crm.errors import BadRequest, SignatureRefused
 from crm.http import parse_form, parse_json
 
 SOURCES = ("wms", "twilio", "meta")
@@ -56,8 +56,8 @@ class Event:
                 "process": self.process}
 
 
-def unauthorized(detail: str) -> Unauthorized:
-    return Unauthorized(detail, code="bad_signature", headers={})
+def unauthorized(detail: str) -> SignatureRefused:
+    return SignatureRefused(detail)
 
 
 # -- wms: Standard Webhooks ------------------------------------------------------------------------

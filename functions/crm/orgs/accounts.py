@@ -64,7 +64,7 @@ def add_staff(conn: psycopg.Connection, org: str, email: str, role: str) -> str:
 
 def user_email(conn: psycopg.Connection, user_id: str) -> str | None:
     """The email of the user with that id; None when there is none. A malformed id raises
-    psycopg.errors.InvalidTextRepresentation."""
+    psycopg.errors.InvalidTextRepresentation (`InvalidInput` once it leaves `crm.db.direct`)."""
     row = conn.execute(queries.get("user_email"), {"user_id": user_id}).fetchone()
     return None if row is None else row["email"]
 

@@ -1,7 +1,9 @@
 """The `crm` command line (SPEC §4).
 
-Exit codes: 0 success, 1 failure, 2 usage error. Errors are one readable line on stderr;
-`org create`, `staff add` and `token` print only the id or token on stdout, for scripts.
+Exit codes: 0 success, 1 failure, 2 usage error. Errors are one readable line on stderr, chosen by
+`EXIT_CODES` from the exception's class (the project's own: database errors arrive as `crm.errors`
+types through `crm.db.direct`, by the connector's one SQLSTATE table); `org create`, `staff add` and
+`token` print only the id or token on stdout, for scripts.
 """
 
 from __future__ import annotations
@@ -12,22 +14,53 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
-from typing import NoReturn
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import psycopg
-
-from crm import config, queries, supabase_auth
-from crm.errors import ConfigError, CrmError
+from crm import config, supabase_auth
+from crm.errors import ConfigError, Conflict, CrmError, DatabaseError, InvalidInput, Unprocessable
 from crm.orgs import accounts
 from crm.orgs.accounts import ROLES
+from crm.outbox import manage
 from crm.tools.common import CliError, UsageError, connect, database_url
-from crm.tools.common import one_line as _one_line
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+#: Exception class → exit code, resolved through the MRO like `crm.http.PROBLEMS`: the same classes
+#: the functions answer, so a database outage, a refused rule or a bug reads the same everywhere.
+EXIT_CODES: dict[type[BaseException], int] = {
+    UsageError: 2,
+    CliError: 1,
+    ConfigError: 1,
+    CrmError: 1,
+}
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code `EXIT_CODES` gives this exception (None: not ours, let it crash loudly)."""
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return None
+
+
+def error_line(exc: BaseException) -> str:
+    """One readable line for stderr."""
+    if isinstance(exc, DatabaseError):
+        text = f"database: {exc.message}"
+    elif isinstance(exc, CrmError):
+        text = exc.detail or exc.code
+    else:
+        text = str(exc)
+    lines = text.strip().splitlines()
+    return f"crm: error: {lines[0] if lines else type(exc).__name__}"
 
 
 # -- db ------------------------------------------------------------------------------------------
@@ -91,13 +124,16 @@ def account_errors() -> Iterator[None]:
 
 
 def cmd_org_create(args: argparse.Namespace) -> int:
-    with database_url() as url, connect(url) as conn:
-        try:
-            print(accounts.create_org(conn, args.slug, args.name, args.country))
-        except psycopg.errors.UniqueViolation as exc:
-            raise CliError(f"an organization with slug {args.slug!r} already exists") from exc
-        except psycopg.errors.CheckViolation as exc:
-            raise CliError(f"invalid organization: {exc.diag.constraint_name}") from exc
+    try:
+        with database_url() as url, connect(url) as conn:
+            org_id = accounts.create_org(conn, args.slug, args.name, args.country)
+    except Conflict as exc:
+        raise CliError(f"an organization with slug {args.slug!r} already exists") from exc
+    except InvalidInput as exc:
+        raise CliError(f"invalid organization: {exc.detail}") from exc
+    except Unprocessable as exc:
+        raise CliError(f"invalid organization: {exc.code}") from exc
+    print(org_id)
     return 0
 
 
@@ -121,11 +157,11 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     if args.ttl <= 0:
         raise UsageError("--ttl must be a positive number of seconds")
-    with database_url() as url, connect(url) as conn:
-        try:
+    try:
+        with database_url() as url, connect(url) as conn:
             email = accounts.user_email(conn, args.user)
-        except psycopg.errors.InvalidTextRepresentation as exc:
-            raise UsageError(f"--user is not a uuid: {args.user!r}") from exc
+    except InvalidInput as exc:
+        raise UsageError(f"--user is not a uuid: {args.user!r}") from exc
     if email is None:
         raise CliError(f"no user with id {args.user}")
     print(mint_token(args.user, email, jwt_secret(), ttl=args.ttl,
@@ -158,8 +194,6 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
         db.open()
         try:
             summary = job.fn(db, options)
-        except CrmError as exc:
-            raise CliError(exc.detail) from exc
         finally:
             db.close()
     print(json.dumps(summary, indent=2, default=str))
@@ -198,14 +232,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _webhook_call(query: str, params: dict, missing: str = "not found") -> dict:
-    with database_url() as url, connect(url) as conn:
-        try:
-            row = conn.execute(queries.get(query), params).fetchone()
-        except psycopg.DataError as exc:  # a malformed id or timestamp on the command line
-            raise UsageError(_one_line(exc)) from exc
-        except psycopg.Error as exc:
-            raise CliError(_one_line(exc)) from exc
+def _webhook_call(call: Callable[[psycopg.Connection], Any], missing: str = "not found") -> Any:
+    try:
+        with database_url() as url, connect(url) as conn:
+            row = call(conn)
+    except InvalidInput as exc:  # a malformed id or timestamp on the command line
+        raise UsageError(exc.detail) from exc
     if row is None:
         raise CliError(missing)
     return row
@@ -215,23 +247,22 @@ def cmd_webhooks_add(args: argparse.Namespace) -> int:
     from crm.tools.embedded import apply_dev_settings
 
     apply_dev_settings()  # next to `crm dev`: its loopback receivers are allowed here too
-    row = _webhook_call("outbox_cli_add_endpoint", {
-        "org": args.org, "url": args.url, "event_types": args.event_type or [], "description": args.description,
-        "allow_loopback": "on" if config.env_flag("CRM_WEBHOOK_ALLOW_LOOPBACK") else "off"},
+    endpoint = _webhook_call(lambda conn: manage.add_endpoint(
+        conn, args.org, args.url, event_types=args.event_type or [], description=args.description,
+        allow_loopback=config.env_flag("CRM_WEBHOOK_ALLOW_LOOPBACK")),
         missing=f"no organization with slug {args.org!r}")
-    print(json.dumps(row["endpoint"], indent=2, default=str))
+    print(json.dumps(endpoint, indent=2, default=str))
     return 0
 
 
 def cmd_webhooks_retry(args: argparse.Namespace) -> int:
-    print(json.dumps(_webhook_call("outbox_cli_retry", {"delivery_id": args.delivery_id})["delivery"],
+    print(json.dumps(_webhook_call(lambda conn: manage.retry_delivery(conn, args.delivery_id)),
                      indent=2, default=str))
     return 0
 
 
 def cmd_webhooks_replay(args: argparse.Namespace) -> int:
-    print(_webhook_call("outbox_cli_replay", {"endpoint_id": args.endpoint_id, "since": args.since,
-                                              "until": args.until})["queued"])
+    print(_webhook_call(lambda conn: manage.replay(conn, args.endpoint_id, args.since, args.until)))
     return 0
 
 
@@ -371,15 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except UsageError as exc:
-        print(f"crm: error: {exc}", file=sys.stderr)
-        return 2
-    except (CliError, ConfigError) as exc:
-        print(f"crm: error: {exc}", file=sys.stderr)
-        return 1
-    except psycopg.Error as exc:
-        print(f"crm: error: database: {_one_line(exc)}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        code = exit_code(exc)
+        if code is None:
+            raise
+        print(error_line(exc), file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("crm: interrupted", file=sys.stderr)
         return 130

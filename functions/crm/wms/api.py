@@ -18,10 +18,11 @@ from typing import Annotated, Any
 import flask
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from crm.booking.intake import CustomerIn, Notes, choice, field_errors, identifier
+from crm.contacts import CustomerIn
 from crm.db import Database, Session
-from crm.errors import BadRequest, FieldError, MethodNotAllowed, NotFound, Unauthorized, Unprocessable
+from crm.errors import ApiKeyRefused, BadRequest, FieldError, MethodNotAllowed, NotFound, Unauthorized, Unprocessable
 from crm.http import json_response, read_json
+from crm.textrules import Notes, choice, field_errors, identifier
 
 KEY_HEADER = "X-Api-Key"
 _KEY_SHAPE = re.compile(r"^crm_[A-Za-z0-9_-]{8,200}$")
@@ -33,15 +34,17 @@ def key_hash(raw: str | None) -> bytes:
     """The SHA-256 the database knows the key by; 401 for a missing or malformed header (no query)."""
     key = (raw or "").strip()
     if not key:
-        raise Unauthorized(f"Send the API key in the {KEY_HEADER} header.", code="api_key_missing",
-                           headers={"WWW-Authenticate": "ApiKey"})
+        raise ApiKeyRefused(f"Send the API key in the {KEY_HEADER} header.", code="api_key_missing")
     if not _KEY_SHAPE.match(key):
-        raise Unauthorized("invalid API key", code="api_key_invalid", headers={"WWW-Authenticate": "ApiKey"})
+        raise ApiKeyRefused("invalid API key")
     return hashlib.sha256(key.encode()).digest()
 
 
 def authenticate(session: Session, digest: bytes, scope: str) -> dict[str, Any]:
-    return session.fetch_one("api_authenticate", {"key_hash": digest, "scope": scope})
+    try:
+        return session.fetch_one("api_authenticate", {"key_hash": digest, "scope": scope})
+    except Unauthorized as exc:  # PT401: unknown, revoked or expired; the credential is the API key
+        raise ApiKeyRefused(exc.detail, code=exc.code) from exc
 
 
 class LeadIn(BaseModel):
@@ -83,7 +86,7 @@ def handle(db: Database, request: flask.Request) -> flask.Response:
     if resource == "orders" and ref is None:
         raise NotFound("Use GET /api/orders/{id or order_code}.")
     if request.method != method and not (method == "GET" and request.method == "HEAD"):
-        raise MethodNotAllowed(f"Use {method}.", headers={"Allow": method})
+        raise MethodNotAllowed(f"Use {method}.", allowed=(method,))
     digest = key_hash(request.headers.get(KEY_HEADER))
 
     if resource == "customers":
