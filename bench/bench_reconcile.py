@@ -9,7 +9,8 @@ for information). Then the source drifts by `--drift` (0.01: 80 % of it changed 
 - "bare" = the same `WarehouseClient` (SSRF-checked pinned GETs, Bearer key, JSON parsed) paging the
   whole source, no database;
 - "reconcile" = one `reconcile-inventory` run (`Reconciler.run`, what `crm jobs run` does): every
-  page compared and healed in SQL, the seen keys recorded, extras removed at the end, sync_runs kept.
+  page compared and healed in SQL, the seen keys recorded, extras removed at the end, sync_runs kept
+  (pages handed to the database unparsed, two applied side by side: the job's defaults).
 Both in this run, bare before and after (the machine is shared: their mean is the reference); pages
 of 1000, the job's default.
 Ratio = bare / reconcile (goal >= 0.5). Peak RSS of this process during the reconcile run is sampled

@@ -19,7 +19,8 @@
 \ir migrations/0013_imports.sql
 \ir migrations/0014_warehouse.sql
 \ir migrations/0015_inline_sql_helpers.sql
-\ir migrations/0016_work_queues.sql
+\ir migrations/0016_sync_runs_pace.sql
+\ir migrations/0017_work_queues.sql
 \ir functions/000_work_queue.sql
 \ir functions/booking.sql
 \ir functions/class_sessions.sql

@@ -2,7 +2,8 @@
 
 `GET /inventory?cursor=&limit=` and `GET /orders?cursor=&limit=&updated_since=` answer
 `{"items": [...], "next_cursor": null | str}`, keyset-paginated by sku / wms_order_id, with
-`Authorization: Bearer <api_key>` required. Faults on demand: a page number that answers 500,
+`Authorization: Bearer <api_key>` required. Faults on demand: a page number that answers 500 (or 200
+with a body that is not JSON),
 429s with `Retry-After`, a delay per page. Items are kept serialised, so the server is cheap next
 to the client it serves.
 """
@@ -53,6 +54,7 @@ class FakeWarehouse:
         self.inventory = Collection("sku")
         self.orders = Collection("wms_order_id")
         self.fail_page: int | None = None  # the page starting at item (n - 1) * limit answers 500, every time
+        self.broken_page: int | None = None  # that page answers 200 with a body that is not JSON
         self.throttle: int = 0  # this many next requests answer 429 Retry-After: 1
         self.delay: float = 0.0
         self.requests: list[tuple[str, dict[str, list[str]], str | None]] = []
@@ -89,6 +91,8 @@ class FakeWarehouse:
             start = 0 if after is None else bisect.bisect_right(keys, after)
             if self.fail_page is not None and start // limit + 1 == self.fail_page:
                 return 500, b'{"error": "the warehouse database is down"}', {}
+            if self.broken_page is not None and start // limit + 1 == self.broken_page:
+                return 200, b'{"items": [{"sku": "SKU-1", oops}], "next_cursor": null}', {}
             since = (query.get("updated_since") or [""])[0]
             chosen: list[bytes] = []
             i = start

@@ -109,7 +109,8 @@ language plpgsql volatile
 set search_path = ''
 as $$
 begin
-  -- One staging table per session, emptied at every commit and at the start of every batch.
+  -- One staging table per transaction (dropped at commit, so nothing outlives it behind a transaction
+  -- pooler), emptied at the start of every batch.
   if pg_catalog.to_regclass('pg_temp.import_stage') is null then
     create temporary table import_stage (
       line integer primary key,
@@ -123,15 +124,15 @@ begin
       customer_changed boolean not null default false,
       lead_id uuid, lead_org uuid, outcome text,
       err_state text, err_message text, err_hint text, err_constraint text, err_column text
-    ) on commit delete rows;
+    ) on commit drop;
     create index on pg_temp.import_stage (seq);
   elsif exists (select from pg_temp.import_stage) then
-    truncate pg_temp.import_stage;  -- the dry run's one transaction; --apply's commits emptied it
+    truncate pg_temp.import_stage;  -- the dry run's one transaction; --apply's commits dropped it
   end if;
 end
 $$;
 comment on function private.import_stage() is
-  'crm import: the session''s staging table pg_temp.import_stage, created once (on commit delete rows) and emptied.';
+  'crm import: the transaction''s staging table pg_temp.import_stage, created on first use (on commit drop) and emptied per batch.';
 revoke all on function private.import_stage() from public;
 
 create or replace function private.import_write(p_org uuid, p_kind text, p_first integer, p_last integer)

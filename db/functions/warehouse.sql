@@ -1,32 +1,134 @@
--- Warehouse integration (SPEC 11): reconciliation runs (start, one page, finish, fail), the admins'
--- view of them, and API keys (create, revoke, authenticate). Tables in the migration that created
--- private.sync_runs. plpgsql where a body names RLS helpers (applied before db/policies/).
+-- Warehouse integration (SPEC 11): reconciliation runs (start, one page, finish, fail, purge), the
+-- admins' view of them, and API keys (create, revoke, authenticate). Tables in the migrations that
+-- created private.sync_runs. plpgsql where a body names RLS helpers (applied before db/policies/).
 
 -- ---------------------------------------------------------------------------------------------
 -- Reconciliation runs
 -- ---------------------------------------------------------------------------------------------
+-- A page is one statement per cache (sync_inventory_apply, sync_wms_orders_apply): the page's items
+-- as typed rows, one primary-key probe each, only differing rows written, field-level detail only
+-- for those. What a page found waits in private.sync_run_seen beside its keys; the run's row takes
+-- the counts as it goes and the items once, at its end (sync_run_end). Pages of one run may be
+-- applied side by side (the run's lock shared): nothing a page writes depends on another page's
+-- order, and the report's first 500 items are taken in page order at the end.
+drop function if exists private.sync_run_touch(uuid);
+drop function if exists private.sync_run_record(private.sync_runs, text, integer, integer, integer, jsonb, jsonb,
+                                                 jsonb, boolean);
+drop function if exists private.sync_apply(private.sync_runs, jsonb, integer);
+drop function if exists private.sync_inventory_apply(private.sync_runs, jsonb, integer);
+drop function if exists private.sync_wms_orders_apply(private.sync_runs, jsonb, integer);
+
+-- The small helpers a page calls are plpgsql: their plans are cached per connection, where an sql
+-- function that cannot be inlined is planned again on every call (0.4 ms a page for these).
 create or replace function private.jsonb_add_counts(a jsonb, b jsonb)
 returns jsonb
-language sql immutable
+language plpgsql immutable
 set search_path = ''
 as $$
-  select coalesce(pg_catalog.jsonb_object_agg(k, coalesce((a ->> k)::bigint, 0) + coalesce((b ->> k)::bigint, 0)), '{}')
-    from (select pg_catalog.jsonb_object_keys(coalesce(a, '{}')) union select pg_catalog.jsonb_object_keys(coalesce(b, '{}'))) x(k)
+begin
+  return (select coalesce(pg_catalog.jsonb_object_agg(k, coalesce((a ->> k)::bigint, 0) + coalesce((b ->> k)::bigint, 0)), '{}')
+            from (select pg_catalog.jsonb_object_keys(coalesce(a, '{}'))
+                  union select pg_catalog.jsonb_object_keys(coalesce(b, '{}'))) x(k));
+end
 $$;
 comment on function private.jsonb_add_counts(jsonb, jsonb) is '{"a": 1} + {"a": 2, "b": 1} = {"a": 3, "b": 1}.';
 revoke all on function private.jsonb_add_counts(jsonb, jsonb) from public;
 
-create or replace function private.sync_run_lock(integration_id uuid, sync_type text)
+drop function if exists private.sync_run_lock(uuid, text);
+create or replace function private.sync_run_lock(integration_id uuid, sync_type text, shared boolean default false)
 returns void
-language sql volatile
+language plpgsql volatile
 set search_path = ''
 as $$
-  -- Transaction-scoped (nothing session-level: CRM_DB_POOLER=transaction): held by the start and
-  -- by each page transaction, so two runs' writes never interleave for one integration.
-  select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm.sync:' || sync_type),
-                                          pg_catalog.hashtext(integration_id::text))
+begin
+  -- Transaction-scoped (nothing session-level: CRM_DB_POOLER=transaction): held by the start, the
+  -- end and the purge, and shared by each page transaction, so two runs' writes never interleave
+  -- for one integration (a page writes only while its run is running, which only changes under
+  -- the exclusive lock) while one run's pages may go side by side.
+  if shared then
+    perform pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('crm.sync:' || sync_type),
+                                                    pg_catalog.hashtext(integration_id::text));
+  else
+    perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm.sync:' || sync_type),
+                                             pg_catalog.hashtext(integration_id::text));
+  end if;
+end
 $$;
-revoke all on function private.sync_run_lock(uuid, text) from public;
+revoke all on function private.sync_run_lock(uuid, text, boolean) from public;
+
+create or replace function private.sync_run_found(p_run_id uuid, room integer)
+returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(pg_catalog.jsonb_agg(t.e order by t.page, t.n), '[]')
+    from (select s.page, x.e, x.n
+            from private.sync_run_seen s, pg_catalog.jsonb_array_elements(s.found) with ordinality x(e, n)
+           where s.run_id = p_run_id
+           order by s.page, x.n
+           limit greatest(room, 0)) t
+$$;
+comment on function private.sync_run_found(uuid, integer) is
+  'The first `room` discrepancy items a running run has found, in page order (each page keeps at least its share of the first 500).';
+revoke all on function private.sync_run_found(uuid, integer) from public;
+
+create or replace function private.sync_run_end(run private.sync_runs, p_status text, p_error text, p_failed_at jsonb,
+                                                extra text[])
+returns private.sync_runs
+language plpgsql volatile
+set search_path = ''
+as $$
+declare
+  kept jsonb := coalesce(run.discrepancies -> 'items', '[]');
+  counts jsonb := private.jsonb_add_counts(run.discrepancies -> 'counts',
+                                           pg_catalog.jsonb_build_object('extra', pg_catalog.cardinality(extra)));
+  ended private.sync_runs;
+begin
+  kept := kept || private.sync_run_found(run.id, 500 - pg_catalog.jsonb_array_length(kept));
+  kept := kept || (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('key', k, 'kind', 'extra')
+                                                        order by i), '[]')
+                     from pg_catalog.unnest(extra) with ordinality u(k, i)
+                    where i <= 500 - pg_catalog.jsonb_array_length(kept));
+  update private.sync_runs r
+     set status = p_status, completed_at = pg_catalog.now(), heartbeat_at = pg_catalog.now(),
+         error = left(p_error, 2000), failed_at = p_failed_at,
+         records_synced = r.records_synced + pg_catalog.cardinality(extra),
+         discrepancies = pg_catalog.jsonb_build_object(
+           'counts', counts,
+           'fields', r.discrepancies -> 'fields',
+           'items', kept,
+           -- Every counted discrepancy is an item until the report holds 500.
+           'truncated', (select coalesce(pg_catalog.sum(x.n::bigint), 0) > 500
+                           from pg_catalog.jsonb_each_text(counts) x(k, n)))
+   where r.id = run.id
+  returning * into ended;
+  delete from private.sync_run_seen s where s.run_id = run.id;
+  return ended;
+end
+$$;
+comment on function private.sync_run_end(private.sync_runs, text, text, jsonb, text[]) is
+  'End a run (succeeded or failed): its items found page by page, then the extra keys, go to discrepancies (the first 500); its seen keys go.';
+revoke all on function private.sync_run_end(private.sync_runs, text, text, jsonb, text[]) from public;
+
+-- The run, locked for this transaction (shared: a page), if it is still running (else null).
+create or replace function private.sync_run_locked(p_run_id uuid, shared boolean default false)
+returns private.sync_runs
+language plpgsql volatile
+set search_path = ''
+as $$
+declare
+  run private.sync_runs;
+begin
+  select r.* into run from private.sync_runs r where r.id = p_run_id;
+  if not found then
+    return null;
+  end if;
+  perform private.sync_run_lock(run.integration_id, run.sync_type, shared);
+  select r.* into run from private.sync_runs r where r.id = p_run_id and r.status = 'running';
+  return run;
+end
+$$;
+revoke all on function private.sync_run_locked(uuid, boolean) from public;
 
 drop function if exists private.sync_run_start(uuid, text, interval);
 create or replace function private.sync_run_start(p_integration_id uuid, p_sync_type text,
@@ -38,6 +140,7 @@ set search_path = ''
 as $$
 declare
   integ public.integrations;
+  stale private.sync_runs;
   last_full timestamptz;
   v_since timestamptz;
 begin
@@ -47,15 +150,14 @@ begin
   end if;
   perform private.sync_run_lock(integ.id, p_sync_type);
   -- A run whose worker died (no page for longer than the lease) is failed, so the next one can go.
-  with abandoned as (
-    update private.sync_runs r
-       set status = 'failed', completed_at = pg_catalog.now(),
-           error = 'abandoned: no progress since ' || r.heartbeat_at || ' (page ' || r.pages || ')',
-           failed_at = pg_catalog.jsonb_build_object('page', r.pages + 1, 'cursor', r.last_cursor)
-     where r.integration_id = integ.id and r.sync_type = p_sync_type and r.status = 'running'
-       and r.heartbeat_at < pg_catalog.now() - p_lease
-    returning r.id)
-  delete from private.sync_run_seen s using abandoned a where s.run_id = a.id;
+  for stale in select r.* from private.sync_runs r
+                where r.integration_id = integ.id and r.sync_type = p_sync_type and r.status = 'running'
+                  and r.heartbeat_at < pg_catalog.now() - p_lease loop
+    perform private.sync_run_end(stale, 'failed',
+                                 'abandoned: no progress since ' || stale.heartbeat_at || ' (page ' || stale.pages || ')',
+                                 pg_catalog.jsonb_build_object('page', stale.pages + 1, 'cursor', stale.last_cursor),
+                                 '{}');
+  end loop;
   if exists (select from private.sync_runs r
               where r.integration_id = integ.id and r.sync_type = p_sync_type and r.status = 'running') then
     return;  -- another run is under way: nothing to do
@@ -82,71 +184,99 @@ comment on function private.sync_run_start(uuid, text, interval, interval) is
 revoke all on function private.sync_run_start(uuid, text, interval, interval) from public;
 grant execute on function private.sync_run_start(uuid, text, interval, interval) to service_role;
 
-create or replace function private.sync_run_touch(p_run_id uuid)
-returns private.sync_runs
-language plpgsql volatile
+create or replace function private.sync_runs_purge(p_integration_id uuid, p_sync_type text, p_keep integer,
+                                                   p_max_age interval default null)
+returns integer
+language plpgsql volatile security definer
 set search_path = ''
 as $$
 declare
-  run private.sync_runs;
+  n integer;
 begin
-  select r.* into run from private.sync_runs r where r.id = p_run_id;
-  if not found then
-    raise sqlstate 'PT404' using message = 'sync run not found', detail = 'not_found';
+  if p_keep is null or p_keep < 1 then
+    raise sqlstate 'PT422' using message = 'keep must be at least 1 run', detail = 'keep_too_small', hint = 'keep';
   end if;
-  perform private.sync_run_lock(run.integration_id, run.sync_type);
-  update private.sync_runs r set heartbeat_at = pg_catalog.now()
-   where r.id = p_run_id and r.status = 'running'
-  returning * into run;
-  if not found then
-    raise sqlstate 'PT409' using message = 'this sync run is no longer running (it was failed as abandoned)',
-      detail = 'sync_run_superseded';
-  end if;
-  return run;
+  perform private.sync_run_lock(p_integration_id, p_sync_type);
+  with ranked as (
+    select r.id, r.status, r.started_at, r.updated_since,
+           pg_catalog.row_number() over (order by r.started_at desc, r.id desc) as nth
+      from private.sync_runs r
+     where r.integration_id = p_integration_id and r.sync_type = p_sync_type
+  ), anchors as (
+    -- sync_run_start reads these two: the last success and the last successful full pass.
+    (select x.id from ranked x where x.status = 'succeeded' order by x.started_at desc limit 1)
+    union all
+    (select x.id from ranked x where x.status = 'succeeded' and x.updated_since is null
+      order by x.started_at desc limit 1)
+  ), gone as (
+    delete from private.sync_runs r
+     using ranked x
+     where r.id = x.id and x.status <> 'running'
+       and (x.nth > p_keep or x.started_at < pg_catalog.now() - p_max_age)
+       and not exists (select from anchors a where a.id = x.id)
+    returning r.id)
+  select pg_catalog.count(*) into n from gone;
+  return n;
 end
 $$;
-revoke all on function private.sync_run_touch(uuid) from public;
+comment on function private.sync_runs_purge(uuid, text, integer, interval) is
+  'Retention of reconciliation runs: deletes the finished runs of one integration and kind beyond the newest p_keep, or older than p_max_age, but never the last success nor the last successful full pass (the next run starts from them). Returns how many.';
+revoke all on function private.sync_runs_purge(uuid, text, integer, interval) from public;
+grant execute on function private.sync_runs_purge(uuid, text, integer, interval) to service_role;
 
-create or replace function private.sync_run_record(run private.sync_runs, page_cursor text, checked integer,
-                                                   synced integer, failed integer, counts jsonb, fields jsonb,
-                                                   items jsonb, more boolean)
+-- Field by field, what differs between a cache row and a source item (both as jsonb, the item
+-- named as the cache's columns): {field: {cache, source}}, updated_at for source_updated_at.
+create or replace function private.sync_row_diff(cache jsonb, source jsonb)
 returns jsonb
-language plpgsql volatile
+language plpgsql immutable
 set search_path = ''
 as $$
-declare
-  d jsonb := run.discrepancies;
-  room integer := 500 - pg_catalog.jsonb_array_length(run.discrepancies -> 'items');
-  kept jsonb := coalesce(items, '[]');
 begin
-  if pg_catalog.jsonb_array_length(kept) > room then
-    kept := (select coalesce(pg_catalog.jsonb_agg(e order by n), '[]')
-               from pg_catalog.jsonb_array_elements(kept) with ordinality x(e, n) where n <= room);
-    more := true;
-  end if;
-  d := pg_catalog.jsonb_build_object(
-         'counts', private.jsonb_add_counts(d -> 'counts', counts),
-         'fields', private.jsonb_add_counts(d -> 'fields', fields),
-         'items', (d -> 'items') || kept,
-         'truncated', (d ->> 'truncated')::boolean or more);
-  update private.sync_runs r
-     set pages = r.pages + 1, last_cursor = page_cursor,
-         records_checked = r.records_checked + checked, records_synced = r.records_synced + synced,
-         records_failed = r.records_failed + failed, discrepancies = d
-   where r.id = run.id;
-  return pg_catalog.jsonb_build_object('checked', checked, 'synced', synced, 'failed', failed, 'counts', counts);
+  return (select pg_catalog.jsonb_object_agg(case k when 'source_updated_at' then 'updated_at' else k end,
+                                             pg_catalog.jsonb_build_object('cache', cache -> k, 'source', source -> k))
+            from pg_catalog.jsonb_object_keys(source) k
+           where (cache -> k) is distinct from (source -> k));
 end
 $$;
-revoke all on function private.sync_run_record(private.sync_runs, text, integer, integer, integer, jsonb, jsonb, jsonb, boolean) from public;
+revoke all on function private.sync_row_diff(jsonb, jsonb) from public;
+
+-- The two caches' pages share their rules through these (their statements differ only in the
+-- columns and the table: one statement for both would be dynamic SQL, planned again on every
+-- page, which cost more than the page). One-expression SQL without `set search_path`, so the
+-- planner inlines them (as db/migrations/0015_inline_sql_helpers.sql explains: invoker, every name
+-- qualified).
+create or replace function private.sync_source_wins(source_at timestamptz, cache_at timestamptz)
+returns boolean
+language sql immutable
+as $$
+  select cache_at is null or (source_at is not null and source_at >= cache_at)
+$$;
+comment on function private.sync_source_wins(timestamptz, timestamptz) is
+  'Last writer by the source''s updated_at, never by arrival: may the source''s version (updated at source_at) replace the cache''s (updated at cache_at)? A cache row newer than the source (a webhook that came in after the page was served) stays.';
+revoke all on function private.sync_source_wins(timestamptz, timestamptz) from public;
+
+create or replace function private.sync_found(key text, missing boolean, older boolean, cache jsonb, source jsonb)
+returns jsonb
+language sql immutable
+as $$
+  select pg_catalog.jsonb_build_object(
+           'key', key,
+           'kind', case when missing then 'missing' when older then 'newer_in_cache' else 'stale' end,
+           'fields', case when not missing then private.sync_row_diff(cache, source) end)
+$$;
+comment on function private.sync_found(text, boolean, boolean, jsonb, jsonb) is
+  'A discrepancy item of a page: {key, kind (missing, stale, newer_in_cache), fields} from the cache row and the source item (as jsonb, named as the cache''s columns).';
+revoke all on function private.sync_found(text, boolean, boolean, jsonb, jsonb) from public;
 
 -- What one page found (`diffs`: [{key, kind, fields or null}] or null): counts by kind, a tally of
 -- the stale fields, the first `room` items by key (without "fields" where there are none).
 create or replace function private.sync_page_result(checked bigint, synced bigint, diffs jsonb, room integer)
 returns jsonb
-language sql immutable
+language plpgsql immutable
 set search_path = ''
 as $$
-  with d as (
+begin
+  return (with d as (
     select case when e -> 'fields' = 'null' then e - 'fields' else e end as d
       from pg_catalog.jsonb_array_elements(coalesce(diffs, '[]')) e
   )
@@ -163,195 +293,161 @@ as $$
                                 from d x, pg_catalog.jsonb_object_keys(coalesce(x.d -> 'fields', '{}')) k
                                where x.d ->> 'kind' = 'stale' group by k) t),
            'items', (select coalesce(pg_catalog.jsonb_agg(t.d order by t.d ->> 'key'), '[]')
-                       from (select x.d from d x order by x.d ->> 'key' limit greatest(room, 0)) t),
-           'more', (select pg_catalog.count(*) from d) > greatest(room, 0))
+                       from (select x.d from d x order by x.d ->> 'key' limit greatest(room, 0)) t)));
+end
 $$;
 revoke all on function private.sync_page_result(bigint, bigint, jsonb, integer) from public;
 
--- One page of inventory items, assumed well-formed (the caller falls back to one item at a time).
--- Last writer by the source's updated_at: a cache row newer than the source (a webhook that came
--- in after the page was served) is left alone and counted as newer_in_cache.
-create or replace function private.sync_inventory_apply(run private.sync_runs, items jsonb, room integer)
-returns jsonb
+-- One page of inventory items, assumed well-formed (the caller falls back to one item at a time):
+-- how many it checked and healed, the keys it listed, the discrepancies it found. Last writer by
+-- the source's updated_at (sync_source_wins): a cache row newer than the source is left alone and
+-- counted as newer_in_cache.
+create or replace function private.sync_inventory_apply(run private.sync_runs, items jsonb, out checked bigint,
+                                                        out synced bigint, out keys text[], out diffs jsonb)
 language plpgsql volatile
 set search_path = ''
 as $$
 -- plpgsql, not sql: its statement's plan is cached per connection (an sql function with this many
 -- CTEs is planned again on every call, which cost more than the page itself).
-declare
-  result jsonb;
 begin
     with src as (
-      select distinct on (x.sku) x.sku, x.name, coalesce(x.attributes, '{}') as attributes, x.available,
-             x.reserved, x.total, x.unit, x.updated_at
-        from pg_catalog.jsonb_to_recordset(items) as x(sku text, name text, attributes jsonb, available numeric,
-                                                       reserved numeric, total numeric, unit text,
-                                                       updated_at timestamptz)
-       order by x.sku, x.updated_at desc nulls last
+      -- Named as the cache's columns. Values read as jsonb_to_recordset would (a JSON null is
+      -- NULL, numbers and times through their text), a little faster. The newest of a key twice
+      -- in a page wins; bytewise order is enough for that ("C": no locale comparisons).
+      select distinct on (x.sku collate "C") x.*
+        from (select e ->> 'sku' as sku, e ->> 'name' as name,
+                     coalesce(nullif(e -> 'attributes', 'null'), '{}') as attributes,
+                     (e ->> 'available')::numeric as available, (e ->> 'reserved')::numeric as reserved,
+                     (e ->> 'total')::numeric as total, e ->> 'unit' as unit,
+                     (e ->> 'updated_at')::timestamptz as source_updated_at
+                from pg_catalog.jsonb_array_elements(items) e) x
+       order by x.sku collate "C", x.source_updated_at desc nulls last
     ), cmp as (
-      select s.*, c.sku is null as missing,
-             c.sku is not null
-               and (c.name, c.attributes, c.available, c.reserved, c.total, c.unit, c.source_updated_at)
-                   is distinct from (s.name, s.attributes, s.available, s.reserved, s.total, s.unit, s.updated_at)
+      select s.sku as key, s, c, c.sku is null as missing,
+             (c.name, c.attributes, c.available, c.reserved, c.total, c.unit, c.source_updated_at)
+               is distinct from (s.name, s.attributes, s.available, s.reserved, s.total, s.unit, s.source_updated_at)
                as differs,
-             c.source_updated_at is not null and (s.updated_at is null or s.updated_at < c.source_updated_at)
-               as older,
-             c as cached
+             not private.sync_source_wins(s.source_updated_at, c.source_updated_at) as older
         from src s
         -- Lateral with a limit (never flattened into a join): one primary-key probe per item, whatever
         -- the statistics say; a hash join would scan the organization's whole cache for every page.
         left join lateral (select i.* from public.inventory_items i
                             where i.org_id = run.org_id and i.sku = s.sku limit 1) c on true
-    ), seen as (
-      insert into private.sync_run_seen (run_id, keys) select run.id, pg_catalog.array_agg(s.sku) from src s
-        having pg_catalog.count(*) > 0
     ), heal as (
       insert into public.inventory_items as i (org_id, sku, name, attributes, available, reserved, total, unit,
                                                source_updated_at, cached_at)
-      select run.org_id, c.sku, c.name, c.attributes, c.available, c.reserved, c.total, c.unit, c.updated_at,
-             pg_catalog.now()
-        from cmp c
-       where c.missing or (c.differs and not c.older)
+      select run.org_id, (x.s).sku, (x.s).name, (x.s).attributes, (x.s).available, (x.s).reserved, (x.s).total,
+             (x.s).unit, (x.s).source_updated_at, pg_catalog.now()
+        from cmp x
+       where x.missing or (x.differs and not x.older)
       on conflict on constraint inventory_items_pkey do update
          set name = excluded.name, attributes = excluded.attributes, available = excluded.available,
              reserved = excluded.reserved, total = excluded.total, unit = excluded.unit,
              source_updated_at = excluded.source_updated_at, cached_at = excluded.cached_at
-       where i.source_updated_at is null
-          or (excluded.source_updated_at is not null and excluded.source_updated_at >= i.source_updated_at)
-      returning i.sku
-    ), diffs as (
-      select c.sku, case when c.missing then 'missing' when c.older then 'newer_in_cache' else 'stale' end as kind,
-             case when not c.missing then
-               (select pg_catalog.jsonb_object_agg(f.k, pg_catalog.jsonb_build_object('cache', f.was, 'source', f.now))
-                  from (values ('name', pg_catalog.to_jsonb((c.cached).name), pg_catalog.to_jsonb(c.name)),
-                               ('attributes', (c.cached).attributes, c.attributes),
-                               ('available', pg_catalog.to_jsonb((c.cached).available), pg_catalog.to_jsonb(c.available)),
-                               ('reserved', pg_catalog.to_jsonb((c.cached).reserved), pg_catalog.to_jsonb(c.reserved)),
-                               ('total', pg_catalog.to_jsonb((c.cached).total), pg_catalog.to_jsonb(c.total)),
-                               ('unit', pg_catalog.to_jsonb((c.cached).unit), pg_catalog.to_jsonb(c.unit)),
-                               ('updated_at', pg_catalog.to_jsonb((c.cached).source_updated_at),
-                                              pg_catalog.to_jsonb(c.updated_at))) f(k, was, now)
-                 where f.was is distinct from f.now)
-             end as fields
-        from cmp c
-       where c.missing or c.differs
+       where private.sync_source_wins(excluded.source_updated_at, i.source_updated_at)
+      returning 1
     )
-    select private.sync_page_result((select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
-                                    (select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                                              'key', d.sku, 'kind', d.kind, 'fields', d.fields)) from diffs d), room)
-      into result;
-  return result;
+    select pg_catalog.count(*), (select pg_catalog.count(*) from heal), pg_catalog.array_agg(x.key),
+           pg_catalog.jsonb_agg(private.sync_found(x.key, x.missing, x.older, pg_catalog.to_jsonb(x.c),
+                                                   pg_catalog.to_jsonb(x.s))) filter (where x.missing or x.differs)
+      from cmp x
+      into checked, synced, keys, diffs;
 end
 $$;
-revoke all on function private.sync_inventory_apply(private.sync_runs, jsonb, integer) from public;
+revoke all on function private.sync_inventory_apply(private.sync_runs, jsonb) from public;
 
 -- One page of warehouse orders, as sync_inventory_apply. The source is the truth for every field;
 -- our order learns the warehouse's id as the webhooks teach it (unless another order has it).
-create or replace function private.sync_wms_orders_apply(run private.sync_runs, items jsonb, room integer)
-returns jsonb
+create or replace function private.sync_wms_orders_apply(run private.sync_runs, items jsonb, out checked bigint,
+                                                         out synced bigint, out keys text[], out diffs jsonb)
 language plpgsql volatile
 set search_path = ''
 as $$
--- plpgsql, not sql: its statement's plan is cached per connection (an sql function with this many
--- CTEs is planned again on every call, which cost more than the page itself).
-declare
-  result jsonb;
 begin
     with src as (
-      select distinct on (x.wms_order_id) x.wms_order_id, private.inbox_uuid(x.crm_customer_id) as crm_customer_id,
-             private.inbox_uuid(x.crm_order_id) as crm_order_id, x.status, coalesce(x.lines, '[]') as lines,
-             x.shipment, x.updated_at
-        from pg_catalog.jsonb_to_recordset(items) as x(wms_order_id text, crm_customer_id text, crm_order_id text,
-                                                       status text, lines jsonb, shipment jsonb,
-                                                       updated_at timestamptz)
-       order by x.wms_order_id, x.updated_at desc nulls last
+      select distinct on (x.wms_order_id collate "C") x.*
+        from (select e ->> 'wms_order_id' as wms_order_id, private.inbox_uuid(e ->> 'crm_customer_id') as crm_customer_id,
+                     private.inbox_uuid(e ->> 'crm_order_id') as crm_order_id, e ->> 'status' as status,
+                     coalesce(nullif(e -> 'lines', 'null'), '[]') as lines, nullif(e -> 'shipment', 'null') as shipment,
+                     (e ->> 'updated_at')::timestamptz as source_updated_at
+                from pg_catalog.jsonb_array_elements(items) e) x
+       order by x.wms_order_id collate "C", x.source_updated_at desc nulls last
     ), cmp as (
-      select s.*, c.wms_order_id is null as missing,
-             c.wms_order_id is not null
-               and (c.crm_customer_id, c.crm_order_id, c.status, c.lines, c.shipment, c.source_updated_at)
-                   is distinct from (s.crm_customer_id, s.crm_order_id, s.status, s.lines, s.shipment, s.updated_at)
+      select s.wms_order_id as key, s, c, c.wms_order_id is null as missing,
+             (c.crm_customer_id, c.crm_order_id, c.status, c.lines, c.shipment, c.source_updated_at)
+               is distinct from (s.crm_customer_id, s.crm_order_id, s.status, s.lines, s.shipment, s.source_updated_at)
                as differs,
-             c.source_updated_at is not null and (s.updated_at is null or s.updated_at < c.source_updated_at)
-               as older,
-             c as cached
+             not private.sync_source_wins(s.source_updated_at, c.source_updated_at) as older
         from src s
         left join lateral (select w.* from public.wms_orders w
                             where w.org_id = run.org_id and w.wms_order_id = s.wms_order_id limit 1) c on true
-    ), seen as (
-      insert into private.sync_run_seen (run_id, keys) select run.id, pg_catalog.array_agg(s.wms_order_id) from src s
-        having pg_catalog.count(*) > 0
     ), heal as (
       insert into public.wms_orders as w (org_id, wms_order_id, crm_customer_id, crm_order_id, status, lines, shipment,
                                           source_updated_at, cached_at)
-      select run.org_id, c.wms_order_id, c.crm_customer_id, c.crm_order_id, c.status, c.lines, c.shipment,
-             c.updated_at, pg_catalog.now()
-        from cmp c
-       where c.missing or (c.differs and not c.older)
+      select run.org_id, (x.s).wms_order_id, (x.s).crm_customer_id, (x.s).crm_order_id, (x.s).status, (x.s).lines,
+             (x.s).shipment, (x.s).source_updated_at, pg_catalog.now()
+        from cmp x
+       where x.missing or (x.differs and not x.older)
       on conflict on constraint wms_orders_pkey do update
          set crm_customer_id = excluded.crm_customer_id, crm_order_id = excluded.crm_order_id,
              status = excluded.status, lines = excluded.lines, shipment = excluded.shipment,
              source_updated_at = excluded.source_updated_at, cached_at = excluded.cached_at
-       where w.source_updated_at is null
-          or (excluded.source_updated_at is not null and excluded.source_updated_at >= w.source_updated_at)
-      returning w.wms_order_id
+       where private.sync_source_wins(excluded.source_updated_at, w.source_updated_at)
+      returning 1
     ), link as (
       update public.orders o set wms_order_id = l.wms_order_id
         from (select distinct on (s.crm_order_id) s.crm_order_id, s.wms_order_id
                 from src s where s.crm_order_id is not null order by s.crm_order_id, s.wms_order_id) l
        where o.org_id = run.org_id and o.id = l.crm_order_id and o.wms_order_id is null
          and not exists (select from public.orders x where x.org_id = run.org_id and x.wms_order_id = l.wms_order_id)
-    ), diffs as (
-      select c.wms_order_id as key,
-             case when c.missing then 'missing' when c.older then 'newer_in_cache' else 'stale' end as kind,
-             case when not c.missing then
-               (select pg_catalog.jsonb_object_agg(f.k, pg_catalog.jsonb_build_object('cache', f.was, 'source', f.now))
-                  from (values ('crm_customer_id', pg_catalog.to_jsonb((c.cached).crm_customer_id),
-                                                   pg_catalog.to_jsonb(c.crm_customer_id)),
-                               ('crm_order_id', pg_catalog.to_jsonb((c.cached).crm_order_id), pg_catalog.to_jsonb(c.crm_order_id)),
-                               ('status', pg_catalog.to_jsonb((c.cached).status), pg_catalog.to_jsonb(c.status)),
-                               ('lines', (c.cached).lines, c.lines),
-                               ('shipment', (c.cached).shipment, c.shipment),
-                               ('updated_at', pg_catalog.to_jsonb((c.cached).source_updated_at),
-                                              pg_catalog.to_jsonb(c.updated_at))) f(k, was, now)
-                 where f.was is distinct from f.now)
-             end as fields
-        from cmp c
-       where c.missing or c.differs
     )
-    select private.sync_page_result((select pg_catalog.count(*) from src), (select pg_catalog.count(*) from heal),
-                                    (select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                                              'key', d.key, 'kind', d.kind, 'fields', d.fields)) from diffs d), room)
-      into result;
-  return result;
+    select pg_catalog.count(*), (select pg_catalog.count(*) from heal), pg_catalog.array_agg(x.key),
+           pg_catalog.jsonb_agg(private.sync_found(x.key, x.missing, x.older, pg_catalog.to_jsonb(x.c),
+                                                   pg_catalog.to_jsonb(x.s))) filter (where x.missing or x.differs)
+      from cmp x
+      into checked, synced, keys, diffs;
 end
 $$;
-revoke all on function private.sync_wms_orders_apply(private.sync_runs, jsonb, integer) from public;
+revoke all on function private.sync_wms_orders_apply(private.sync_runs, jsonb) from public;
 
-create or replace function private.sync_apply(run private.sync_runs, items jsonb, room integer)
-returns jsonb
+-- One page of either cache: what it found (sync_page_result, the first `room` items) and its keys.
+create or replace function private.sync_apply(run private.sync_runs, items jsonb, room integer,
+                                              out result jsonb, out keys text[])
 language plpgsql volatile
 set search_path = ''
 as $$
+declare
+  checked bigint;
+  synced bigint;
+  diffs jsonb;
 begin
   if run.sync_type = 'inventory' then
-    return private.sync_inventory_apply(run, items, room);
+    select a.* into checked, synced, keys, diffs from private.sync_inventory_apply(run, items) a;
+  else
+    select a.* into checked, synced, keys, diffs from private.sync_wms_orders_apply(run, items) a;
   end if;
-  return private.sync_wms_orders_apply(run, items, room);
+  result := private.sync_page_result(checked, synced, diffs, room);
 end
 $$;
 revoke all on function private.sync_apply(private.sync_runs, jsonb, integer) from public;
 
-create or replace function private.sync_run_page(p_run_id uuid, p_page jsonb, p_cursor text)
+-- p_number: the page's number in the run (null: the next), the order of the report's items.
+drop function if exists private.sync_run_page(uuid, jsonb, text);
+create or replace function private.sync_run_page(p_run_id uuid, p_page jsonb, p_cursor text,
+                                                 p_number integer default null)
 returns jsonb
 language plpgsql volatile security definer
 set search_path = ''
 as $$
 declare
-  run private.sync_runs := private.sync_run_touch(p_run_id);
-  room integer := 500 - pg_catalog.jsonb_array_length(run.discrepancies -> 'items');
+  run private.sync_runs := private.sync_run_locked(p_run_id, shared => true);
+  v_number integer := coalesce(p_number, run.pages + 1);
+  room integer;
   items jsonb := p_page -> 'items';
   res jsonb;
+  keys text[];
   one jsonb;
+  one_keys text[];
   item jsonb;
   n integer := 0;
   checked integer := 0;
@@ -360,10 +456,16 @@ declare
   counts jsonb := '{}';
   fields jsonb := '{}';
   found_items jsonb := '[]';
-  more boolean := false;
   v_key text;
   key_field text := case run.sync_type when 'inventory' then 'sku' else 'wms_order_id' end;
 begin
+  if run.id is null then
+    if not exists (select from private.sync_runs r where r.id = p_run_id) then
+      raise sqlstate 'PT404' using message = 'sync run not found', detail = 'not_found';
+    end if;
+    raise sqlstate 'PT409' using message = 'this sync run is no longer running (it was failed as abandoned)',
+      detail = 'sync_run_superseded';
+  end if;
   if pg_catalog.jsonb_typeof(items) is distinct from 'array' then
     raise sqlstate 'PT502' using message = 'the warehouse answered a page without an items array',
       detail = 'bad_page';
@@ -372,49 +474,74 @@ begin
   -- which the next run does again (the run itself is failed as abandoned). Runs, keys and
   -- everything else commit as usual.
   perform pg_catalog.set_config('synchronous_commit', 'off', true);
+  -- What the report still keeps after the pages before this one (pages not done yet do not count:
+  -- the end takes the first 500 in page order).
+  room := 500 - pg_catalog.jsonb_array_length(coalesce(run.discrepancies -> 'items', '[]'))
+          - (select coalesce(pg_catalog.sum(pg_catalog.jsonb_array_length(s.found)), 0)
+               from private.sync_run_seen s where s.run_id = run.id and s.page < v_number);
   -- The fast path: the whole page in one statement.
   begin
-    res := private.sync_apply(run, items, room);
-    return private.sync_run_record(run, p_cursor, (res ->> 'checked')::integer, (res ->> 'synced')::integer, 0,
-                                   res -> 'counts', res -> 'fields', res -> 'items', (res ->> 'more')::boolean);
+    select a.result, a.keys into res, keys from private.sync_apply(run, items, room) a;
   exception when data_exception or integrity_constraint_violation or cardinality_violation
                  or invalid_parameter_value or datatype_mismatch then
-    null;  -- some item is malformed: apply them one by one, count the bad ones
+    res := null;  -- some item is malformed: apply them one by one, count the bad ones
   end;
-  for item in select x from pg_catalog.jsonb_array_elements(items) x loop
-    n := n + 1;
-    v_key := case when pg_catalog.jsonb_typeof(item) = 'object' then left(item ->> key_field, 200) end;
-    begin
-      if nullif(v_key, '') is null then
-        raise exception 'no %', key_field;
-      end if;
-      one := private.sync_apply(run, pg_catalog.jsonb_build_array(item), room);
-      checked := checked + 1;
-      synced := synced + (one ->> 'synced')::integer;
-      counts := private.jsonb_add_counts(counts, one -> 'counts');
-      fields := private.jsonb_add_counts(fields, one -> 'fields');
-      found_items := found_items || (one -> 'items');
-      room := room - pg_catalog.jsonb_array_length(one -> 'items');
-      more := more or (one ->> 'more')::boolean;
-    exception when others then
-      invalid := invalid || pg_catalog.jsonb_build_object('key', coalesce(v_key, '#' || n), 'kind', 'invalid',
-                                                          'error', left(sqlerrm, 200));
-    end;
-  end loop;
-  if pg_catalog.jsonb_array_length(invalid) > greatest(room, 0) then
-    more := true;
-    invalid := (select coalesce(pg_catalog.jsonb_agg(e order by i), '[]')
-                  from pg_catalog.jsonb_array_elements(invalid) with ordinality x(e, i) where i <= greatest(room, 0));
+  if res is null then
+    keys := '{}';
+    for item in select x from pg_catalog.jsonb_array_elements(items) x loop
+      n := n + 1;
+      v_key := case when pg_catalog.jsonb_typeof(item) = 'object' then left(item ->> key_field, 200) end;
+      begin
+        if nullif(v_key, '') is null then
+          raise exception 'no %', key_field;
+        end if;
+        select a.result, a.keys into one, one_keys from private.sync_apply(run, pg_catalog.jsonb_build_array(item), room) a;
+        checked := checked + 1;
+        synced := synced + (one ->> 'synced')::integer;
+        counts := private.jsonb_add_counts(counts, one -> 'counts');
+        fields := private.jsonb_add_counts(fields, one -> 'fields');
+        found_items := found_items || (one -> 'items');
+        keys := keys || one_keys;
+        room := room - pg_catalog.jsonb_array_length(one -> 'items');
+      exception when others then
+        invalid := invalid || pg_catalog.jsonb_build_object('key', coalesce(v_key, '#' || n), 'kind', 'invalid',
+                                                            'error', left(sqlerrm, 200));
+      end;
+    end loop;
+    if pg_catalog.jsonb_array_length(invalid) > greatest(room, 0) then
+      invalid := (select coalesce(pg_catalog.jsonb_agg(e order by i), '[]')
+                    from pg_catalog.jsonb_array_elements(invalid) with ordinality x(e, i) where i <= greatest(room, 0));
+    end if;
+    res := pg_catalog.jsonb_build_object(
+             'checked', n, 'synced', synced, 'failed', n - checked,
+             'counts', private.jsonb_add_counts(counts, pg_catalog.jsonb_build_object('invalid', n - checked)),
+             'fields', fields, 'items', found_items || invalid);
   end if;
-  return private.sync_run_record(run, p_cursor, n, synced, n - checked,
-                                 private.jsonb_add_counts(counts, pg_catalog.jsonb_build_object('invalid', n - checked)),
-                                 fields, found_items || invalid, more);
+  if pg_catalog.cardinality(keys) > 0 or pg_catalog.jsonb_array_length(res -> 'items') > 0 then
+    insert into private.sync_run_seen (run_id, page, keys, found)
+    values (run.id, v_number, coalesce(keys, '{}'), res -> 'items');
+  end if;
+  -- The run's row stays small: counts and field tallies only (the items wait beside the keys).
+  update private.sync_runs r
+     set pages = r.pages + 1, heartbeat_at = pg_catalog.now(),
+         last_cursor = case when v_number > r.pages then p_cursor else r.last_cursor end,
+         records_checked = r.records_checked + (res ->> 'checked')::integer,
+         records_synced = r.records_synced + (res ->> 'synced')::integer,
+         records_failed = r.records_failed + coalesce((res ->> 'failed')::integer, 0),
+         discrepancies = pg_catalog.jsonb_build_object(
+           'counts', private.jsonb_add_counts(r.discrepancies -> 'counts', res -> 'counts'),
+           'fields', private.jsonb_add_counts(r.discrepancies -> 'fields', res -> 'fields'),
+           'items', r.discrepancies -> 'items',
+           'truncated', r.discrepancies -> 'truncated')
+   where r.id = run.id;
+  return pg_catalog.jsonb_build_object('checked', (res ->> 'checked')::integer, 'synced', (res ->> 'synced')::integer,
+                                       'failed', coalesce((res ->> 'failed')::integer, 0), 'counts', res -> 'counts');
 end
 $$;
-comment on function private.sync_run_page(uuid, jsonb, text) is
-  'Compare one page of the warehouse (`{"items": [...]}`) with the cache of the run''s organization and heal it (missing and stale rows, last writer by the source''s updated_at); malformed items are counted as failed and reported. Returns the page''s counts.';
-revoke all on function private.sync_run_page(uuid, jsonb, text) from public;
-grant execute on function private.sync_run_page(uuid, jsonb, text) to service_role;
+comment on function private.sync_run_page(uuid, jsonb, text, integer) is
+  'Compare one page of the warehouse (`{"items": [...]}`) with the cache of the run''s organization and heal it (missing and stale rows, last writer by the source''s updated_at); malformed items are counted as failed and reported. Returns the page''s counts. p_number: the page''s number in the run (null: the next).';
+revoke all on function private.sync_run_page(uuid, jsonb, text, integer) from public;
+grant execute on function private.sync_run_page(uuid, jsonb, text, integer) to service_role;
 
 create or replace function private.sync_run_finish(p_run_id uuid)
 returns setof private.sync_runs
@@ -422,17 +549,22 @@ language plpgsql volatile security definer
 set search_path = ''
 as $$
 declare
-  run private.sync_runs := private.sync_run_touch(p_run_id);
+  run private.sync_runs := private.sync_run_locked(p_run_id);
   extra text[];
-  room integer := 500 - pg_catalog.jsonb_array_length(run.discrepancies -> 'items');
 begin
+  if run.id is null then
+    raise sqlstate 'PT409' using message = 'this sync run is no longer running (it was failed as abandoned)',
+      detail = 'sync_run_superseded';
+  end if;
   -- A complete pass: cache rows the source did not list are extra. Rows a webhook wrote since the
   -- run started are not judged (the source may have listed them before they existed). A run of
   -- changes only (updated_since) judges none.
+  -- The seen keys of a whole pass in one hash (100,000 keys: ~9 MB), not in batches on disk.
+  perform pg_catalog.set_config('work_mem', '64MB', true);
   if run.updated_since is not null then
     extra := '{}';
   elsif run.sync_type = 'inventory' then
-    with seen as materialized (
+    with seen as (
       select k as key from private.sync_run_seen s, pg_catalog.unnest(s.keys) k where s.run_id = run.id
     ), gone as (
       delete from public.inventory_items i
@@ -441,7 +573,7 @@ begin
       returning i.sku)
     select coalesce(pg_catalog.array_agg(g.sku order by g.sku), '{}') into extra from gone g;
   else
-    with seen as materialized (
+    with seen as (
       select k as key from private.sync_run_seen s, pg_catalog.unnest(s.keys) k where s.run_id = run.id
     ), gone as (
       delete from public.wms_orders w
@@ -450,22 +582,7 @@ begin
       returning w.wms_order_id)
     select coalesce(pg_catalog.array_agg(g.wms_order_id order by g.wms_order_id), '{}') into extra from gone g;
   end if;
-  delete from private.sync_run_seen s where s.run_id = run.id;
-  return query
-    update private.sync_runs r
-       set status = 'succeeded', completed_at = pg_catalog.now(), heartbeat_at = pg_catalog.now(),
-           records_synced = r.records_synced + pg_catalog.cardinality(extra),
-           discrepancies = pg_catalog.jsonb_build_object(
-             'counts', private.jsonb_add_counts(r.discrepancies -> 'counts',
-                                                pg_catalog.jsonb_build_object('extra', pg_catalog.cardinality(extra))),
-             'fields', r.discrepancies -> 'fields',
-             'items', (r.discrepancies -> 'items')
-                      || (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('key', k, 'kind', 'extra')
-                                                               order by i), '[]')
-                            from pg_catalog.unnest(extra) with ordinality u(k, i) where i <= greatest(room, 0)),
-             'truncated', (r.discrepancies ->> 'truncated')::boolean or pg_catalog.cardinality(extra) > greatest(room, 0))
-     where r.id = run.id
-    returning *;
+  return next private.sync_run_end(run, 'succeeded', null, null, extra);
 end
 $$;
 comment on function private.sync_run_finish(uuid) is
@@ -478,15 +595,13 @@ returns setof private.sync_runs
 language plpgsql volatile security definer
 set search_path = ''
 as $$
+declare
+  run private.sync_runs := private.sync_run_locked(p_run_id);
 begin
-  delete from private.sync_run_seen s where s.run_id = p_run_id;
-  return query
-    update private.sync_runs r
-       set status = 'failed', completed_at = pg_catalog.now(), heartbeat_at = pg_catalog.now(),
-           error = left(coalesce(p_error, 'failed'), 2000),
-           failed_at = pg_catalog.jsonb_build_object('page', p_page, 'cursor', p_cursor)
-     where r.id = p_run_id and r.status = 'running'
-    returning *;
+  if run.id is not null then
+    return next private.sync_run_end(run, 'failed', coalesce(p_error, 'failed'),
+                                     pg_catalog.jsonb_build_object('page', p_page, 'cursor', p_cursor), '{}');
+  end if;
 end
 $$;
 comment on function private.sync_run_fail(uuid, text, integer, text) is

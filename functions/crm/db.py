@@ -389,6 +389,33 @@ class Database:
                 raise
             _last_success[conn] = time.monotonic()
 
+    def statement(self, role: str, name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """One named query as a transaction of its own, in one round trip; its first row.
+
+        BEGIN with the role and claims (as `transaction()`), the query and COMMIT travel in one
+        message (client-side binding, simple query protocol): for a caller whose transaction is that
+        one statement and whose time goes to round trips (a reconciliation page).
+        """
+        if role not in API_ROLES:
+            raise ValueError(f"not an API role: {role!r}")
+        bound = {**(params or {}), "role": role, "claims": json.dumps({"role": role}, separators=(",", ":")),
+                 "statement_timeout": self.statement_timeout}
+        text = f"{queries.get('begin_request')}\n;\n{queries.get(name)}\n;\ncommit"
+        with wrap_exceptions(), self._connection() as conn:
+            cur = psycopg.ClientCursor(conn)
+            try:
+                cur.execute(text, bound)
+            except BaseException:
+                if conn.info.transaction_status != TransactionStatus.UNKNOWN:
+                    with suppress(psycopg.Error):
+                        conn.execute("rollback")
+                raise
+            cur.nextset()  # BEGIN, the role and claims: the query's result is the third
+            cur.nextset()
+            row = cur.fetchone()
+            _last_success[conn] = time.monotonic()
+            return row
+
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
         """A pooled connection whose use, checkout included, ends within `deadline_seconds`."""

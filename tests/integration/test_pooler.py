@@ -91,7 +91,9 @@ SESSION_LEVEL = [
     (re.compile(r"\bset_config\s*\([^;]*?,\s*false\s*\)", re.IGNORECASE), "set_config(…, false)"),
     (re.compile(r"^\s*(listen|unlisten)\b", re.IGNORECASE), "LISTEN"),
     (re.compile(r"\bpg_(try_)?advisory_lock(_shared)?\s*\(", re.IGNORECASE), "a session advisory lock"),
-    (re.compile(r"\bcreate\s+(temp|temporary)\s+table\b", re.IGNORECASE), "a temporary table"),
+    # A temporary table outlives its transaction unless it is ON COMMIT DROP.
+    (re.compile(r"\bcreate\s+(temp|temporary)\s+table\b(?![^;]*\bon\s+commit\s+drop\b)", re.IGNORECASE),
+     "a temporary table that outlives its transaction"),
 ]
 
 
@@ -128,6 +130,8 @@ def test_the_session_level_check_fires():
     assert session_level_findings("x", "select set_config('role', 'anon', false)")
     assert not session_level_findings("x", "set local role anon")
     assert not session_level_findings("x", "select pg_advisory_xact_lock(1)")
+    assert session_level_findings("x", "create temporary table t (a int) on commit delete rows; select 1")
+    assert not session_level_findings("x", "create temp table t (a int) on commit drop; select 1")
     assert not session_level_findings("x", "create function f() returns int language sql\nset search_path = ''\n"
                                            "as $$ select 1 $$")
 

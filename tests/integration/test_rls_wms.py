@@ -91,6 +91,7 @@ def test_admin_cannot_write_key_columns_without_grant(world: World, sql: str) ->
     "private.sync_run_page(%(run)s, '{\"items\": []}', null)",
     "private.api_authenticate('\\x00'::bytea, 'orders:read')",
     "private.sync_run_finish(%(run)s)",
+    "private.sync_runs_purge(gen_random_uuid(), 'inventory', 1)",
 ])
 def test_the_api_roles_cannot_call_the_private_functions(world: World, function: str) -> None:
     with pytest.raises(pg.InsufficientPrivilege):

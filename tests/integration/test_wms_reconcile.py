@@ -139,8 +139,9 @@ def test_10000_items_into_an_empty_cache_then_one_run_heals_exactly_the_drift(co
     assert {auth for _, _, auth in warehouse.requests} == {f"Bearer {API_KEY}"}
 
 
+@pytest.mark.parametrize("in_flight", [1, 2])
 def test_a_source_failing_on_page_3_fails_the_run_keeps_the_cache_consistent_and_the_next_run_completes(
-        conn, database, warehouse, wms):
+        conn, database, warehouse, wms, in_flight):
     for i in range(2000):
         warehouse.inventory.put(item(i))
     assert reconciler(database).run(INVENTORY)["runs"][0]["status"] == "succeeded"
@@ -149,7 +150,7 @@ def test_a_source_failing_on_page_3_fails_the_run_keeps_the_cache_consistent_and
     warehouse.inventory.remove("SKU-01999")  # extra: judged only by a complete pass
     warehouse.fail_page = 3
 
-    [run] = reconciler(database).run(INVENTORY)["runs"]
+    [run] = reconciler(database, pages_in_flight=in_flight).run(INVENTORY)["runs"]
     assert run["status"] == "failed"
     assert run["failed_at"]["page"] == 3 and run["failed_at"]["cursor"]
     assert "page 3" in run["error"] and "HTTP 500" in run["error"]
@@ -168,6 +169,17 @@ def test_a_source_failing_on_page_3_fails_the_run_keeps_the_cache_consistent_and
     assert run["discrepancies"] == {"missing": 0, "stale": 1, "extra": 1, "invalid": 0, "newer_in_cache": 0}
     assert_cache_is_source(conn, wms["org"], warehouse)
 
+
+
+def test_a_page_that_is_not_json_fails_the_run_there_and_changes_nothing_of_it(conn, database, warehouse, wms):
+    for i in range(1000):
+        warehouse.inventory.put(item(i))
+    warehouse.broken_page = 2  # its end looks like a last page: the client cannot tell, the database can
+    [run] = reconciler(database).run(INVENTORY)["runs"]
+    assert run["status"] == "failed" and run["failed_at"]["page"] == 2 and run["failed_at"]["cursor"]
+    assert "page 2" in run["error"] and "json" in run["error"].lower()
+    assert (run["pages"], run["records_checked"]) == (1, 500)
+    assert len(cache(conn, wms["org"])) == 500
 
 def test_two_runs_at_once_never_interleave(conn, database, warehouse, wms):
     for i in range(600):
@@ -324,3 +336,86 @@ def test_both_jobs_are_registered_and_need_no_key_without_integrations(database,
         assert registry[name].every_seconds
         assert registry[name].fn(database, {"progress": False}) == {"job": name, "runs": [], "failed": 0,
                                                                      "skipped": 0}
+
+
+def test_pages_applied_side_by_side_in_any_order_report_the_first_500_discrepancies_in_page_order(conn, wms):
+    # Three pages of 300 missing items each, keys in the opposite order of the pages, applied 3, 1, 2
+    # (as two appliers may): the report keeps page 1's 300 and page 2's first 200, by key.
+    pages = {n: [item(f"SKU-{letter}-{i:03d}") for i in range(300)] for n, letter in ((1, "C"), (2, "B"), (3, "A"))}
+    run = conn.execute("select * from private.sync_run_start(%s, 'inventory')", (wms["id"],)).fetchone()
+    for n in (3, 1, 2):
+        page = json.dumps({"items": pages[n], "next_cursor": None})
+        got = conn.execute("select private.sync_run_page(%s, %s, %s, %s) as r",
+                           (run["id"], page, f"cursor-{n}", n)).fetchone()["r"]
+        assert (got["checked"], got["synced"], got["counts"]["missing"]) == (300, 300, 300)
+    done = conn.execute("select * from private.sync_run_finish(%s)", (run["id"],)).fetchone()
+    assert done["status"] == "succeeded" and (done["pages"], done["records_checked"], done["records_synced"]) == (
+        3, 900, 900)
+    assert done["last_cursor"] == "cursor-3"
+    d = done["discrepancies"]
+    assert d["counts"] == {"missing": 900, "stale": 0, "extra": 0, "invalid": 0, "newer_in_cache": 0}
+    assert d["truncated"] is True
+    assert [x["key"] for x in d["items"]] == ([f"SKU-C-{i:03d}" for i in range(300)]
+                                              + [f"SKU-B-{i:03d}" for i in range(200)])
+    assert conn.execute("select count(*) as n from private.sync_run_seen").fetchone()["n"] == 0
+    assert len(cache(conn, wms["org"])) == 900
+
+
+def test_a_running_run_keeps_its_counts_on_its_row_and_its_items_until_it_ends(conn, wms):
+    run = conn.execute("select * from private.sync_run_start(%s, 'inventory')", (wms["id"],)).fetchone()
+    page = json.dumps({"items": [item(1), item(2, available="lots")]})
+    conn.execute("select private.sync_run_page(%s, %s, null)", (run["id"], page))
+    now = report(conn, run["id"])
+    assert now["status"] == "running" and now["discrepancies"]["counts"]["missing"] == 1
+    assert now["discrepancies"]["counts"]["invalid"] == 1 and now["discrepancies"]["items"] == []
+    failed = conn.execute("select * from private.sync_run_fail(%s, 'stopped', 2, 'c2')", (run["id"],)).fetchone()
+    assert failed["failed_at"] == {"page": 2, "cursor": "c2"}
+    assert {(x["key"], x["kind"]) for x in failed["discrepancies"]["items"]} == {
+        ("SKU-00001", "missing"), ("SKU-00002", "invalid")}
+    assert failed["discrepancies"]["truncated"] is False
+
+
+# -- retention ----------------------------------------------------------------------------------------
+def test_old_runs_are_purged_but_never_a_running_one_the_last_success_or_the_last_full_pass(conn, wms):
+    def run(days_ago: float, status: str, since: bool = False) -> str:
+        return str(conn.execute(
+            "insert into private.sync_runs (org_id, integration_id, sync_type, status, started_at, completed_at,"
+            " updated_since) values (%s, %s, 'inventory', %s, now() - make_interval(secs => %s * 86400),"
+            " case when %s <> 'running' then now() end, case when %s then now() - interval '30 days' end)"
+            " returning id", (wms["org"], wms["id"], status, days_ago, status, since)).fetchone()["id"])
+
+    def left(kind: str = "inventory") -> set[str]:
+        return {str(r["id"]) for r in conn.execute(
+            "select id from private.sync_runs where integration_id = %s and sync_type = %s",
+            (wms["id"], kind)).fetchall()}
+
+    def purge(keep: int, max_age: str | None = None) -> int:
+        return conn.execute("select private.sync_runs_purge(%s, 'inventory', %s, %s) as n",
+                            (wms["id"], keep, max_age)).fetchone()["n"]
+
+    full = run(10, "succeeded")  # the last successful full pass
+    changes = run(9, "succeeded", since=True)
+    run(8, "failed")
+    last_success = run(7, "succeeded", since=True)
+    recent = run(2, "failed")
+    newest = run(1, "failed")
+    running = run(40, "running")  # a lost worker's: the next start fails it, no purge deletes it
+    conn.execute("insert into private.sync_runs (org_id, integration_id, sync_type, status, completed_at)"
+                 " values (%s, %s, 'wms_orders', 'failed', now())", (wms["org"], wms["id"]))  # another kind
+
+    assert purge(3) == 2  # the newest three (running, newest, recent) and the two the next start reads
+    assert left() == {running, newest, recent, last_success, full}
+    assert changes not in left() and len(left("wms_orders")) == 1  # the other kind is not counted
+    assert purge(10, "36 hours") == 1  # by age: `recent` (2 days) goes, the anchors and `running` stay
+    assert left() == {running, newest, last_success, full}
+    assert purge(1, "1 hour") == 1  # `newest` too: what stays is what must
+    assert left() == {running, last_success, full}
+    with pytest.raises(Exception, match="keep must be at least 1"):
+        purge(0)
+
+
+def test_each_start_purges_the_integrations_runs_beyond_keep_runs(conn, database, warehouse, wms):
+    warehouse.inventory.put(item(1))
+    ids = [reconciler(database, keep_runs=2).run(INVENTORY)["runs"][0]["id"] for _ in range(4)]
+    kept = {str(r["id"]) for r in conn.execute("select id from private.sync_runs").fetchall()}
+    assert kept == {str(ids[2]), str(ids[3])}

@@ -6,7 +6,10 @@ no redirects, one deadline per request, bodies capped).
 in an error message. 429 and 503 wait as `Retry-After` says (bounded: a wait longer than
 `max_retry_after` fails the page instead of stalling the job); timeouts, connection errors and 5xx
 are retried with backoff, `max_attempts` in all. A page keeps its raw bytes: reconciliation hands
-them to SQL as they came (no re-serialising), paging alone only parses them.
+them to SQL as they came (no re-serialising), paging alone only parses them. Reconciliation does not
+even parse them here (`parse=False`): the database parses the page anyway (and refuses one that is
+not JSON or has no items array), so the client reads only `next_cursor`, from the end of the body
+when it is the object's last member (`tail_cursor`), else from the whole document.
 """
 
 from __future__ import annotations
@@ -42,8 +45,63 @@ class Page:
     number: int
     cursor: str | None  # the cursor that fetched it (None: the first page)
     raw: bytes
-    items: list
+    items: list | None  # None: not parsed (`pages(parse=False)`)
     next_cursor: str | None
+
+
+_SPACE = b" \t\r\n"
+
+
+def _string_start(body: bytes, end: int) -> int:
+    """Where the JSON string whose closing quote is at `end` opens (-1: none): the nearest quote
+    before it that no odd run of backslashes escapes (inside a string every quote is escaped)."""
+    i = end
+    while True:
+        i = body.rfind(b'"', 0, i)
+        if i < 0:
+            return -1
+        slashes = 0
+        while i - slashes - 1 >= 0 and body[i - slashes - 1] == 0x5C:
+            slashes += 1
+        if slashes % 2 == 0:
+            return i
+
+
+def tail_cursor(body: bytes) -> tuple[bool, str | None]:
+    """`next_cursor` read backwards from the end of a JSON object: (True, value) when its last member
+    is `"next_cursor": null | "string"`, else (False, None) (the caller parses the whole document).
+
+    In a valid document the last tokens before the closing brace are that member's value, a colon,
+    its key and a comma or the opening brace; nothing inside a string can pass for them (a quote in
+    a string is escaped). Whether the document is valid the database says when it parses the page.
+    """
+    end = len(body.rstrip(_SPACE)) - 1
+    if end < 1 or body[end] != 0x7D:  # }
+        return False, None
+    j = len(body[:end].rstrip(_SPACE)) - 1
+    if body[j - 3:j + 1] == b"null":
+        value: str | None = None
+        start = j - 3
+    elif body[j] == 0x22:  # "
+        start = _string_start(body, j)
+        if start < 0:
+            return False, None
+        try:
+            value = json.loads(body[start:j + 1])
+        except (UnicodeDecodeError, ValueError):
+            return False, None
+    else:
+        return False, None
+    k = len(body[:start].rstrip(_SPACE)) - 1
+    if k < 0 or body[k] != 0x3A:  # :
+        return False, None
+    key_end = len(body[:k].rstrip(_SPACE)) - 1
+    if key_end < 0 or body[key_end] != 0x22 or (key_start := _string_start(body, key_end)) < 0:
+        return False, None
+    before = body[:key_start].rstrip(_SPACE)
+    if not before or before[-1] not in b",{" or body[key_start:key_end + 1] != b'"next_cursor"':
+        return False, None
+    return True, value
 
 
 class WarehouseClient:
@@ -74,13 +132,17 @@ class WarehouseClient:
         query = urlencode({k: v for k, v in params.items() if v is not None})
         return f"{self.base_url}/{resource}" + (f"?{query}" if query else "")
 
-    def get_json(self, url: str) -> tuple[bytes, dict]:
-        """One GET with the retries; the raw body and its parsed object."""
+    def get_json(self, url: str, *, parse: bool = True) -> tuple[bytes, dict]:
+        """One GET with the retries; the raw body and its parsed object (without `parse`, only its
+        `next_cursor` when `tail_cursor` finds it: `{"next_cursor": ...}`)."""
         attempts = max(1, self.policy.max_attempts)
         for attempt in range(1, attempts + 1):
             res = self.poster.get(url, self._auth)
             problem, wait = self._judge(res, attempt)
             if problem is None:
+                found, cursor = (False, None) if parse else tail_cursor(res.body)
+                if found:
+                    return res.body, {"next_cursor": cursor}
                 try:
                     doc = json.loads(res.body)
                 except (UnicodeDecodeError, ValueError) as exc:
@@ -116,19 +178,24 @@ class WarehouseClient:
         return error, self._backoff(attempt)
 
     def pages(self, resource: str, *, limit: int, params: dict[str, str | int | None] | None = None,
-              cursor: str | None = None) -> Iterator[Page]:
-        """Every page of `resource` from `cursor` on. Memory: one page at a time."""
+              cursor: str | None = None, parse: bool = True) -> Iterator[Page]:
+        """Every page of `resource` from `cursor` on. Memory: one page at a time. Without `parse`
+        the items stay raw (`items` None): for a caller that hands them to the database."""
         number = 0
         while True:
             number += 1
             url = self.url(resource, {**(params or {}), "cursor": cursor, "limit": limit})
             try:
-                raw, doc = self.get_json(url)
+                raw, doc = self.get_json(url, parse=parse)
             except WarehouseError as exc:
                 raise WarehouseError(f"page {number} (cursor {cursor!r}): {exc}") from None
             items = doc.get("items") if isinstance(doc, dict) else None
             next_cursor = doc.get("next_cursor") if isinstance(doc, dict) else None
-            if not isinstance(items, list) or not (next_cursor is None or isinstance(next_cursor, str)):
+            if parse or "items" in doc:
+                items_ok = isinstance(items, list)
+            else:
+                items_ok, items = True, None  # the database checks them
+            if not items_ok or not (next_cursor is None or isinstance(next_cursor, str)):
                 raise WarehouseError(f"page {number} (cursor {cursor!r}): not an "
                                      '{"items": [...], "next_cursor": null | string} object')
             if next_cursor is not None and (next_cursor == cursor or not next_cursor):

@@ -9,8 +9,12 @@ select r.* from private.sync_run_start(%(integration_id)s::uuid, %(sync_type)s::
                                       %(full_every)s::interval) r
 
 -- sync_run_page --
--- The page's raw JSON as the warehouse sent it, parsed once, in the database.
-select private.sync_run_page(%(run_id)s::uuid, %(page)s::text::jsonb, %(cursor)s::text) as result
+-- The page's raw JSON as the warehouse sent it, parsed once, in the database; its number in the run.
+select private.sync_run_page(%(run_id)s::uuid, %(page)s::text::jsonb, %(cursor)s::text, %(number)s::integer) as result
+
+-- sync_runs_purge --
+select private.sync_runs_purge(%(integration_id)s::uuid, %(sync_type)s::text, %(keep)s::integer,
+                               %(max_age)s::interval) as purged
 
 -- sync_run_finish --
 select r.* from private.sync_run_finish(%(run_id)s::uuid) r

@@ -4,22 +4,25 @@ the warehouse, heal them, and record each run in `private.sync_runs`.
 For every enabled wms integration: start a run (none when another one is under way for that
 integration: the database says so, under a transaction-scoped lock), then page through the source
 with no transaction open during a request, and hand each page's raw bytes to one SQL call that
-compares and heals it in its own short transaction (db/functions/warehouse.sql). Memory is two
-pages at most (the next is fetched while one is applied). After the last page the run is finished:
-cache rows the source never listed are removed (a complete full pass only). A source failing
-mid-run fails the run with where it stopped; what was healed stays, and the next run starts over
-and completes.
+compares and heals it in its own short transaction (db/functions/warehouse.sql), sent as one round
+trip and unparsed (the database parses it; the client reads only `next_cursor`). The next page is
+fetched while `pages_in_flight` pages are applied side by side (on as many connections), so
+neither the warehouse nor the database waits for the other: memory is a few pages. After the last
+page the run is finished: cache rows the source never listed are removed (a complete full pass
+only). A source failing mid-run fails the run with where it stopped; what was healed stays, and the
+next run starts over and completes. Each start also purges the integration's old runs
+(`keep_runs`, `keep_days`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
-import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crm import config
 from crm.db import Database
@@ -29,6 +32,9 @@ from crm.jobs import JobOptions, job
 from crm.progress import progress_bar
 from crm.sealing import SecretBox, check_key, check_key_if_set
 from crm.wms.client import ClientPolicy, Page, WarehouseClient, WarehouseError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger("crm.wms")
 
@@ -52,55 +58,29 @@ class Settings:
     allow_loopback: bool = False
     #: wms orders: a full pass at least this often, else only what changed (0: always full)
     full_pass_hours: int = 24
+    #: pages applied side by side, each on its own connection (1: one at a time)
+    pages_in_flight: int = 2
+    #: sync_runs kept per integration and kind: the newest `keep_runs`, none older than `keep_days`
+    #: (0: no age limit); the last success and the last successful full pass always stay
+    keep_runs: int = 200
+    keep_days: int = 90
 
     @classmethod
     def from_env(cls) -> Settings:
         return cls(page_size=max(1, min(config.env_int("CRM_WMS_PAGE_SIZE", 1000), 5000)),
                    lease_seconds=max(30, config.env_int("CRM_WMS_LEASE_SECONDS", 300)),
                    allow_loopback=config.env_flag("CRM_WEBHOOK_ALLOW_LOOPBACK"),
-                   full_pass_hours=max(0, config.env_int("CRM_WMS_FULL_PASS_HOURS", 24)))
+                   full_pass_hours=max(0, config.env_int("CRM_WMS_FULL_PASS_HOURS", 24)),
+                   pages_in_flight=max(1, min(config.env_int("CRM_WMS_PAGES_IN_FLIGHT", 2), 4)),
+                   keep_runs=max(1, config.env_int("CRM_WMS_KEEP_RUNS", 200)),
+                   keep_days=max(0, config.env_int("CRM_WMS_KEEP_DAYS", 90)))
 
 
-def prefetched(pages: Iterator[Page]) -> Iterator[Page]:
-    """The pages, the next one fetched while the caller applies this one (at most two in memory).
-
-    The warehouse request and the database call each wait on a socket, so overlapping them makes a
-    run take about as long as the slower of the two instead of their sum. An error while fetching
-    reaches the caller after the pages before it, in order.
-    """
-    ahead: queue.Queue[tuple[Page | None, BaseException | None]] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def fetch() -> None:
-        try:
-            for page in pages:
-                while not stop.is_set():
-                    try:
-                        ahead.put((page, None), timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            ahead.put((None, None))
-        except BaseException as exc:  # noqa: BLE001 — handed to the consumer, which raises it
-            ahead.put((None, exc))
-
-    worker = threading.Thread(target=fetch, name="wms-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            page, error = ahead.get()
-            if error is not None:
-                raise error
-            if page is None:
-                return
-            yield page
-    finally:
-        stop.set()
-        with contextlib.suppress(queue.Empty):
-            ahead.get_nowait()  # unblock a producer waiting to hand over one more page
-        worker.join(timeout=60)
+@dataclass
+class _Position:
+    """Where a run is: the next page to apply and the cursor that fetches it."""
+    number: int = 1
+    cursor: str | None = None
 
 
 def _run_summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +133,10 @@ class Reconciler:
             run = s.fetch_one("sync_run_start", {"integration_id": integration_id, "sync_type": kind.name,
                                                  "lease": f"{self.settings.lease_seconds} seconds",
                                                  "full_every": full_every})
+            if run is not None:
+                s.fetch_one("sync_runs_purge", {
+                    "integration_id": integration_id, "sync_type": kind.name, "keep": self.settings.keep_runs,
+                    "max_age": f"{self.settings.keep_days} days" if self.settings.keep_days else None})
         if run is None:
             return {"integration_id": integration_id, "org_id": org_id, "sync_type": kind.name,
                     "status": "skipped", "reason": "another run of this integration is under way"}
@@ -165,33 +149,74 @@ class Reconciler:
             return _run_summary(self._fail(run_id, "the wms integration has no api_key secret", 1, None))
 
         bar = progress_bar(self.progress, kind.job, unit="pages")
-        number, cursor = 1, None
+        at = _Position()
         try:
             with WarehouseClient(base_url, keys[0], allow_loopback=self.settings.allow_loopback,
                                  policy=self.policy) as client:
                 since = run["updated_since"].isoformat() if run["updated_since"] else None
-                pages = client.pages(kind.resource, limit=self.settings.page_size, params={"updated_since": since})
-                for page in prefetched(pages):
-                    number, cursor = page.number, page.cursor
-                    with self.db.transaction("service_role") as s:
-                        s.fetch_one("sync_run_page", {"run_id": run_id, "page": page.raw.decode("utf-8"),
-                                                      "cursor": page.cursor})
-                    bar.update()
-                    number, cursor = page.number + 1, page.next_cursor
+                pages = client.pages(kind.resource, limit=self.settings.page_size, params={"updated_since": since},
+                                     parse=False)
+                self._apply_all(run_id, pages, at, bar)
             with self.db.transaction("service_role") as s:
                 done = s.fetch_one("sync_run_finish", {"run_id": run_id})
         except WarehouseError as exc:
-            return _run_summary(self._fail(run_id, str(exc), number, cursor))
+            return _run_summary(self._fail(run_id, str(exc), at.number, at.cursor))
         except UnicodeDecodeError:
-            return _run_summary(self._fail(run_id, f"page {number} (cursor {cursor!r}): not UTF-8", number, cursor))
+            return _run_summary(self._fail(run_id, f"page {at.number} (cursor {at.cursor!r}): not UTF-8", at.number,
+                                           at.cursor))
         except CrmError as exc:
             if exc.code == "sync_run_superseded":
                 return {"id": run_id, "status": "failed", "error": exc.detail}
-            return _run_summary(self._fail(run_id, f"page {number} (cursor {cursor!r}): {exc.detail}", number,
-                                           cursor))
+            return _run_summary(self._fail(run_id, f"page {at.number} (cursor {at.cursor!r}): {exc.detail}",
+                                           at.number, at.cursor))
         finally:
             bar.close()
         return _run_summary(done)
+
+    def _apply(self, run_id: str, page: Page) -> None:
+        self.db.statement("service_role", "sync_run_page", {
+            "run_id": run_id, "page": page.raw.decode("utf-8"), "cursor": page.cursor, "number": page.number})
+
+    def _apply_all(self, run_id: str, pages: Iterator[Page], at: _Position, bar: tqdm) -> None:
+        """Every page applied, `pages_in_flight` of them at a time, settled in order; `at` follows.
+
+        The next page is fetched (here) while those are applied, and waits for an applier: the
+        warehouse and the database work at the same time, with a few pages in memory (one being
+        fetched, one waiting, those being applied). The database takes pages in any order (what a
+        page writes does not depend on the others; the report's items are ordered by page number).
+        On an error the pages already sent finish first, and the earliest page's error is the one
+        reported: the run fails there, what the pages before and beside it healed stays.
+        """
+        # Each applier holds a connection while its page is applied: never more than the pool has.
+        depth = max(1, min(self.settings.pages_in_flight, self.db.pool.max_size))
+        sent: deque[tuple[Page, Future[None]]] = deque()
+        with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="wms-apply") as appliers:
+            try:
+                for page in pages:
+                    sent.append((page, appliers.submit(self._apply, run_id, page)))
+                    if len(sent) > depth:
+                        self._settle(run_id, *sent.popleft(), at, bar)
+                while sent:
+                    self._settle(run_id, *sent.popleft(), at, bar)
+            except WarehouseError:
+                while sent:  # the pages before the one that could not be fetched
+                    self._settle(run_id, *sent.popleft(), at, bar)
+                raise
+            finally:
+                for _, future in sent:  # after an error: what has not started does not start
+                    if not future.cancel():
+                        with contextlib.suppress(Exception):
+                            future.result()
+
+    def _settle(self, run_id: str, page: Page, future: Future[None], at: _Position, bar: tqdm) -> None:
+        try:
+            future.result()
+        except CrmError as exc:
+            if exc.code != "concurrent_update":
+                raise
+            self._apply(run_id, page)  # a deadlock with the page beside it (a key on both): once more
+        at.number, at.cursor = page.number + 1, page.next_cursor
+        bar.update()
 
 
 @job(INVENTORY.job, every_seconds=3600, check=check_key_if_set, deployed_check=check_key,
