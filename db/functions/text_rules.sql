@@ -44,7 +44,7 @@ comment on function hidden.text_normalize(text, text) is
 
 -- PL/pgSQL, not SQL: the CHECKs call it, and PostgreSQL plans CHECK expressions on every
 -- statement; a PL/pgSQL function is compiled once per session, with the SQL helpers inside inlined
--- once (see 0017_booking_speed).
+-- once (see 0018_booking_speed).
 create or replace function hidden.is_clean_text(value text, kind text)
 returns boolean
 language plpgsql immutable parallel safe
