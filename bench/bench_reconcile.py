@@ -106,8 +106,8 @@ class PeakRss(threading.Thread):
 def backend_cpu(url: str, dbname: str) -> float:
     """CPU seconds (user + system) used so far by the server processes of `dbname` (same host)."""
     with psycopg.connect(url, autocommit=True) as c:
-        pids = [r[0] for r in c.execute("select pid from pg_stat_activity where datname = %s and pid <> pg_backend_pid()",
-                                        (dbname,)).fetchall()]
+        pids = [r[0] for r in c.execute("select pid from pg_stat_activity"
+                                        " where datname = %s and pid <> pg_backend_pid()", (dbname,)).fetchall()]
     total = 0
     for pid in pids:
         try:

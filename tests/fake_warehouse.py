@@ -2,9 +2,9 @@
 
 `GET /inventory?cursor=&limit=` and `GET /orders?cursor=&limit=&updated_since=` answer
 `{"items": [...], "next_cursor": null | str}`, keyset-paginated by sku / wms_order_id, with
-`Authorization: Bearer <api_key>` required (in key order, unless a collection's `order` says otherwise:
-keyset pages in that order, as a source paging by something other than its key would). Faults on demand: a page number that answers 500 (or 200
-with a body that is not JSON),
+`Authorization: Bearer <api_key>` required; in key order, unless a collection's `order` says otherwise
+(keyset pages in that order, as a source paging by something other than its key would). Faults on
+demand: a page number that answers 500 (or 200 with a body that is not JSON),
 429s with `Retry-After`, a delay per page. Items are kept serialised, so the server is cheap next
 to the client it serves.
 """
@@ -16,8 +16,8 @@ import bisect
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 

@@ -6,8 +6,9 @@
 -- Reconciliation runs
 -- ---------------------------------------------------------------------------------------------
 -- A page is one statement per cache (sync_inventory_apply, sync_wms_orders_apply): the page's items
--- as typed rows, one primary-key probe each, only differing rows written, field-level detail only
--- for those. What a page found waits in private.sync_run_seen beside its keys; the run's row takes
+-- as typed rows against the cache rows of its key range (sync_apply: else a primary-key probe each),
+-- only differing rows written, field-level detail only for those. What a page found waits in
+-- private.sync_run_seen beside its range and the range's rows it left out (or its keys); the run's row takes
 -- the counts as it goes and the items once, at its end (sync_run_end). Pages of one run may be
 -- applied side by side (the run's lock shared): nothing a page writes depends on another page's
 -- order, and the report's first 500 items are taken in page order at the end.
