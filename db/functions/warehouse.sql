@@ -544,10 +544,11 @@ begin
   room := 500 - pg_catalog.jsonb_array_length(coalesce(run.discrepancies -> 'items', '[]'))
           - (select coalesce(pg_catalog.sum(pg_catalog.jsonb_array_length(s.found)), 0)
                from private.sync_run_seen s where s.run_id = run.id and s.page < v_number);
-  -- The fast path: the whole page in one statement.
+  -- The fast path: the whole page in one statement. By key range in a full pass only (a run of
+  -- changes only judges no extras, and its pages' ranges are sparse).
   begin
     select a.result, a.keys, a.lo, a.hi, a.gone into res, keys, lo, hi, gone
-      from private.sync_apply(run, items, room, true) a;
+      from private.sync_apply(run, items, room, run.updated_since is null) a;
   exception when data_exception or integrity_constraint_violation or cardinality_violation
                  or invalid_parameter_value or datatype_mismatch then
     res := null;  -- some item is malformed: apply them one by one, count the bad ones

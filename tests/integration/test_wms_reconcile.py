@@ -176,6 +176,37 @@ def test_a_source_not_in_key_order_is_reconciled_exactly(conn, database, warehou
     assert conn.execute("select count(*) as n from private.sync_run_seen").fetchone()["n"] == 0
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+def test_wms_orders_in_or_out_of_key_order_are_reconciled_exactly(conn, database, warehouse, wms, ordered):
+    def order(n: int, status: str, at: str = T0) -> dict:
+        return {"wms_order_id": f"W-{n:04d}", "crm_customer_id": None, "crm_order_id": None, "status": status,
+                "lines": [], "shipment": None, "updated_at": at}
+
+    if not ordered:
+        warehouse.orders.order = lambda k: k[::-1]
+    for n in range(0, 600, 2):
+        warehouse.orders.put(order(n, "created"))
+    [fill] = reconciler(database, page_size=50).run(WMS_ORDERS)["runs"]
+    assert fill["discrepancies"] == {"missing": 300, "stale": 0, "extra": 0, "invalid": 0, "newer_in_cache": 0}
+    for n in range(0, 600, 58):
+        warehouse.orders.put(order(n, "picking", T2))
+    gone = [f"W-{n:04d}" for n in (0, 2, 300, 302, 598)]
+    for k in gone:
+        warehouse.orders.remove(k)
+    for n in (1, 301, 599, 700):
+        warehouse.orders.put(order(n, "created", T2))
+    [run] = reconciler(database, page_size=50, full_pass_hours=0).run(WMS_ORDERS)["runs"]
+    assert run["status"] == "succeeded", run
+    stale = [f"W-{n:04d}" for n in range(0, 600, 58) if f"W-{n:04d}" not in gone]
+    assert run["discrepancies"] == {"missing": 4, "stale": len(stale), "extra": len(gone), "invalid": 0,
+                                    "newer_in_cache": 0}
+    rows = {r["wms_order_id"]: r["status"]
+            for r in conn.execute("select wms_order_id, status from public.wms_orders where org_id = %s",
+                                  (wms["org"],)).fetchall()}
+    assert set(rows) == set(warehouse.orders.rows)
+    assert all(rows[k] == warehouse.orders.get(k)["status"] for k in rows)
+
+
 @pytest.mark.parametrize("in_flight", [1, 2])
 def test_a_source_failing_on_page_3_fails_the_run_keeps_the_cache_consistent_and_the_next_run_completes(
         conn, database, warehouse, wms, in_flight):
