@@ -20,7 +20,9 @@
 \ir migrations/0014_warehouse.sql
 \ir migrations/0015_inline_sql_helpers.sql
 \ir migrations/0016_sync_runs_pace.sql
-\ir migrations/0017_sync_run_ranges.sql
+\ir migrations/0017_work_queues.sql
+\ir migrations/0018_sync_run_ranges.sql
+\ir functions/000_work_queue.sql
 \ir functions/booking.sql
 \ir functions/class_sessions.sql
 \ir functions/customers.sql

@@ -182,18 +182,15 @@ returns interval
 language sql volatile
 set search_path = ''
 as $$
-  -- 30 s, 2 min, 10 min, 30 min, 2 h, 6 h, 12 h (+-20 % jitter); after the 8th attempt: dead.
-  select pg_catalog.make_interval(secs => (array[30, 120, 600, 1800, 7200, 21600, 43200])[least(greatest(attempt, 1), 7)]
-                                         * (0.8 + 0.4 * pg_catalog.random()))
+  -- 30 s, 2 min, 10 min, 30 min, 2 h, 6 h, 12 h (+-20 % jitter); null after the 8th attempt: dead.
+  select private.queue_backoff(attempt, array[interval '30 seconds', interval '2 minutes', interval '10 minutes',
+                                              interval '30 minutes', interval '2 hours', interval '6 hours',
+                                              interval '12 hours'])
 $$;
+comment on function private.inbox_backoff(integer) is
+  'The inbox retry schedule: the delay after the given failed attempt, null once it was the 8th (dead).';
 revoke all on function private.inbox_backoff(integer) from public;
-
-create or replace function private.inbox_max_attempts()
-returns integer
-language sql immutable
-set search_path = ''
-as $$ select 8 $$;
-revoke all on function private.inbox_max_attempts() from public;
+drop function if exists private.inbox_max_attempts();
 
 create or replace function private.inbox_uuid(value text)
 returns uuid
@@ -438,6 +435,7 @@ declare
   msg text;
   state text;
   outcome text;
+  delay interval;
 begin
   if fetch_error is null then
     begin  -- a savepoint: a failing event leaves no half effect, and stays stored
@@ -448,7 +446,8 @@ begin
       end;
       update private.inbound_events e
          set status = case when note is null then 'processed' else 'ignored' end, error = pg_catalog.left(note, 1000),
-             attempts = e.attempts + 1, processed_at = pg_catalog.now(), next_attempt_at = null, locked_until = null
+             attempts = e.attempts + 1, processed_at = pg_catalog.now(), next_attempt_at = null, locked_until = null,
+             lease_token = null
        where e.id = ev.id;
       return case when note is null then 'processed' else 'ignored' end;
     exception when others then
@@ -456,11 +455,11 @@ begin
       fetch_error := state || ': ' || msg;
     end;
   end if;
+  delay := private.inbox_backoff(ev.attempts + 1);  -- ev is locked (inbox_finish) or just inserted
   update private.inbound_events e
-     set status = case when e.attempts + 1 >= private.inbox_max_attempts() then 'dead' else 'failed' end,
+     set status = case when delay is null then 'dead' else 'failed' end,
          attempts = e.attempts + 1, error = pg_catalog.left(fetch_error, 1000), locked_until = null,
-         next_attempt_at = case when e.attempts + 1 >= private.inbox_max_attempts() then null
-                                else pg_catalog.now() + private.inbox_backoff(e.attempts + 1) end
+         lease_token = null, next_attempt_at = pg_catalog.now() + delay
    where e.id = ev.id
   returning e.status into outcome;
   return outcome;
@@ -515,33 +514,31 @@ comment on function private.inbox_receive(uuid, jsonb) is
 revoke all on function private.inbox_receive(uuid, jsonb) from public;
 grant execute on function private.inbox_receive(uuid, jsonb) to service_role;
 
-create or replace function private.inbox_claim(p_limit integer, p_lease_seconds integer)
+drop function if exists private.inbox_claim(integer, integer);
+create or replace function private.inbox_claim(p_limit integer, p_lease_seconds integer, p_token uuid)
 returns table (id bigint, org_id uuid, integration_id uuid, source text, event_id text, event_type text,
                payload jsonb, attempts integer, default_country text)
-language sql volatile security definer
+language plpgsql volatile security definer
 set search_path = ''
 as $$
-  with due as (
-    select e.id from private.inbound_events e
-     where e.status in ('pending', 'failed') and e.next_attempt_at <= pg_catalog.now()
-       and (e.locked_until is null or e.locked_until < pg_catalog.now())
-     order by e.next_attempt_at
-     limit p_limit
-       for update skip locked
-  ), claimed as (
-    update private.inbound_events e
-       set locked_until = pg_catalog.now() + pg_catalog.make_interval(secs => p_lease_seconds)
-      from due where e.id = due.id
-    returning e.*
-  )
-  select c.id, c.org_id, c.integration_id, c.source, c.event_id, c.event_type, c.payload, c.attempts,
+declare
+  claimed bigint[];
+begin
+  select pg_catalog.array_agg(c.id::bigint) into claimed
+    from private.queue_claim('inbox', p_limit, p_token, pg_catalog.make_interval(secs => p_lease_seconds)) c;
+  -- A second statement: its snapshot sees every row the claim took.
+  return query
+  select e.id, e.org_id, e.integration_id, e.source, e.event_id, e.event_type, e.payload, e.attempts,
          o.default_country
-    from claimed c join public.organizations o on o.id = c.org_id
+    from private.inbound_events e join public.organizations o on o.id = e.org_id
+   where e.id = any (claimed)
+   order by e.next_attempt_at, e.id;
+end
 $$;
-comment on function private.inbox_claim(integer, integer) is
-  'process-inbox: claims up to p_limit due events (pending or failed, next_attempt_at passed, no running lease) with a lease; a worker that dies leaves them to the next claim after the lease.';
-revoke all on function private.inbox_claim(integer, integer) from public;
-grant execute on function private.inbox_claim(integer, integer) to service_role;
+comment on function private.inbox_claim(integer, integer, uuid) is
+  'process-inbox: claims up to p_limit due events (pending or failed, next_attempt_at passed, no running lease) leased to p_token (private.queue_claim); a worker that dies leaves them to the next claim after the lease.';
+revoke all on function private.inbox_claim(integer, integer, uuid) from public;
+grant execute on function private.inbox_claim(integer, integer, uuid) to service_role;
 
 create or replace function private.inbox_finish(p_id bigint, p_extra jsonb, p_error text)
 returns text
@@ -553,15 +550,29 @@ declare
 begin
   select e.* into ev from private.inbound_events e where e.id = p_id for update;
   if not found or ev.status not in ('pending', 'failed') then
-    return coalesce(ev.status, 'missing');  -- finished meanwhile (a lease that ran out): nothing to do
+    return coalesce(ev.status, 'missing');  -- finished meanwhile: nothing to do
   end if;
   return private.inbox_try(ev, p_extra, p_error);
 end
 $$;
 comment on function private.inbox_finish(bigint, jsonb, text) is
-  'process-inbox: processes a claimed event with what the worker fetched (p_extra), or records p_error (a failed fetch) with backoff.';
+  'pull-leads: processes a stored event with the data pulled for it (p_extra) whoever holds it: the outcome is recorded once (the row lock), and a process-inbox run still fetching it finds it finished. process-inbox itself finishes under its lease (the four-argument form).';
 revoke all on function private.inbox_finish(bigint, jsonb, text) from public;
 grant execute on function private.inbox_finish(bigint, jsonb, text) to service_role;
+
+create or replace function private.inbox_finish(p_id bigint, p_extra jsonb, p_error text, p_token uuid)
+returns text
+language sql volatile security definer
+set search_path = ''
+as $$
+  -- Not ours any more (finished meanwhile, or the lease ran out and another run holds it): nothing to do.
+  select case when private.queue_hold('inbox', p_id::text, p_token) then private.inbox_finish(p_id, p_extra, p_error)
+              else coalesce((select e.status from private.inbound_events e where e.id = p_id), 'missing') end
+$$;
+comment on function private.inbox_finish(bigint, jsonb, text, uuid) is
+  'process-inbox: processes an event claimed under p_token with what the worker fetched (p_extra), or records p_error (a failed fetch) with backoff; does nothing once the lease is no longer p_token''s.';
+revoke all on function private.inbox_finish(bigint, jsonb, text, uuid) from public;
+grant execute on function private.inbox_finish(bigint, jsonb, text, uuid) to service_role;
 
 -- ---------------------------------------------------------------------------------------------
 -- Views

@@ -322,13 +322,69 @@ language sql volatile
 set search_path = ''
 as $$
   -- After attempt n fails, wait the n-th step (±20 % jitter); null after the last: dead.
-  select (array[interval '5 seconds', interval '5 minutes', interval '30 minutes', interval '2 hours',
-                interval '5 hours', interval '10 hours', interval '10 hours'])[attempt]
-         * (0.8 + 0.4 * pg_catalog.random())
+  select private.queue_backoff(attempt, array[interval '5 seconds', interval '5 minutes', interval '30 minutes',
+                                              interval '2 hours', interval '5 hours', interval '10 hours',
+                                              interval '10 hours'])
 $$;
 comment on function private.webhook_retry_delay(integer) is
   'SPEC 9 retry schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h with ±20 % jitter; null once the 8th attempt failed.';
 revoke all on function private.webhook_retry_delay(integer) from public;
+
+create or replace function private.webhook_claim(token uuid, max_items integer, lease interval)
+returns table (id uuid, event_id uuid, endpoint_id uuid, attempts integer, url text, secret_version integer,
+               body text)
+language plpgsql volatile
+set search_path = ''
+as $$
+declare
+  claimed jsonb;
+begin
+  -- The generic leased claim counts the attempt (so a worker killed mid-send still used one); the
+  -- rows are read by a second statement, whose snapshot sees every row the claim took.
+  select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', c.id, 'lost_lease', c.lost_lease,
+                                                            'attempts', c.claims))
+    into claimed
+    from private.queue_claim('webhook_deliveries', max_items, token, lease) c;
+  if claimed is null then
+    return;
+  end if;
+  -- An attempt recorded as failed after its endpoint was disabled (by a 410 or the five-day rule
+  -- in the same batch) left a retry that came due: pause it as the endpoint's trigger pauses the rest.
+  update public.webhook_deliveries d
+     set next_attempt_at = 'infinity', locked_until = null, lease_token = null, attempts = d.attempts - 1
+    from pg_catalog.jsonb_to_recordset(claimed) as x (id uuid), public.webhook_endpoints e
+   where d.id = x.id and e.id = d.endpoint_id and not e.enabled;
+  -- payload::text is the body: jsonb's text form is a function of the stored value, so every
+  -- attempt sends (and signs) the same bytes unless the event itself was changed (e.g. scrubbed by
+  -- an erasure).
+  return query
+  with c as (
+    select x.id, x.lost_lease, x.attempts
+      from pg_catalog.jsonb_to_recordset(claimed) as x (id uuid, lost_lease timestamptz, attempts integer)
+  ), rows as (
+    select d.id, d.org_id, d.event_id, d.endpoint_id, c.attempts, c.lost_lease, e.url, e.secret_version,
+           o.payload::text as body
+      from c
+      join public.webhook_deliveries d on d.id = c.id
+      join public.webhook_endpoints e on e.id = d.endpoint_id and e.enabled
+      join private.outbox o on o.event_id = d.event_id
+  ), lost as (
+    -- A lease that ran out: its worker died mid-send. That attempt is recorded now, its outcome unknown.
+    insert into public.webhook_attempts (org_id, delivery_id, endpoint_id, event_id, attempt, started_at,
+                                         duration_ms, error, outcome)
+    select r.org_id, r.id, r.endpoint_id, r.event_id, r.attempts - 1, r.lost_lease, 0,
+           'lease expired at started_at: the worker sending it stopped; whether the receiver got it is unknown',
+           'failed'
+      from rows r
+     where r.lost_lease is not null
+  )
+  select r.id, r.event_id, r.endpoint_id, r.attempts, r.url, r.secret_version, r.body from rows r;
+end
+$$;
+comment on function private.webhook_claim(uuid, integer, interval) is
+  'dispatch-outbox: leases up to max_items due deliveries of enabled endpoints to token (private.queue_claim) and returns what sending needs; an attempt whose worker let the lease run out is recorded as failed.';
+revoke all on function private.webhook_claim(uuid, integer, interval) from public;
+grant execute on function private.webhook_claim(uuid, integer, interval) to service_role;
 
 create or replace function private.webhook_record_attempts(token uuid, results jsonb)
 returns table (succeeded integer, failed integer, dead integer, lost integer)

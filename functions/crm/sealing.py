@@ -55,6 +55,18 @@ def key_from_env() -> bytes:
     return parse_key(raw)
 
 
+def check_key_if_set() -> None:
+    """For jobs that need the key only once an integration exists: a set key must be well-formed."""
+    raw = config.env(KEY_VARIABLE)
+    if raw is not None:
+        parse_key(raw)
+
+
+def check_key() -> None:
+    """For jobs that always open or seal secrets: the key must be there (ConfigError naming it)."""
+    key_from_env()
+
+
 class SecretBox:
     def __init__(self, key: bytes):
         self._aead = AESGCM(key)

@@ -2,8 +2,10 @@
 
 Authenticated by `X-Cron-Secret` (constant-time comparison); the job runs through the same
 registry as `crm jobs run NAME` (its transactions as service_role, SPEC §6.1) and returns its JSON
-summary. Every setting a job reads is checked at import, so a misconfigured deployment refuses to
-start with a message naming the variable instead of answering 500 on each run.
+summary. The deployment serves `CRM_RECONCILE_JOBS` (comma-separated; default every job) and
+checks at import every setting those jobs declare, and no other job's, so a misconfigured
+deployment refuses to start with a message naming the variable instead of answering 500 on each
+run. Query parameters are the job's options (`limit`, `apply`, ...), validated by its model.
 """
 
 import hmac
@@ -15,13 +17,13 @@ from crm import config, jobs
 from crm.db import get_database
 from crm.errors import BadRequest, CronSecretRefused, NotFound
 from crm.http import endpoint, json_response, prepare_deployment, require_method
-from crm.images import jobs as image_jobs
 
 prepare_deployment()  # problem+json for the framework's own errors; crm.server, not gunicorn
 config.database_url()  # fail at startup, naming the variable, rather than on the first request
 CRON_SECRET = config.require("CRM_CRON_SECRET")
-image_jobs.check_config()
-JOBS = jobs.load_all()
+JOBS = jobs.served(config.env("CRM_RECONCILE_JOBS"))
+for _job in JOBS.values():
+    _job.check_settings(deployed=True)
 
 
 @functions_framework.http
@@ -37,11 +39,11 @@ def reconcile(request: flask.Request) -> flask.Response:
     name = parts[-1]
     job = JOBS.get(name)
     if job is None:
-        raise NotFound(f"No job named {name!r}.")
+        raise NotFound(f"No job named {name!r}." if name not in jobs.REGISTRY
+                       else f"The job {name!r} is not served here (CRM_RECONCILE_JOBS).")
+    args = {k: v for k, v in request.args.items() if k != "progress"}  # no terminal here
     try:
-        limit = int(request.args["limit"]) if "limit" in request.args else None
-    except ValueError:
-        raise BadRequest("limit must be a whole number.") from None
-    options = {"apply": request.args.get("apply", "").lower() in ("1", "true", "yes"),
-               "limit": limit, "progress": False}
+        options = job.make_options({**args, "progress": False})
+    except jobs.OptionsError as exc:
+        raise BadRequest(str(exc)) from None
     return json_response(job.fn(get_database(), options))

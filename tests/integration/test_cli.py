@@ -182,3 +182,14 @@ def test_jobs_run_purge_booking_state_deletes_only_what_expired(db_url, conn):
     assert [r["key"] for r in conn.execute("select key from private.idempotency_keys")] == ["fresh-key"]
     assert [str(r["client"]) for r in conn.execute("select client from private.booking_rate_counters")] == [
         "192.0.2.2"]
+
+
+def test_jobs_run_refuses_options_the_job_does_not_take_and_checks_only_its_own_settings(db_url):
+    refused = crm("jobs", "run", "purge-booking-state", "--apply", url=db_url)
+    assert refused.returncode == 2 and "purge-booking-state: apply" in refused.stderr
+    assert crm("jobs", "run", "cache-images", "--limit", "0", url=db_url).returncode == 2
+    # A malformed image setting stops the image job, naming it, and no other job.
+    bad = crm("jobs", "run", "cache-images", url=db_url, CRM_IMAGE_TIMEOUT="soon")
+    assert bad.returncode == 1 and "CRM_IMAGE_TIMEOUT" in bad.stderr
+    fine = crm("jobs", "run", "purge-booking-state", url=db_url, CRM_IMAGE_TIMEOUT="soon")
+    assert fine.returncode == 0, fine.stderr

@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 
 from crm.errors import ConfigError
 from crm.images import jobs as image_jobs
+from crm.sealing import generate_key
 from tests.helpers import (
     LiveServer,
     assert_refuses_to_start,
@@ -24,6 +25,7 @@ from tests.integration.image_fixtures import ImageServer, encoded, two_tone
 
 CRON_SECRET = "cron-secret-for-the-image-tests"
 PUBLIC = "http://media.test"
+KEY = generate_key()
 IMAGE_SETTINGS = ("CRM_IMAGE_MAX_PER_ORDER", "CRM_IMAGE_MAX_ATTEMPTS", "CRM_IMAGE_RETRY_SECONDS", "CRM_IMAGE_FORMAT",
                   "CRM_IMAGE_MAX_PIXELS", "CRM_IMAGE_ALLOWED_PORTS", "CRM_IMAGE_MAX_BYTES",
                   "CRM_IMAGE_CONNECT_TIMEOUT", "CRM_IMAGE_TIMEOUT", "CRM_CATALOG_URL", "SUPABASE_URL",
@@ -36,7 +38,9 @@ def deployed_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DATABASE_URL", "CRM_", "SUPABASE_"))}
     env.update({"DATABASE_URL": "postgresql://postgres@127.0.0.1:9/unused", "CRM_CRON_SECRET": CRON_SECRET,
-                "CRM_PUBLIC_URL": "https://crm.example.com", "CRM_STORAGE_DIR": str(tmp_path / "media")})
+                "CRM_PUBLIC_URL": "https://crm.example.com", "CRM_STORAGE_DIR": str(tmp_path / "media"),
+                # Serving every job: dispatch-outbox, process-inbox and the integration jobs need it.
+                "CRM_SECRETS_KEY": KEY})
     env.update(extra)
     return {k: v for k, v in env.items() if v}
 
@@ -96,6 +100,7 @@ def reconcile(database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("CRM_STORAGE_DIR", str(tmp_path / "media"))
     monkeypatch.setenv("CRM_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("CRM_IMAGE_ALLOW_LOOPBACK", "1")
+    monkeypatch.setenv("CRM_SECRETS_KEY", KEY)
     with LiveServer(function_app("reconcile")) as live, httpx.Client(base_url=live.url, timeout=20) as http:
         yield http
 

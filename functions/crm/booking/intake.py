@@ -47,7 +47,7 @@ from crm.errors import (
     TooManyRequests,
     Unprocessable,
 )
-from crm.jobs import job
+from crm.jobs import JobOptions, job
 from crm.textrules import Label, Notes, Title, choice, fail, field_errors, identifier
 
 MAX_IMAGES = 20
@@ -542,7 +542,7 @@ def submit(db: Database, body: Any, *, idempotency_key: str | None, client: str,
 
 @job("purge-booking-state", description="Delete expired idempotency keys and stale abuse counters.",
      every_seconds=3600)
-def purge_booking_state(db: Database, options: dict[str, Any]) -> dict[str, Any]:
+def purge_booking_state(db: Database, options: JobOptions) -> dict[str, Any]:
     # As service_role (SPEC 6.1); private.purge_booking_state is the one door to that state.
     with db.transaction("service_role") as s:
         row = s.fetch_one("purge_booking_state") or {}

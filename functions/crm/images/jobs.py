@@ -1,11 +1,12 @@
 """Jobs `cache-images` and `backfill-images` (SPEC §7.4, §8). Scheduled jobs run as service_role
 (SPEC §6.1), in transactions set up exactly as PostgREST sets them up.
 
-A worker claims queued orders in one short transaction (FOR UPDATE SKIP LOCKED plus a lease, see
-db/migrations/0006_image_cache.sql), downloads and re-encodes with no transaction open, then
-writes each order's result in another short transaction that first checks the claim is still its
-own. Failures are recorded per image in private.image_cache_images; transient ones are retried
-with exponential backoff up to CRM_IMAGE_MAX_ATTEMPTS, then the image counts as failed.
+A worker claims queued orders in one short transaction (the leased work queue of
+db/functions/000_work_queue.sql: FOR UPDATE SKIP LOCKED plus a lease), downloads and re-encodes
+with no transaction open, then writes each order's result in another short transaction that first
+checks the claim is still its own (`queue_hold`). Failures are recorded per image in
+private.image_cache_images; transient ones are retried with exponential backoff up to
+CRM_IMAGE_MAX_ATTEMPTS, then the image counts as failed.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import string
-import sys
-import time
 import urllib.parse
 import uuid
 from collections import Counter
@@ -31,7 +30,8 @@ from crm.images.errors import FetchError, ImageCacheError
 from crm.images.fetch import FetchPolicy, SafeFetcher
 from crm.images.process import ProcessOptions
 from crm.images.storage import storage_from_env
-from crm.jobs import job
+from crm.jobs import ApplyOptions, LimitOptions, job
+from crm.progress import progress_bar
 
 log = logging.getLogger("crm.images.jobs")
 
@@ -136,7 +136,7 @@ def cache_order(db: Database, cache: ImageCache, order: dict[str, Any], token: u
         state = "partial" if cached else "failed"
 
     with db.transaction("service_role") as s:
-        if s.fetch_one("images_hold_claim", {"order_id": order_id, "token": token}) is None:
+        if not s.fetch_one("images_hold_claim", {"order_id": order_id, "token": token})["held"]:
             log.warning("image cache: lost the claim on order %s; its result is dropped", order_id)
             return {"order_id": str(order_id), "result": "lost_claim"}
         if attempted:
@@ -181,41 +181,18 @@ def _attempt(cache: ImageCache, url: str, attempts: int, settings: Settings) -> 
     return entry
 
 
-# -- progress on a terminal -----------------------------------------------------------------------
-class Progress:
-    def __init__(self, enabled: bool, label: str, total: int | None = None):
-        self.enabled, self.label, self.total, self.done = enabled, label, total, 0
-        self.last = 0.0
-
-    def step(self, note: str = "") -> None:
-        self.done += 1
-        if not self.enabled or (time.monotonic() - self.last < 0.1 and self.done != self.total):
-            return
-        self.last = time.monotonic()
-        if self.total:
-            filled = int(30 * self.done / self.total)
-            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}"
-        else:
-            bar = f"{self.done}"
-        print(f"\r{self.label} {bar} {note[:40]:<40}", end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            print(file=sys.stderr, flush=True)
-
-
 # -- cache-images ---------------------------------------------------------------------------------
-@job("cache-images", every_seconds=3,
+@job("cache-images", every_seconds=3, options=LimitOptions, check=check_config,
      description="Cache the images of pending orders to first-party storage (retries with backoff).")
-def cache_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
+def cache_images(db: Database, options: LimitOptions) -> dict[str, Any]:
     summary: Counter[str] = Counter()
     with db.transaction("service_role") as s:
         if not s.fetch_one("images_has_work")["has_work"]:
             return {"job": "cache-images", "orders": 0}
     settings = Settings.from_env()
-    limit = options.get("limit") or settings.run_limit
+    limit = options.limit or settings.run_limit
     cache = ImageCache.from_env()
-    progress = Progress(bool(options.get("progress")), "cache-images")
+    progress = progress_bar(options.progress, "cache-images", unit="orders")
     try:
         while summary["orders"] < limit:
             token = uuid.uuid4()
@@ -233,7 +210,8 @@ def cache_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
                 summary[outcome["result"]] += 1
                 for key in ("images_cached", "images_failed", "images_retrying"):
                     summary[key] += outcome.get(key, 0)
-                progress.step(order["order_code"])
+                progress.set_postfix_str(order["order_code"], refresh=False)
+                progress.update()
     finally:
         progress.close()
         cache.close()
@@ -310,18 +288,18 @@ def plan_order(order: dict[str, Any], fetcher: SafeFetcher, settings: Settings, 
     return entry
 
 
-@job("backfill-images",
+@job("backfill-images", options=ApplyOptions, check=check_config,
      description="Cache images of legacy orders without first-party images; dry run unless --apply.")
-def backfill_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
-    apply = bool(options.get("apply"))
-    limit = options.get("limit")
+def backfill_images(db: Database, options: ApplyOptions) -> dict[str, Any]:
+    apply = options.apply
+    limit = options.limit
     settings = Settings.from_env()
     storage = storage_from_env()
     first_party = storage.url_prefix
     catalog = Catalog.from_env()
     fetcher = SafeFetcher(FetchPolicy.from_env())
     cache = ImageCache(fetcher, storage, ProcessOptions.from_env())
-    report_path = Path(options.get("report") or config.data_dir() / "reports" / (
+    report_path = Path(options.report or config.data_dir() / "reports" / (
         f"backfill-images-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{'apply' if apply else 'dry-run'}.json"))
 
     with db.transaction("service_role") as s:
@@ -330,7 +308,7 @@ def backfill_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
         total = min(total, limit)
     summary: Counter[str] = Counter()
     entries: list[dict[str, Any]] = []
-    progress = Progress(bool(options.get("progress")), "backfill-images", total)
+    progress = progress_bar(options.progress, "backfill-images", total, unit="orders")
     after = NIL_UUID
     interrupted = False
     try:
@@ -350,7 +328,8 @@ def backfill_images(db: Database, options: dict[str, Any]) -> dict[str, Any]:
                 if apply:
                     _apply_order(db, cache, order, entry, settings, catalog, summary)
                 entries.append(entry)
-                progress.step(order["order_code"])
+                progress.set_postfix_str(order["order_code"], refresh=False)
+                progress.update()
     except KeyboardInterrupt:
         interrupted = True
         raise

@@ -19,29 +19,15 @@ select o.id, o.org_id
 on conflict (order_id) do nothing
 
 -- images_claim --
--- SKIP LOCKED passes over rows another worker is claiming; a row claimed and committed meanwhile
--- fails the re-checked available_at. The lease (available_at in the future) keeps it ours after commit.
-with claimable as (
-  select q.order_id
-    from private.image_cache_queue q
-   where q.available_at <= now()
-   order by q.available_at
-   limit %(limit)s
-   for update skip locked
-)
-update private.image_cache_queue q
-   set available_at = now() + make_interval(secs => %(lease_seconds)s),
-       claim_token = %(token)s,
-       claimed_at = now(),
-       claims = q.claims + 1
-  from claimable c
- where q.order_id = c.order_id
-returning q.order_id
+-- The generic leased claim (db/functions/000_work_queue.sql): SKIP LOCKED passes over rows another
+-- worker is claiming; the lease (available_at pushed past it) keeps a claimed order ours after commit.
+select c.id::uuid as order_id
+  from private.queue_claim('image_cache', %(limit)s, %(token)s, make_interval(secs => %(lease_seconds)s)) c
 
 -- images_claim_order --
 -- Backfill: claim one order by inserting its queue row; nothing returned if someone else has it.
-insert into private.image_cache_queue as q (order_id, org_id, available_at, claim_token, claimed_at, claims)
-select o.id, o.org_id, now() + make_interval(secs => %(lease_seconds)s), %(token)s, now(), 1
+insert into private.image_cache_queue as q (order_id, org_id, available_at, claim_token, claims)
+select o.id, o.org_id, now() + make_interval(secs => %(lease_seconds)s), %(token)s, 1
   from public.orders o
  where o.id = %(order_id)s
 on conflict (order_id) do nothing
@@ -63,10 +49,7 @@ select position, source_url, state, cached_url, thumb_url, attempts, next_attemp
 
 -- images_hold_claim --
 -- The write transaction's first step: still ours? (A lease that ran out may have passed to another worker.)
-select order_id
-  from private.image_cache_queue
- where order_id = %(order_id)s and claim_token = %(token)s
-   for update
+select private.queue_hold('image_cache', %(order_id)s::text, %(token)s) as held
 
 -- images_record --
 insert into private.image_cache_images as i (
@@ -96,9 +79,7 @@ update public.orders
        is distinct from (%(cached_images)s::jsonb, %(images_state)s::text)
 
 -- images_reschedule --
-update private.image_cache_queue
-   set available_at = %(available_at)s, claim_token = null
- where order_id = %(order_id)s and claim_token = %(token)s
+select private.queue_release('image_cache', %(order_id)s::text, %(token)s, %(available_at)s) as released
 
 -- images_dequeue --
 delete from private.image_cache_queue

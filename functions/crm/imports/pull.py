@@ -27,9 +27,9 @@ from crm.errors import NotFound
 from crm.inbox.jobs import graph_url
 from crm.inbox.receive import load_integration
 from crm.inbox.sources import Integration, meta_lead
-from crm.jobs import job
+from crm.jobs import JobOptions, job
 from crm.net import PostPolicy, SafePoster
-from crm.sealing import SecretBox
+from crm.sealing import SecretBox, check_key, check_key_if_set
 
 log = logging.getLogger("crm.pull")
 
@@ -261,9 +261,9 @@ class Puller:
         return self.summary
 
 
-@job("pull-leads", every_seconds=300,
+@job("pull-leads", every_seconds=300, check=check_key_if_set, deployed_check=check_key,
      description="Backup pull of Twilio calls and Meta form leads since a cursor, deduplicated with the webhooks.")
-def pull_leads(db: Database, options: dict[str, Any]) -> dict[str, Any]:
+def pull_leads(db: Database, options: JobOptions) -> dict[str, Any]:
     puller = Puller(db)
     try:
         return puller.run()

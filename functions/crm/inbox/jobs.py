@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import Any
 from urllib.parse import quote
 
 from crm import config
 from crm.db import Database
 from crm.errors import NotFound
-from crm.jobs import job
+from crm.jobs import LimitOptions, job
 from crm.net import PostPolicy, SafePoster
-from crm.sealing import SecretBox
+from crm.sealing import SecretBox, check_key
 
 log = logging.getLogger("crm.inbox")
 
@@ -49,6 +50,7 @@ class Inbox:
             allow_loopback=config.env_flag("CRM_WEBHOOK_ALLOW_LOOPBACK"), timeout=15.0,
             max_response_bytes=256 * 1024, user_agent="crm-inbox/1.0"))
         self._secrets: dict[tuple[str, str], dict[str, list[str]]] = {}
+        self.token = uuid.uuid4()  # this run's lease token (db/functions/000_work_queue.sql)
 
     def close(self) -> None:
         self.client.close()
@@ -91,7 +93,8 @@ class Inbox:
         while limit is None or summary["claimed"] < limit:
             size = BATCH if limit is None else min(BATCH, limit - summary["claimed"])
             with self.db.transaction("service_role") as s:
-                claimed = s.fetch_all("inbox_claim", {"limit": size, "lease_seconds": LEASE_SECONDS})
+                claimed = s.fetch_all("inbox_claim", {"limit": size, "lease_seconds": LEASE_SECONDS,
+                                                      "token": self.token})
             if not claimed:
                 break
             summary["claimed"] += len(claimed)
@@ -104,7 +107,7 @@ class Inbox:
                         log.exception("process-inbox: fetching %s failed", event["event_id"])
                         error = f"fetch failed: {type(exc).__name__}: {exc}"
                 with self.db.transaction("service_role") as s:
-                    row = s.fetch_one("inbox_finish", {"id": event["id"], "error": error,
+                    row = s.fetch_one("inbox_finish", {"id": event["id"], "error": error, "token": self.token,
                                                        "extra": None if extra is None else json.dumps(extra)})
                 outcome = row["outcome"]
                 if outcome in summary:
@@ -113,14 +116,15 @@ class Inbox:
 
 
 def check_config() -> None:
-    SecretBox.from_env()
+    """process-inbox seals parked integration secrets on every run: it always needs the key."""
+    check_key()
 
 
-@job("process-inbox", every_seconds=5,
+@job("process-inbox", every_seconds=5, options=LimitOptions, check=check_config,
      description="Finish inbound webhook events: fetch Meta leads, retry failures with backoff.")
-def process_inbox(db: Database, options: dict[str, Any]) -> dict[str, Any]:
+def process_inbox(db: Database, options: LimitOptions) -> dict[str, Any]:
     inbox = Inbox(db)
     try:
-        return inbox.run_once(limit=options.get("limit"))
+        return inbox.run_once(limit=options.limit)
     finally:
         inbox.close()

@@ -29,7 +29,7 @@ select s.id, s.integration_id, s.pending
 update private.integration_secrets set sealed = %(sealed)s, pending = null where id = %(id)s
 
 -- inbox_claim --
-select * from private.inbox_claim(%(limit)s, %(lease_seconds)s)
+select * from private.inbox_claim(%(limit)s, %(lease_seconds)s, %(token)s)
 
 -- inbox_finish --
-select private.inbox_finish(%(id)s, %(extra)s::jsonb, %(error)s::text) as outcome
+select private.inbox_finish(%(id)s, %(extra)s::jsonb, %(error)s::text, %(token)s) as outcome

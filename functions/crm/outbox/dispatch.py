@@ -4,9 +4,10 @@ One `Dispatcher` per process. Its loop (one thread) does the queue's moves:
 - seals secrets the RPCs just generated (the database never has `CRM_SECRETS_KEY`);
 - fans queued outbox events out into deliveries (one statement per 1,000 events);
 - claims due deliveries into the free slots of a thread pool with one `for update skip locked`
-  UPDATE that leases them to this worker (`locked_until`, `lease_token`), and renews the leases of
-  what is still in flight, so a slow receiver never makes a delivery claimable twice while its
-  worker lives, and a killed worker's deliveries are claimed again once their lease runs out;
+  UPDATE that leases them to this worker (`locked_until`, `lease_token`; the shared leased queue of
+  db/functions/000_work_queue.sql), and renews the leases of what is still in flight, so a slow
+  receiver never makes a delivery claimable twice while its worker lives, and a killed worker's
+  deliveries are claimed again once their lease runs out;
 - a recorder thread, on a connection of its own, writes finished attempts in batches
   (`private.webhook_record_attempts`: the retry schedule, Retry-After, 410 and the five-day rule
   are SQL), so claiming and recording go on side by side.
@@ -36,6 +37,7 @@ from crm import config, queries
 from crm.db import Database
 from crm.errors import ConfigError, CrmError
 from crm.net import PostPolicy, SafePoster
+from crm.progress import progress_bar
 from crm.sealing import SealError, SecretBox
 
 log = logging.getLogger("crm.outbox")
@@ -179,7 +181,7 @@ class Dispatcher:
 
     def next_due(self) -> float | None:
         with self.db.transaction("service_role") as s:
-            return s.fetch_one("outbox_next_due")["seconds"]
+            return s.fetch_one("outbox_next_due", {"token": self.token})["seconds"]
 
     # -- recording (its own thread, so claims and results travel side by side) -----------------------
     def _start_recorder(self) -> None:
@@ -282,28 +284,36 @@ class Dispatcher:
             self.renew_leases()
         return worked
 
-    def run_once(self, limit: int | None = None) -> dict[str, Any]:
-        """The scheduled job: everything due now, then return (later retries are the next run's)."""
+    def _recorded(self) -> int:
+        return sum(self.stats[k] for k in ("succeeded", "failed", "dead", "lost"))
+
+    def run_once(self, limit: int | None = None, progress: bool = False) -> dict[str, Any]:
+        """The scheduled job: everything due now, then return (later retries are the next run's).
+        `progress`: a bar of recorded attempts on stderr (a terminal)."""
         self._start_recorder()
+        bar = progress_bar(progress, "dispatch-outbox", unit="deliveries")
         try:
             self._step(housekeeping=True)
-            progress = (time.monotonic(), -1)
+            progress_at = (time.monotonic(), -1)
             while limit is None or self.stats["claimed"] < limit:
                 self.wake.clear()
                 worked = self._step(housekeeping=False)
+                bar.update(self._recorded() - bar.n)
                 with self.lock:
                     left = len(self.inflight)
                 if not worked and not left:
                     break
-                if worked or left != progress[1]:
-                    progress = (time.monotonic(), left)
-                elif time.monotonic() - progress[0] > self.settings.timeout + 10:
+                if worked or left != progress_at[1]:
+                    progress_at = (time.monotonic(), left)
+                elif time.monotonic() - progress_at[0] > self.settings.timeout + 10:
                     log.warning("dispatch-outbox: %d attempts cannot be recorded; giving up this run", left)
                     break
                 if not worked:
                     self.wake.wait(0.05)
         finally:
             self._drain()
+            bar.update(self._recorded() - bar.n)
+            bar.close()
         return self.summary()
 
     def serve(self, stop: threading.Event) -> None:

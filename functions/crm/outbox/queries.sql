@@ -35,45 +35,12 @@ with batch as (
 select (select count(*) from batch) as events, (select count(*) from created) as deliveries
 
 -- outbox_claim --
--- One statement: pick due, unleased deliveries (SKIP LOCKED passes over rows another worker is
--- claiming right now), lease them to this worker, and return what sending needs. The attempt is
--- counted at claim, so a worker killed mid-send still used one. payload::text is the body: jsonb's
--- text form is a function of the stored value, so every attempt sends (and signs) the same bytes
--- unless the event itself was changed (e.g. scrubbed by an erasure).
-with due as (
-  select d.id, d.locked_until as lost_lease
-    from public.webhook_deliveries d
-   where d.status in ('pending', 'failed')
-     and d.next_attempt_at <= now()
-     and (d.locked_until is null or d.locked_until < now())
-   order by d.next_attempt_at
-   limit %(limit)s
-     for update skip locked
-), claimed as (
-  update public.webhook_deliveries d
-     set locked_until = now() + make_interval(secs => %(lease_seconds)s),
-         lease_token = %(token)s,
-         attempts = d.attempts + 1
-    from due, public.webhook_endpoints e, private.outbox o
-   where d.id = due.id and e.id = d.endpoint_id and e.enabled and o.event_id = d.event_id
-  returning d.id, d.org_id, d.event_id, d.endpoint_id, d.attempts, due.lost_lease, e.url, e.secret_version,
-            o.payload::text as body
-), lost as (
-  -- A lease that ran out: its worker died mid-send. That attempt is recorded now, its outcome unknown.
-  insert into public.webhook_attempts (org_id, delivery_id, endpoint_id, event_id, attempt, started_at,
-                                       duration_ms, error, outcome)
-  select c.org_id, c.id, c.endpoint_id, c.event_id, c.attempts - 1, c.lost_lease, 0,
-         'lease expired at started_at: the worker sending it stopped; whether the receiver got it is unknown',
-         'failed'
-    from claimed c
-   where c.lost_lease is not null
-)
-select c.id, c.event_id, c.endpoint_id, c.attempts, c.url, c.secret_version, c.body from claimed c
+-- Due deliveries leased to this worker with what sending needs (private.webhook_claim: the generic
+-- leased claim of db/functions/000_work_queue.sql, then the rows).
+select * from private.webhook_claim(%(token)s, %(limit)s, make_interval(secs => %(lease_seconds)s))
 
 -- outbox_renew_leases --
-update public.webhook_deliveries
-   set locked_until = now() + make_interval(secs => %(lease_seconds)s)
- where lease_token = %(token)s and id = any (%(ids)s::uuid[])
+select private.queue_renew('webhook_deliveries', %(token)s, %(ids)s::text[], make_interval(secs => %(lease_seconds)s))
 
 -- outbox_live_secrets --
 select s.id, s.endpoint_id, s.sealed, s.pending, s.expires_at
@@ -86,10 +53,9 @@ select s.id, s.endpoint_id, s.sealed, s.pending, s.expires_at
 select * from private.webhook_record_attempts(%(token)s, %(results)s::jsonb)
 
 -- outbox_next_due --
--- Seconds until the next unleased delivery is due (null: none), for the worker's sleep.
-select extract(epoch from min(d.next_attempt_at) - now())::float8 as seconds
-  from public.webhook_deliveries d
- where d.status in ('pending', 'failed') and d.locked_until is null and d.next_attempt_at < 'infinity'
+-- Seconds until a delivery becomes claimable by this worker (null: none), for the worker's sleep:
+-- retries that come due and leases of a stopped worker that run out.
+select private.queue_next_due('webhook_deliveries', %(token)s) as seconds
 
 -- outbox_purge --
 select * from private.purge_outbox(make_interval(days => %(retention_days)s), %(batch)s)

@@ -7,14 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from crm.db import Database
-from crm.jobs import job
+from crm.jobs import JobOptions, job
 
 BATCH = 500
 
 
 @job("mark-no-shows", description="Bookings still booked 24 h after their session ended become no_show.",
      every_seconds=3600)
-def mark_no_shows(db: Database, options: dict[str, Any]) -> dict[str, Any]:
+def mark_no_shows(db: Database, options: JobOptions) -> dict[str, Any]:
     marked = 0
     while True:
         # One transaction per batch (as service_role): short locks, progress kept if interrupted.

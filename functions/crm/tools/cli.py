@@ -181,8 +181,13 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
     if job is None:
         known = ", ".join(sorted(registry)) or "none"
         raise UsageError(f"unknown job {args.name!r} (known: {known})")
-    options = {"apply": args.apply, "limit": args.limit, "report": args.report,
-               "progress": sys.stderr.isatty()}
+    given = {"apply": args.apply or None, "limit": args.limit, "report": args.report}
+    try:  # only what was given: a job without --apply refuses it instead of ignoring it
+        options = job.make_options({"progress": sys.stderr.isatty(),
+                                    **{k: v for k, v in given.items() if v is not None}})
+    except jobs.OptionsError as exc:
+        raise UsageError(str(exc)) from exc
+    job.check_settings()  # every setting this job reads, and none of the others'
     with database_url() as url:
         # Run by hand or by a scheduler, not on a caller's clock: a longer statement budget.
         db = Database(url, min_size=1, max_size=4, statement_timeout_ms=60_000)
@@ -201,12 +206,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from crm.db import Database
     from crm.tools.embedded import apply_dev_settings
-    from crm.worker import Worker
+    from crm.worker import Worker, default_jobs
 
     apply_dev_settings()
     with database_url() as url:
         # Not on a caller's clock: the request deadline (3.5 s) would cut a slow batch mid-way.
-        db = Database(url, min_size=1, max_size=4, statement_timeout_ms=60_000)
+        # A connection for each job's thread at once, and two more for dispatch-outbox's.
+        db = Database(url, min_size=1, max_size=len(args.jobs or default_jobs()) + 2, statement_timeout_ms=60_000)
         db.open()
         try:
             try:

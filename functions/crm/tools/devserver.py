@@ -12,8 +12,6 @@ import mimetypes
 import os
 import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
 import flask
@@ -21,7 +19,7 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from crm import ROOT, config, jobs
+from crm import ROOT, config
 from crm.db import Database, set_database
 from crm.errors import NotFound
 from crm.http import endpoint, framework_error, problem_response, require_method
@@ -113,32 +111,6 @@ def ensure_demo(url: str) -> tuple[str, str] | None:
         return org_id, user_id
 
 
-class JobRunner(threading.Thread):
-    """Runs the periodic jobs in-process; one failing run is logged and retried next tick."""
-
-    def __init__(self, db: Database):
-        super().__init__(name="crm-jobs", daemon=True)
-        self.db = db
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        schedule = {name: 0.0 for name, job in jobs.load_all().items() if job.every_seconds}
-        while not self.stopping.is_set():
-            now = time.monotonic()
-            for name, due in schedule.items():
-                if now < due or self.stopping.is_set():
-                    continue
-                job = jobs.REGISTRY[name]
-                try:
-                    summary = job.fn(self.db, {"apply": True, "progress": False})
-                    if any(v for k, v in summary.items() if k != "job" and isinstance(v, int)):
-                        log.info("job %s: %s", name, summary)
-                except Exception:
-                    log.exception("job %s failed; retrying on the next tick", name)
-                schedule[name] = time.monotonic() + (job.every_seconds or 60)
-            self.stopping.wait(1.0)
-
-
 def demo_manager_id(url: str) -> str | None:
     with connect(url) as conn:
         return accounts.staff_user_id(conn, DEMO_ORG, DEMO_MANAGER)
@@ -207,7 +179,6 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
     embedded = None
     db: Database | None = None
     runner = None
-    continuous = None
     try:
         url = config.env("DATABASE_URL")
         if not url:
@@ -223,18 +194,21 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
                 raise CliError(str(exc)) from exc
         created = ensure_demo(url) if demo else None
 
-        db = Database(url, max_size=config.env_int("CRM_DB_POOL_SIZE", 10), pooler=config.pooler_mode())
+        from crm.worker import Worker, default_jobs
+
+        # The jobs' threads get connections of their own, so requests never wait for a job's.
+        job_connections = len(default_jobs()) + 2 if jobs else 0
+        db = Database(url, max_size=config.env_int("CRM_DB_POOL_SIZE", 10) + job_connections,
+                      pooler=config.pooler_mode())
         db.open()
         set_database(db)
 
         server.app = build_app(Path(os.environ["CRM_STORAGE_DIR"]))
 
         if jobs:
-            runner = JobRunner(db)
-            runner.start()
-            from crm.worker import start_continuous
-
-            continuous = start_continuous(db)  # dispatch-outbox, woken by NOTIFY
+            # Every scheduled job in a thread of its own (one slow run holds up no other), and
+            # dispatch-outbox woken by NOTIFY; a job missing a setting is logged and stays off.
+            runner = Worker(db, strict=False, quiet=True).start()
 
         def stop(signum, frame):  # noqa: ARG001
             server.shutdown()
@@ -247,10 +221,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
         return 0
     finally:
         if runner is not None:
-            runner.stopping.set()
-            runner.join(timeout=10)
-        if continuous is not None:
-            continuous.stop()
+            runner.stop(timeout=20)
         server.server_close()
         if db is not None:
             set_database(None)

@@ -22,16 +22,19 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crm import config
 from crm.db import Database
 from crm.errors import CrmError, NotFound
-from crm.images.jobs import Progress
 from crm.inbox.receive import load_integration
-from crm.jobs import job
-from crm.sealing import SecretBox
+from crm.jobs import JobOptions, job
+from crm.progress import progress_bar
+from crm.sealing import SecretBox, check_key, check_key_if_set
 from crm.wms.client import ClientPolicy, Page, WarehouseClient, WarehouseError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger("crm.wms")
 
@@ -145,7 +148,7 @@ class Reconciler:
         if not keys:
             return _run_summary(self._fail(run_id, "the wms integration has no api_key secret", 1, None))
 
-        bar = Progress(self.progress, kind.job)
+        bar = progress_bar(self.progress, kind.job, unit="pages")
         at = _Position()
         try:
             with WarehouseClient(base_url, keys[0], allow_loopback=self.settings.allow_loopback,
@@ -174,7 +177,7 @@ class Reconciler:
         self.db.statement("service_role", "sync_run_page", {
             "run_id": run_id, "page": page.raw.decode("utf-8"), "cursor": page.cursor, "number": page.number})
 
-    def _apply_all(self, run_id: str, pages: Iterator[Page], at: _Position, bar: Progress) -> None:
+    def _apply_all(self, run_id: str, pages: Iterator[Page], at: _Position, bar: tqdm) -> None:
         """Every page applied, `pages_in_flight` of them at a time, settled in order; `at` follows.
 
         The next page is fetched (here) while those are applied, and waits for an applier: the
@@ -205,7 +208,7 @@ class Reconciler:
                         with contextlib.suppress(Exception):
                             future.result()
 
-    def _settle(self, run_id: str, page: Page, future: Future[None], at: _Position, bar: Progress) -> None:
+    def _settle(self, run_id: str, page: Page, future: Future[None], at: _Position, bar: tqdm) -> None:
         try:
             future.result()
         except CrmError as exc:
@@ -213,16 +216,16 @@ class Reconciler:
                 raise
             self._apply(run_id, page)  # a deadlock with the page beside it (a key on both): once more
         at.number, at.cursor = page.number + 1, page.next_cursor
-        bar.step(f"page {page.number}")
+        bar.update()
 
 
-@job(INVENTORY.job, every_seconds=3600,
+@job(INVENTORY.job, every_seconds=3600, check=check_key_if_set, deployed_check=check_key,
      description="Compare the warehouse inventory cache with the warehouse, heal it, record the run (sync_runs).")
-def reconcile_inventory(db: Database, options: dict[str, Any]) -> dict[str, Any]:
-    return Reconciler(db, progress=bool(options.get("progress"))).run(INVENTORY)
+def reconcile_inventory(db: Database, options: JobOptions) -> dict[str, Any]:
+    return Reconciler(db, progress=options.progress).run(INVENTORY)
 
 
-@job(WMS_ORDERS.job, every_seconds=3600,
+@job(WMS_ORDERS.job, every_seconds=3600, check=check_key_if_set, deployed_check=check_key,
      description="Compare the warehouse orders cache with the warehouse, heal it, record the run (sync_runs).")
-def reconcile_wms_orders(db: Database, options: dict[str, Any]) -> dict[str, Any]:
-    return Reconciler(db, progress=bool(options.get("progress"))).run(WMS_ORDERS)
+def reconcile_wms_orders(db: Database, options: JobOptions) -> dict[str, Any]:
+    return Reconciler(db, progress=options.progress).run(WMS_ORDERS)
