@@ -640,97 +640,56 @@ begin
   perform pg_catalog.set_config('work_mem', '64MB', true);
   if run.updated_since is not null then
     extra := '{}';
-  elsif run.sync_type = 'inventory' then
-    with seen as (
-      select s.lo, s.hi, s.gone, s.keys from private.sync_run_seen s where s.run_id = run.id
-    ), keyed as (
-      select k as key from seen s, pg_catalog.unnest(s.keys) k
-    ), ranges as (
-      select s.lo, s.hi from seen s where s.lo is not null
-    ), merged as (
-      -- The ranges' union: overlapping ranges merged (a new one starts past the reach of those before).
-      select pg_catalog.min(x.lo) as lo, pg_catalog.max(x.hi) as hi
-        from (select y.lo, y.hi, pg_catalog.count(*) filter (where y.reach is null or y.lo > y.reach)
-                                   over (order by y.lo, y.hi rows between unbounded preceding and current row) as grp
-                from (select r.lo, r.hi, pg_catalog.max(r.hi) over (order by r.lo, r.hi
-                                                                 rows between unbounded preceding and 1 preceding) as reach
-                        from ranges r) y) x
-       group by x.grp
-    ), gaps as (
-      select m.hi as after, pg_catalog.lead(m.lo) over (order by m.lo) as before from merged m
-    ), unlisted as (
-      -- outside every range: before the first, between two, after the last (or all, without ranges)
-      select i.sku as key from public.inventory_items i
-       where i.org_id = run.org_id and i.sku < (select pg_catalog.min(m.lo) from merged m)
-      union all
-      select i.sku from public.inventory_items i
-       where i.org_id = run.org_id and not exists (select from merged)
-      union all
-      select x.sku from gaps g
-       cross join lateral (select i.sku from public.inventory_items i
-                            where i.org_id = run.org_id and i.sku > g.after and i.sku < g.before offset 0) x
-       where g.before is not null
-      union all
-      select i.sku from public.inventory_items i
-       where i.org_id = run.org_id and i.sku > (select pg_catalog.max(m.hi) from merged m)
-      union all
-      -- inside: gone from every range that holds it
-      select c.key from (select k as key, pg_catalog.count(*) as n from seen s, pg_catalog.unnest(s.gone) k
-                          group by k) c
-       where c.n = (select pg_catalog.count(*) from ranges r where c.key >= r.lo and c.key <= r.hi)
-    ), gone as (
-      delete from public.inventory_items i
-       using unlisted u
-       where i.org_id = run.org_id and i.sku = u.key and i.cached_at < run.started_at
-         and not exists (select from keyed where keyed.key = i.sku)
-      returning i.sku)
-    select coalesce(pg_catalog.array_agg(g.sku order by g.sku), '{}') into extra from gone g;
   else
-    with seen as (
-      select s.lo, s.hi, s.gone, s.keys from private.sync_run_seen s where s.run_id = run.id
-    ), keyed as (
-      select k as key from seen s, pg_catalog.unnest(s.keys) k
-    ), ranges as (
-      select s.lo, s.hi from seen s where s.lo is not null
-    ), merged as (
-      -- The ranges' union: overlapping ranges merged (a new one starts past the reach of those before).
-      select pg_catalog.min(x.lo) as lo, pg_catalog.max(x.hi) as hi
-        from (select y.lo, y.hi, pg_catalog.count(*) filter (where y.reach is null or y.lo > y.reach)
-                                   over (order by y.lo, y.hi rows between unbounded preceding and current row) as grp
-                from (select r.lo, r.hi, pg_catalog.max(r.hi) over (order by r.lo, r.hi
-                                                                 rows between unbounded preceding and 1 preceding) as reach
-                        from ranges r) y) x
-       group by x.grp
-    ), gaps as (
-      select m.hi as after, pg_catalog.lead(m.lo) over (order by m.lo) as before from merged m
-    ), unlisted as (
-      -- outside every range: before the first, between two, after the last (or all, without ranges)
-      select i.wms_order_id as key from public.wms_orders i
-       where i.org_id = run.org_id and i.wms_order_id < (select pg_catalog.min(m.lo) from merged m)
-      union all
-      select i.wms_order_id from public.wms_orders i
-       where i.org_id = run.org_id and not exists (select from merged)
-      union all
-      select x.wms_order_id from gaps g
-       cross join lateral (select i.wms_order_id from public.wms_orders i
-                            where i.org_id = run.org_id and i.wms_order_id > g.after
-                              and i.wms_order_id < g.before offset 0) x
-       where g.before is not null
-      union all
-      select i.wms_order_id from public.wms_orders i
-       where i.org_id = run.org_id and i.wms_order_id > (select pg_catalog.max(m.hi) from merged m)
-      union all
-      -- inside: gone from every range that holds it
-      select c.key from (select k as key, pg_catalog.count(*) as n from seen s, pg_catalog.unnest(s.gone) k
-                          group by k) c
-       where c.n = (select pg_catalog.count(*) from ranges r where c.key >= r.lo and c.key <= r.hi)
-    ), gone as (
-      delete from public.wms_orders i
-       using unlisted u
-       where i.org_id = run.org_id and i.wms_order_id = u.key and i.cached_at < run.started_at
-         and not exists (select from keyed where keyed.key = i.wms_order_id)
-      returning i.wms_order_id)
-    select coalesce(pg_catalog.array_agg(g.wms_order_id order by g.wms_order_id), '{}') into extra from gone g;
+    -- Once per run: one statement for both caches (%1$I the table, %2$I its key), planned here.
+    execute pg_catalog.format($q$
+      with seen as (
+        select s.lo, s.hi, s.gone, s.keys from private.sync_run_seen s where s.run_id = $1
+      ), keyed as (
+        select k as key from seen s, pg_catalog.unnest(s.keys) k
+      ), ranges as (
+        select s.lo, s.hi from seen s where s.lo is not null
+      ), merged as (
+        -- The ranges' union: overlapping ranges merged (a new one starts past the reach of those before).
+        select pg_catalog.min(x.lo) as lo, pg_catalog.max(x.hi) as hi
+          from (select y.lo, y.hi, pg_catalog.count(*) filter (where y.reach is null or y.lo > y.reach)
+                                     over (order by y.lo, y.hi rows between unbounded preceding and current row) as grp
+                  from (select r.lo, r.hi, pg_catalog.max(r.hi) over (order by r.lo, r.hi
+                                                                   rows between unbounded preceding and 1 preceding) as reach
+                          from ranges r) y) x
+         group by x.grp
+      ), gaps as (
+        select m.hi as after, pg_catalog.lead(m.lo) over (order by m.lo) as before from merged m
+      ), unlisted as (
+        -- outside every range: before the first, between two, after the last (or all, without ranges)
+        select i.%2$I as key from public.%1$I i
+         where i.org_id = $2 and i.%2$I < (select pg_catalog.min(m.lo) from merged m)
+        union all
+        select i.%2$I from public.%1$I i
+         where i.org_id = $2 and not exists (select from merged)
+        union all
+        select x.key from gaps g
+         cross join lateral (select i.%2$I as key from public.%1$I i
+                              where i.org_id = $2 and i.%2$I > g.after and i.%2$I < g.before offset 0) x
+         where g.before is not null
+        union all
+        select i.%2$I from public.%1$I i
+         where i.org_id = $2 and i.%2$I > (select pg_catalog.max(m.hi) from merged m)
+        union all
+        -- inside: gone from every range that holds it
+        select c.key from (select k as key, pg_catalog.count(*) as n from seen s, pg_catalog.unnest(s.gone) k
+                            group by k) c
+         where c.n = (select pg_catalog.count(*) from ranges r where c.key >= r.lo and c.key <= r.hi)
+      ), gone as (
+        delete from public.%1$I i
+         using unlisted u
+         where i.org_id = $2 and i.%2$I = u.key and i.cached_at < $3
+           and not exists (select from keyed where keyed.key = i.%2$I)
+        returning i.%2$I as key)
+      select coalesce(pg_catalog.array_agg(g.key order by g.key), '{}') from gone g
+    $q$, case run.sync_type when 'inventory' then 'inventory_items' else 'wms_orders' end,
+         case run.sync_type when 'inventory' then 'sku' else 'wms_order_id' end)
+    into extra using run.id, run.org_id, run.started_at;
   end if;
   return next private.sync_run_end(run, 'succeeded', null, null, extra);
 end
