@@ -21,13 +21,16 @@
 \ir migrations/0015_inline_sql_helpers.sql
 \ir migrations/0016_sync_runs_pace.sql
 \ir migrations/0017_work_queues.sql
-\ir migrations/0018_sync_run_ranges.sql
+\ir migrations/0018_booking_speed.sql
+\ir migrations/0019_sync_run_ranges.sql
 \ir functions/000_work_queue.sql
 \ir functions/booking.sql
 \ir functions/class_sessions.sql
 \ir functions/customers.sql
 \ir functions/imports.sql
 \ir functions/inbox.sql
+\ir functions/item_snapshot.sql
+\ir functions/text_rules.sql
 \ir functions/warehouse.sql
 \ir functions/webhooks.sql
 \ir policies/000_access_helpers.sql

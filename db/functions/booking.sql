@@ -68,10 +68,13 @@ begin
       raise sqlstate 'PT422' using message = 'An Idempotency-Key needs the request hash.',
         detail = 'request_hash_missing', hint = 'Idempotency-Key';
     end if;
-    insert into private.idempotency_keys as k (org_id, key, request_hash)
-    values (v_org, p_idempotency_key, p_request_hash)
+    -- The key names its order from the start (the order's id is the caller's; the foreign key is
+    -- checked at commit), so the response written last changes no indexed column (a HOT update).
+    insert into private.idempotency_keys as k (org_id, key, request_hash, order_id)
+    values (v_org, p_idempotency_key, p_request_hash, p_order_id)
     on conflict on constraint idempotency_keys_pkey do update
-       set request_hash = excluded.request_hash, order_id = null, response = null, created_at = pg_catalog.now()
+       set request_hash = excluded.request_hash, order_id = excluded.order_id, response = null,
+           created_at = pg_catalog.now()
      where k.created_at < pg_catalog.now() - interval '24 hours'
     returning true into v_claimed;
     if v_claimed is null then
@@ -146,7 +149,7 @@ begin
                                               'status', 'pending_manager', 'lead_id', v_lead,
                                               'customer_id', v_customer);
   if p_idempotency_key is not null then
-    update private.idempotency_keys k set order_id = v_order, response = v_response
+    update private.idempotency_keys k set response = v_response
      where k.org_id = v_org and k.key = p_idempotency_key;
   end if;
 

@@ -18,7 +18,8 @@ revoke all on function hidden.tg__protect_org_id() from public;
 create or replace function hidden.outbox_body(event_type text, data jsonb)
 returns jsonb
 language sql stable
--- No SET clause: inlined into its callers' statements (it is SECURITY INVOKER, qualified names).
+-- No SET clause, so the planner inlines it into the INSERTs below (SECURITY INVOKER, every name
+-- qualified).
 as $$
   select pg_catalog.jsonb_build_object(
            'type', event_type,
@@ -26,14 +27,14 @@ as $$
            'data', data)
 $$;
 comment on function hidden.outbox_body(text, jsonb) is
-  'An outbox event as a Standard Webhooks body {type, timestamp, data} (the transaction''s time, UTC).';
+  'The outbox payload of an event: a Standard Webhooks body {type, timestamp (UTC, microseconds), data}.';
 revoke all on function hidden.outbox_body(text, jsonb) from public;
 
 create or replace function hidden.outbox_write(org uuid, event_type text, aggregate_type text,
                                                aggregate_id uuid, data jsonb)
 returns void
--- PL/pgSQL, not SQL: a SQL function's INSERT is parsed and planned again on every call (three per
--- booking); PL/pgSQL keeps the plan for the session.
+-- PL/pgSQL, not SQL: a SQL function's INSERT is parsed and planned again on every call; PL/pgSQL
+-- keeps the plan for the session.
 language plpgsql volatile
 set search_path = ''
 as $$
@@ -44,7 +45,7 @@ begin
 end
 $$;
 comment on function hidden.outbox_write(uuid, text, text, uuid, jsonb) is
-  'Appends one event to private.outbox as a Standard Webhooks body {type, timestamp, data}. Called by the SECURITY DEFINER outbox triggers only.';
+  'Appends one event to private.outbox (payload: hidden.outbox_body). Called by the SECURITY DEFINER outbox triggers only.';
 revoke all on function hidden.outbox_write(uuid, text, text, uuid, jsonb) from public;
 
 create or replace function hidden.status_note()
@@ -61,10 +62,13 @@ revoke all on function hidden.status_note() from public;
 
 -- ---------------------------------------------------------------------------------------------
 -- Status machines as data (private.status_machines / private.status_transitions, the status_machines migration).
--- One trigger set serves every machine. define_status_machine writes the rows and attaches the
--- triggers with the machine's static parts as trigger arguments, so the per-row work is one
--- primary-key lookup of the transition (static SQL, plan cached per table). Only the status-event
--- insert is dynamic (EXECUTE): its table differs per machine (~30 µs per event, measured).
+-- define_status_machine writes a machine's rows and attaches its trigger set: the generic
+-- transition check below (static SQL, one primary-key lookup), and one AFTER trigger function that
+-- define_status_machine generates from the machine's rows, so that the per-row work of a change is
+-- static SQL with plans cached per session: the status-event row (its table and columns differ per
+-- machine; a generic trigger had to EXECUTE it, parsed and planned on every row) and the outbox row
+-- (its payload built in one jsonb_build_object instead of to_jsonb(new) and a loop). Regenerated
+-- whenever the machine is redeclared; nothing in it is written by hand, so the machine stays data.
 -- Every machine's table has `id`, `org_id` and `status` columns.
 -- ---------------------------------------------------------------------------------------------
 
@@ -96,112 +100,6 @@ comment on function hidden.tg__status_machine() is
   'Enforces the machine named by the trigger argument for every writer (RPC, function or direct PATCH): PT409 naming both statuses. On insert (when the machine limits initial statuses) PT409 naming the status.';
 revoke all on function hidden.tg__status_machine() from public;
 
--- The insert side is statement-level with a transition table: a bulk insert (crm import) writes its
--- status events and created events in one statement each instead of one trigger call per row; a
--- one-row insert (a booking) costs the same as the row trigger did.
-create or replace function hidden.tg__status_event()
-returns trigger
-language plpgsql volatile security definer
-set search_path = ''
-as $$
-declare
-  -- tg_argv: the machine's status-event table, subject column and note column (see define_status_machine).
-  target text := pg_catalog.format('insert into %s (org_id, %I, from_status, to_status, changed_by, %I) ',
-                                   tg_argv[0]::regclass, tg_argv[1], tg_argv[2]);
-begin
-  if tg_level = 'STATEMENT' then  -- after insert: every inserted row (new_rows) in one insert
-    execute target || 'select n.org_id, n.id, null, n.status, $1, $2 from new_rows n'
-      using (select auth.uid()), hidden.status_note();
-  else
-    execute target || 'values ($1, $2, $3, $4, $5, $6)'
-      using new.org_id, new.id, case tg_op when 'UPDATE' then old.status end, new.status,
-            (select auth.uid()), hidden.status_note();
-  end if;
-  return null;
-end
-$$;
-comment on function hidden.tg__status_event() is
-  'Writes the machine''s status-event rows: statement-level after insert, one per inserted row (from_status null); row-level on every status change. Who (auth.uid()), when, the RPC''s note.';
-revoke all on function hidden.tg__status_event() from public;
-
-create or replace function hidden.tg__outbox()
-returns trigger
-language plpgsql volatile security definer
-set search_path = ''
-as $$
-declare
-  -- tg_argv: machine, created event ('' = none), payload keys, payload paths (text[] literals), as
-  -- define_status_machine copies them from private.status_machines: no lookup per row.
-  keys text[] := tg_argv[2];
-  paths text[] := tg_argv[3];
-  event text;
-  doc jsonb;
-  data jsonb := '{}';
-  i integer;
-  columns_ text[];
-  plain text[];      -- keys that are a column of the row under their own name
-  computed_keys text[];
-  computed_paths text[];
-  extra jsonb;
-begin
-  if tg_level = 'STATEMENT' then
-    -- After insert: the created event of every inserted row (new_rows) in one insert. The plain keys
-    -- are the row's JSON minus its other columns (one operator per row); only a renamed or nested
-    -- key (orders: title=item_snapshot.title) is looked up one by one.
-    extra := pg_catalog.jsonb_build_object('from_status', null, 'changed_by', (select auth.uid()),
-                                           'note', hidden.status_note());
-    select pg_catalog.array_agg(a.attname::text) into columns_
-      from pg_catalog.pg_attribute a where a.attrelid = tg_relid and a.attnum > 0 and not a.attisdropped;
-    select coalesce(pg_catalog.array_agg(u.k) filter (where u.k = u.p and u.k = any (columns_)), '{}'),
-           coalesce(pg_catalog.array_agg(u.k) filter (where not (u.k = u.p and u.k = any (columns_))), '{}'),
-           coalesce(pg_catalog.array_agg(u.p) filter (where not (u.k = u.p and u.k = any (columns_))), '{}')
-      into plain, computed_keys, computed_paths
-      from rows from (pg_catalog.unnest(keys), pg_catalog.unnest(paths)) u (k, p);
-    columns_ := array(select c from pg_catalog.unnest(columns_) c where c <> all (plain));
-    if pg_catalog.cardinality(computed_keys) = 0 then
-      insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)
-      select n.org_id, tg_argv[1], tg_argv[0], n.id,
-             hidden.outbox_body(tg_argv[1], (pg_catalog.to_jsonb(n) - columns_) || extra)
-        from new_rows n;
-    else
-      insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)
-      select n.org_id, tg_argv[1], tg_argv[0], n.id,
-             hidden.outbox_body(tg_argv[1], (pg_catalog.to_jsonb(n) - columns_) || d.data || extra)
-        from new_rows n
-        cross join lateral (
-          select pg_catalog.jsonb_object_agg(
-                   u.k, coalesce(pg_catalog.to_jsonb(n) #> pg_catalog.string_to_array(u.p, '.'), 'null')) as data
-            from rows from (pg_catalog.unnest(computed_keys), pg_catalog.unnest(computed_paths)) u (k, p)) d;
-    end if;
-    return null;
-  elsif tg_op = 'INSERT' then
-    event := nullif(tg_argv[1], '');
-  else
-    select t.event_type into event
-      from private.status_transitions t
-     where t.machine = tg_argv[0] and t.from_status = old.status::text and t.to_status = new.status::text;
-  end if;
-  if event is null then
-    return null;
-  end if;
-  -- A loop of simple expressions: cheaper than a sub-select (no executor start per row).
-  doc := pg_catalog.to_jsonb(new);
-  for i in 1 .. pg_catalog.cardinality(keys) loop
-    data := pg_catalog.jsonb_set(data, array[keys[i]],
-                                 coalesce(doc #> pg_catalog.string_to_array(paths[i], '.'), 'null'));
-  end loop;
-  perform hidden.outbox_write(
-    new.org_id, event, tg_argv[0], new.id,
-    data || pg_catalog.jsonb_build_object(
-              'from_status', case tg_op when 'UPDATE' then old.status end,
-              'changed_by', (select auth.uid()), 'note', hidden.status_note()));
-  return null;
-end
-$$;
-comment on function hidden.tg__outbox() is
-  'Writes the machine''s created event of every inserted row (statement-level after insert), and the event of the transition (if it has one) on a status change (row-level), to private.outbox in the changing transaction. Payload: the machine''s keys plus from_status, changed_by, note.';
-revoke all on function hidden.tg__outbox() from public;
-
 create or replace function private.define_status_machine(
   machine text,
   on_table regclass,
@@ -222,7 +120,9 @@ declare
   labels text[];
   rows_ private.status_transitions[];
   m private.status_machines;
-  outbox_args text;
+  fn text := pg_catalog.format('hidden.%I', 'tg_' || machine || '__machine_events');
+  data_sql text;
+  missing text;
 begin
   select pg_catalog.array_agg(e.enumlabel::text order by e.enumsortorder) into labels
     from pg_catalog.pg_attribute a join pg_catalog.pg_enum e on e.enumtypid = a.atttypid
@@ -256,7 +156,6 @@ begin
          subject_column = excluded.subject_column, note_column = excluded.note_column,
          payload_keys = excluded.payload_keys, payload_paths = excluded.payload_paths
   returning * into m;
-  outbox_args := pg_catalog.format('%L, %L, %L, %L', machine, coalesce(created_event, ''), m.payload_keys, m.payload_paths);
   delete from private.status_transitions t where t.machine = machine;
   insert into private.status_transitions select * from pg_catalog.unnest(rows_);
 
@@ -270,31 +169,100 @@ begin
     execute pg_catalog.format('create trigger _200_status_machine_initial before insert on %s for each row'
                               ' execute function hidden.tg__status_machine(%L)', on_table, machine);
   end if;
+  -- The payload, as one expression over a row named n (the inserted rows) or new (a change): a
+  -- key's path is a column, or a column and a path inside it.
+  select pg_catalog.string_agg(
+           pg_catalog.format('%L, %s', k,
+             case when pg_catalog.cardinality(pa) = 1 then pg_catalog.format('$row.%I', pa[1])
+                  else pg_catalog.format('pg_catalog.to_jsonb($row.%I) #> %L', pa[1], pa[2:]) end), ', ' order by o),
+         pg_catalog.string_agg(pa[1], ', ') filter (
+           where not exists (select from pg_catalog.pg_attribute a
+                              where a.attrelid = on_table and a.attname = pa[1] and a.attnum > 0 and not a.attisdropped))
+    into data_sql, missing
+    from (select u.k, pg_catalog.string_to_array(m.payload_paths[u.o], '.') as pa, u.o
+            from pg_catalog.unnest(m.payload_keys) with ordinality u(k, o)) x;
+  if missing is not null then
+    raise exception '%: payload names columns % has not: %', machine, on_table, missing;
+  end if;
+
+  -- The machine's AFTER trigger function, generated from its rows (see the note above). The insert
+  -- side is statement-level with a transition table: a bulk insert (crm import) writes its status
+  -- events and created events in one statement each; a one-row insert (a booking) the same.
+  execute pg_catalog.format($f$
+create or replace function %1$s()
+returns trigger
+language plpgsql volatile security definer
+set search_path = ''
+as $body$
+declare
+  changed_by uuid := (select auth.uid());
+  note text := hidden.status_note();
+  event text;
+begin
+  if tg_level = 'STATEMENT' then  -- after insert: every inserted row (new_rows)
+    %2$s
+    %3$s
+    return null;
+  end if;
+  %4$s
+  select t.event_type into event
+    from private.status_transitions t
+   where t.machine = %5$L and t.from_status = old.status::text and t.to_status = new.status::text;
+  if event is not null then
+    insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)
+    values (new.org_id, event, %5$L, new.id,
+            hidden.outbox_body(event, pg_catalog.jsonb_build_object(%6$s)
+                                      || pg_catalog.jsonb_build_object('from_status', old.status,
+                                                                       'changed_by', changed_by, 'note', note)));
+  end if;
+  return null;
+end
+$body$
+$f$,
+    fn,
+    case when m.events_table is not null then pg_catalog.format(
+      'insert into %s (org_id, %I, from_status, to_status, changed_by, %I)'
+      ' select n.org_id, n.id, null, n.status, changed_by, note from new_rows n;',
+      m.events_table, m.subject_column, m.note_column) else '' end,
+    case when created_event is not null then pg_catalog.format(
+      'insert into private.outbox (org_id, event_type, aggregate_type, aggregate_id, payload)'
+      ' select n.org_id, %1$L, %2$L, n.id, hidden.outbox_body(%1$L, pg_catalog.jsonb_build_object(%3$s)'
+      ' || pg_catalog.jsonb_build_object(''from_status'', null, ''changed_by'', changed_by, ''note'', note))'
+      ' from new_rows n;',
+      created_event, machine, pg_catalog.replace(data_sql, '$row.', 'n.')) else '' end,
+    case when m.events_table is not null then pg_catalog.format(
+      'insert into %s (org_id, %I, from_status, to_status, changed_by, %I)'
+      ' values (new.org_id, new.id, old.status, new.status, changed_by, note);',
+      m.events_table, m.subject_column, m.note_column) else '' end,
+    machine, pg_catalog.replace(data_sql, '$row.', 'new.'));
+  execute pg_catalog.format('comment on function %s() is %L', fn, pg_catalog.format(
+    'Generated by private.define_status_machine for the %s machine (do not edit): writes the status event%s'
+    ' of every inserted row (statement-level, from_status null) and of every status change (row-level) (who: auth.uid(), the RPC''s note), and the'
+    ' outbox event (%s on insert, the transition''s event on a change) with the payload %s plus from_status,'
+    ' changed_by, note.',
+    machine, case when m.events_table is not null then ' (' || m.events_table || ')' else ' (none)' end,
+    coalesce(created_event, 'none'), m.payload_keys));
+  execute pg_catalog.format('revoke all on function %s() from public', fn);
+
+  -- Replaced by the generated function (databases migrated before it still have these).
   execute pg_catalog.format('drop trigger if exists _500_status_event_created on %s', on_table);
   execute pg_catalog.format('drop trigger if exists _500_status_event_changed on %s', on_table);
-  if events_table is not null then
-    execute pg_catalog.format('create trigger _500_status_event_created after insert on %s'
-                              ' referencing new table as new_rows for each statement'
-                              ' execute function hidden.tg__status_event(%L, %L, %L)', on_table,
-                              m.events_table, m.subject_column, m.note_column);
-    execute pg_catalog.format('create trigger _500_status_event_changed after update on %s for each row'
-                              ' when (old.status is distinct from new.status)'
-                              ' execute function hidden.tg__status_event(%L, %L, %L)', on_table, m.events_table,
-                              m.subject_column, m.note_column);
-  end if;
   execute pg_catalog.format('drop trigger if exists _900_outbox_created on %s', on_table);
-  if created_event is not null then
-    execute pg_catalog.format('create trigger _900_outbox_created after insert on %s'
-                              ' referencing new table as new_rows for each statement'
-                              ' execute function hidden.tg__outbox(%s)', on_table, outbox_args);
-  end if;
   execute pg_catalog.format('drop trigger if exists _900_outbox_status_changed on %s', on_table);
-  execute pg_catalog.format('create trigger _900_outbox_status_changed after update on %s for each row'
+
+  execute pg_catalog.format('drop trigger if exists _500_machine_events_created on %s', on_table);
+  if m.events_table is not null or created_event is not null then
+    execute pg_catalog.format('create trigger _500_machine_events_created after insert on %s'
+                              ' referencing new table as new_rows for each statement'
+                              ' execute function %s()', on_table, fn);
+  end if;
+  execute pg_catalog.format('drop trigger if exists _500_machine_events_changed on %s', on_table);
+  execute pg_catalog.format('create trigger _500_machine_events_changed after update on %s for each row'
                             ' when (old.status is distinct from new.status)'
-                            ' execute function hidden.tg__outbox(%s)', on_table, outbox_args);
+                            ' execute function %s()', on_table, fn);
 end
 $$;
 comment on function private.define_status_machine(text, regclass, jsonb, jsonb, text[], text, text[], regclass, text, text) is
-  'Declares (or redeclares) a status machine: transitions {from: [to, ...]}, changed_events {to_status or "*": event type}, payload keys ("key" or "key=dotted.path"), optional created event, initial statuses and status-event table; attaches the generic trigger set to the table. Run by the repeatable trigger files.';
+  'Declares (or redeclares) a status machine: transitions {from: [to, ...]}, changed_events {to_status or "*": event type}, payload keys ("key" or "key=dotted.path"), optional created event, initial statuses and status-event table; attaches the generic transition check and generates the machine''s AFTER trigger function (status event and outbox row, static SQL) hidden.tg_<machine>__machine_events. Run by the repeatable trigger files.';
 revoke all on function private.define_status_machine(text, regclass, jsonb, jsonb, text[], text, text[], regclass, text, text)
   from public;

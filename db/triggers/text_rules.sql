@@ -54,20 +54,20 @@ begin
 end
 $$;
 comment on function hidden.tg_status_events__normalize_note() is
-  'Stores the note of a status event (from the RPC that made the change) in the text rules'' normalised form.';
+  'Stores the note of a status event (from the RPC that made the change) in the text rules'' normalised form (attached WHEN there is a note: most status changes have none).';
 revoke all on function hidden.tg_status_events__normalize_note() from public;
 
 drop trigger if exists _040_normalize_text on public.lead_status_events;
 create trigger _040_normalize_text
   before insert on public.lead_status_events
-  for each row execute function hidden.tg_status_events__normalize_note();
+  for each row when (new.note is not null) execute function hidden.tg_status_events__normalize_note();
 
 drop trigger if exists _040_normalize_text on public.order_status_events;
 create trigger _040_normalize_text
   before insert on public.order_status_events
-  for each row execute function hidden.tg_status_events__normalize_note();
+  for each row when (new.change_notes is not null) execute function hidden.tg_status_events__normalize_note();
 
 drop trigger if exists _040_normalize_text on public.session_booking_status_events;
 create trigger _040_normalize_text
   before insert on public.session_booking_status_events
-  for each row execute function hidden.tg_status_events__normalize_note();
+  for each row when (new.note is not null) execute function hidden.tg_status_events__normalize_note();

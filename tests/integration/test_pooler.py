@@ -105,6 +105,8 @@ def session_level_findings(where: str, sql: str) -> list[str]:
 NEEDS_A_SESSION = {
     "outbox_listen": "the webhook worker's own listener connection; DispatchSettings.listen is off "
                      "under CRM_DB_POOLER=transaction (test below)",
+    "outbox_sleep": "the webhook worker's own sleep-lock connection, used only where it listens "
+                    "(DispatchSettings.listen, off under CRM_DB_POOLER=transaction)",
     "migrate_lock": "the migration runner's lock across its per-file transactions; `crm db migrate` and `crm dev` "
                     "refuse CRM_DB_POOLER=transaction (test_crm_db_migrate_refuses_a_transaction_pooler_in_one_line)",
 }

@@ -18,6 +18,7 @@ Sending runs in the pool with no transaction open: the outbox payload's exact te
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -43,6 +44,9 @@ from crm.sealing import SealError, SecretBox
 log = logging.getLogger("crm.outbox")
 
 FANOUT_BATCH = 1000
+# Outbox writers do not NOTIFY while the serving loop is awake (db/triggers/outbox.sql): a loop kept
+# busy by deliveries fans new events out at this interval instead of waiting for its poll.
+AWAKE_FANOUT_SECONDS = 0.2
 RETRY_AFTER_STATUSES = frozenset({429, 502, 503, 504})
 
 
@@ -112,6 +116,7 @@ class Dispatcher:
         self.signers: dict[tuple[str, int], list[tuple[Webhook, datetime | None]]] = {}
         self.stats: Counter[str] = Counter()
         self.last_renewal = time.monotonic()
+        self.last_fan_out = 0.0
 
     def close(self) -> None:
         self._stop_recorder()
@@ -129,6 +134,7 @@ class Dispatcher:
         return len(rows)
 
     def fan_out(self) -> int:
+        self.last_fan_out = time.monotonic()
         events = 0
         while True:
             with self.db.transaction("service_role") as s:
@@ -320,10 +326,11 @@ class Dispatcher:
         """Until `stop`: woken by NOTIFY (or the poll), by recorded results and by due retries."""
         threading.Thread(target=lambda: (stop.wait(), self.wake.set()), name="crm-outbox-stop", daemon=True).start()
         self._start_recorder()
-        listener = None
+        listener = sleeper = None
         if self.settings.listen:
             listener = _Listener(self.db.url, self._on_notify, stop)
             listener.start()
+            sleeper = _Sleeper(self.db.url)
         next_housekeeping = 0.0
         try:
             while not stop.is_set():
@@ -334,7 +341,11 @@ class Dispatcher:
                     self.notified.clear()
                     next_housekeeping = now + self.settings.poll_seconds
                 try:
-                    if self._step(housekeeping):
+                    worked = self._step(housekeeping)
+                    if (sleeper is not None and not housekeeping
+                            and time.monotonic() - self.last_fan_out >= AWAKE_FANOUT_SECONDS):
+                        worked |= self.fan_out() > 0
+                    if worked:
                         continue
                     timeout = max(0.0, next_housekeeping - time.monotonic())
                     if self._busy():
@@ -346,11 +357,33 @@ class Dispatcher:
                 except CrmError as exc:
                     log.warning("dispatch-outbox: %s; retrying in 1 s", exc)
                     timeout = 1.0
-                self.wake.wait(timeout)
+                if sleeper is None:
+                    self.wake.wait(timeout)
+                else:
+                    self._sleep(sleeper, timeout)
         finally:
             self._drain()
             if listener is not None:
                 listener.join(timeout=5)
+            if sleeper is not None:
+                sleeper.close()
+
+    def _sleep(self, sleeper: _Sleeper, timeout: float) -> None:
+        """Wait holding the sleep lock, so that outbox writers NOTIFY meanwhile (db/triggers/outbox.sql).
+        Writers that did not are committed once the lock is ours: fan their events out first."""
+        held = sleeper.acquire()
+        if not held:
+            # Another worker waits with it (writers NOTIFY, and we hear it), or a long writing
+            # transaction holds it: then look again soon.
+            self.wake.wait(timeout if sleeper.other_sleeps() else min(timeout, 0.25))
+            return
+        try:
+            if self.fan_out() == 0:
+                self.wake.wait(timeout)
+        except CrmError as exc:
+            log.warning("dispatch-outbox: %s", exc)
+        finally:
+            sleeper.release()
 
     def _drain(self) -> None:
         """Stop claiming; wait for what is in flight (at most the timeout) to be sent and recorded."""
@@ -395,3 +428,50 @@ class _Listener(threading.Thread):
             except psycopg.Error as exc:
                 log.warning("dispatch-outbox: LISTEN connection lost (%s); polling until it is back", exc)
                 self.stop.wait(2.0)
+
+
+class _Sleeper:
+    """The serving loop's side of the conditional NOTIFY (db/triggers/outbox.sql): a session
+    connection of its own that holds the advisory lock `hidden.outbox_sleep_lock()` while the loop
+    waits. Any failure only means waiting without it (writers then may not NOTIFY: the poll stays)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.conn: psycopg.Connection | None = None
+
+    def _connection(self) -> psycopg.Connection:
+        if self.conn is None or self.conn.closed:
+            self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5,
+                                        application_name="crm-outbox-sleep", options="-c lock_timeout=250ms")
+        return self.conn
+
+    def acquire(self) -> bool:
+        try:
+            self._connection().execute(queries.get("outbox_sleep"))
+            return True
+        except psycopg.errors.LockNotAvailable:
+            return False
+        except psycopg.Error as exc:
+            log.warning("dispatch-outbox: sleep lock unavailable (%s)", exc)
+            self.close()
+            return False
+
+    def other_sleeps(self) -> bool:
+        try:
+            return bool(self._connection().execute(queries.get("outbox_sleeper_exists")).fetchone()[0])
+        except psycopg.Error:
+            self.close()
+            return False
+
+    def release(self) -> None:
+        try:
+            if self.conn is not None and not self.conn.closed:
+                self.conn.execute(queries.get("outbox_wake"))
+        except psycopg.Error:
+            self.close()  # a closed session holds no lock
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+            self.conn = None

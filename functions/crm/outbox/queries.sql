@@ -63,6 +63,21 @@ select * from private.purge_outbox(make_interval(days => %(retention_days)s), %(
 -- outbox_listen --
 listen crm_outbox
 
+-- outbox_sleep --
+-- A serving worker is about to wait: it holds this lock while it waits, so outbox writers NOTIFY
+-- (db/triggers/outbox.sql). Taking it waits for the writers in flight that did not (lock_timeout of
+-- the sleeper's own session connection).
+select pg_advisory_lock(hidden.outbox_sleep_lock())
+
+-- outbox_wake --
+select pg_advisory_unlock(hidden.outbox_sleep_lock())
+
+-- outbox_sleeper_exists --
+-- Whether another worker holds the sleep lock (so writers NOTIFY, and this worker hears it too).
+select exists (select from pg_catalog.pg_locks l
+                where l.locktype = 'advisory' and l.granted and l.mode = 'ExclusiveLock' and l.pid <> pg_backend_pid()
+                  and l.classid = 0 and l.objid = hidden.outbox_sleep_lock() and l.objsubid = 1) as sleeping
+
 -- outbox_cli_add_endpoint --
 -- `crm webhooks add` (an operator, as the owner): the same core as create_webhook_endpoint.
 select set_config('crm.webhook_allow_loopback', %(allow_loopback)s, true),
