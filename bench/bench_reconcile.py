@@ -103,6 +103,21 @@ class PeakRss(threading.Thread):
             self.peak = max(self.peak, rss_mb())
 
 
+def backend_cpu(url: str, dbname: str) -> float:
+    """CPU seconds (user + system) used so far by the server processes of `dbname` (same host)."""
+    with psycopg.connect(url, autocommit=True) as c:
+        pids = [r[0] for r in c.execute("select pid from pg_stat_activity"
+                                        " where datname = %s and pid <> pg_backend_pid()", (dbname,)).fetchall()]
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def bare(url: str) -> tuple[float, int]:
     started = time.perf_counter()
     n = 0
@@ -164,9 +179,11 @@ def main() -> None:
         sampler = PeakRss()
         before = sampler.peak
         sampler.start()
+        cpu = backend_cpu(url, name)
         started = time.perf_counter()
         [run] = rec.run(INVENTORY)["runs"]
         reconcile_s = time.perf_counter() - started
+        cpu = backend_cpu(url, name) - cpu
         sampler.stopping.set()
         sampler.join()
         bare2, _ = bare(w.url)
@@ -178,6 +195,7 @@ def main() -> None:
               f" {n / reference:,.0f} items/s)")
         print(f"reconcile-inventory: {reconcile_s:.2f} s ({run['records_checked'] / reconcile_s:,.0f} items/s),"
               f" healed {run['records_synced']}")
+        print(f"postgres CPU during the run: {cpu:.2f} s (the pool's backends)")
         print(f"ratio bare/reconcile: {reference / reconcile_s:.2f}x (goal >= 0.5x)")
         print(f"peak RSS during the run: {sampler.peak:.0f} MB (before: {before:.0f} MB; goal < 200 MB)")
     finally:

@@ -2,8 +2,9 @@
 
 `GET /inventory?cursor=&limit=` and `GET /orders?cursor=&limit=&updated_since=` answer
 `{"items": [...], "next_cursor": null | str}`, keyset-paginated by sku / wms_order_id, with
-`Authorization: Bearer <api_key>` required. Faults on demand: a page number that answers 500 (or 200
-with a body that is not JSON),
+`Authorization: Bearer <api_key>` required; in key order, unless a collection's `order` says otherwise
+(keyset pages in that order, as a source paging by something other than its key would). Faults on
+demand: a page number that answers 500 (or 200 with a body that is not JSON),
 429s with `Retry-After`, a delay per page. Items are kept serialised, so the server is cheap next
 to the client it serves.
 """
@@ -15,6 +16,7 @@ import bisect
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -26,6 +28,8 @@ class Collection:
         self.rows: dict[str, bytes] = {}
         self.updated: dict[str, str] = {}
         self._keys: list[str] | None = []
+        #: the order pages list the keys in (a sort key of a key); None: the keys' own order
+        self.order: Callable[[str], Any] | None = None
 
     def put(self, item: dict[str, Any]) -> None:
         k = item[self.key]
@@ -44,7 +48,7 @@ class Collection:
 
     def keys(self) -> list[str]:
         if self._keys is None:
-            self._keys = sorted(self.rows)
+            self._keys = sorted(self.rows, key=self.order)
         return self._keys
 
 
@@ -88,7 +92,8 @@ class FakeWarehouse:
                 self.throttle -= 1
                 return 429, b'{"error": "slow down"}', {"Retry-After": "1"}
             keys = coll.keys()
-            start = 0 if after is None else bisect.bisect_right(keys, after)
+            order = coll.order or (lambda k: k)
+            start = 0 if after is None else bisect.bisect_right(keys, order(after), key=order)
             if self.fail_page is not None and start // limit + 1 == self.fail_page:
                 return 500, b'{"error": "the warehouse database is down"}', {}
             if self.broken_page is not None and start // limit + 1 == self.broken_page:

@@ -6,8 +6,9 @@
 -- Reconciliation runs
 -- ---------------------------------------------------------------------------------------------
 -- A page is one statement per cache (sync_inventory_apply, sync_wms_orders_apply): the page's items
--- as typed rows, one primary-key probe each, only differing rows written, field-level detail only
--- for those. What a page found waits in private.sync_run_seen beside its keys; the run's row takes
+-- as typed rows against the cache rows of its key range (sync_apply: else a primary-key probe each),
+-- only differing rows written, field-level detail only for those. What a page found waits in
+-- private.sync_run_seen beside its range and the range's rows it left out (or its keys); the run's row takes
 -- the counts as it goes and the items once, at its end (sync_run_end). Pages of one run may be
 -- applied side by side (the run's lock shared): nothing a page writes depends on another page's
 -- order, and the report's first 500 items are taken in page order at the end.
@@ -17,6 +18,9 @@ drop function if exists private.sync_run_record(private.sync_runs, text, integer
 drop function if exists private.sync_apply(private.sync_runs, jsonb, integer);
 drop function if exists private.sync_inventory_apply(private.sync_runs, jsonb, integer);
 drop function if exists private.sync_wms_orders_apply(private.sync_runs, jsonb, integer);
+drop function if exists private.sync_apply(private.sync_runs, jsonb, integer);
+drop function if exists private.sync_inventory_apply(private.sync_runs, jsonb);
+drop function if exists private.sync_wms_orders_apply(private.sync_runs, jsonb);
 
 -- The small helpers a page calls are plpgsql: their plans are cached per connection, where an sql
 -- function that cannot be inlined is planned again on every call (0.4 ms a page for these).
@@ -302,8 +306,9 @@ revoke all on function private.sync_page_result(bigint, bigint, jsonb, integer) 
 -- how many it checked and healed, the keys it listed, the discrepancies it found. Last writer by
 -- the source's updated_at (sync_source_wins): a cache row newer than the source is left alone and
 -- counted as newer_in_cache.
-create or replace function private.sync_inventory_apply(run private.sync_runs, items jsonb, out checked bigint,
-                                                        out synced bigint, out keys text[], out diffs jsonb)
+create or replace function private.sync_inventory_apply(run private.sync_runs, items jsonb, lo text, hi text,
+                                                        out checked bigint, out synced bigint, out keys text[],
+                                                        out gone text[], out diffs jsonb)
 language plpgsql volatile
 set search_path = ''
 as $$
@@ -322,24 +327,35 @@ begin
                      (e ->> 'updated_at')::timestamptz as source_updated_at
                 from pg_catalog.jsonb_array_elements(items) e) x
        order by x.sku collate "C", x.source_updated_at desc nulls last
+    ), cache as (
+      -- A page in key order: the cache rows of its key range, one index range scan (lo, hi: its
+      -- first and last key).
+      select i.* from public.inventory_items i
+       where lo is not null and i.org_id = run.org_id and i.sku >= lo and i.sku <= hi
+      union all
+      -- Else one primary-key probe per item. Lateral with a limit (never flattened into a join),
+      -- whatever the statistics say: a hash join would scan the organization's whole cache.
+      select c.* from src s
+        cross join lateral (select i.* from public.inventory_items i
+                             where i.org_id = run.org_id and i.sku = s.sku limit 1) c
+       where lo is null
     ), cmp as (
-      select s.sku as key, s, c, c.sku is null as missing,
+      -- listed: an item of the page; else a cache row of the range the page did not list.
+      select coalesce(l.sku, c.sku) as key, l.s, c, coalesce(l.listed, false) as listed, c.sku is null as missing,
              (c.name, c.attributes, c.available, c.reserved, c.total, c.unit, c.source_updated_at)
-               is distinct from (s.name, s.attributes, s.available, s.reserved, s.total, s.unit, s.source_updated_at)
+               is distinct from ((l.s).name, (l.s).attributes, (l.s).available, (l.s).reserved, (l.s).total,
+                                 (l.s).unit, (l.s).source_updated_at)
                as differs,
-             not private.sync_source_wins(s.source_updated_at, c.source_updated_at) as older
-        from src s
-        -- Lateral with a limit (never flattened into a join): one primary-key probe per item, whatever
-        -- the statistics say; a hash join would scan the organization's whole cache for every page.
-        left join lateral (select i.* from public.inventory_items i
-                            where i.org_id = run.org_id and i.sku = s.sku limit 1) c on true
+             not private.sync_source_wins((l.s).source_updated_at, c.source_updated_at) as older
+        from (select s, s.sku, true as listed from src s) l
+        full join cache c on c.sku = l.sku
     ), heal as (
       insert into public.inventory_items as i (org_id, sku, name, attributes, available, reserved, total, unit,
                                                source_updated_at, cached_at)
       select run.org_id, (x.s).sku, (x.s).name, (x.s).attributes, (x.s).available, (x.s).reserved, (x.s).total,
              (x.s).unit, (x.s).source_updated_at, pg_catalog.now()
         from cmp x
-       where x.missing or (x.differs and not x.older)
+       where x.listed and (x.missing or (x.differs and not x.older))
       on conflict on constraint inventory_items_pkey do update
          set name = excluded.name, attributes = excluded.attributes, available = excluded.available,
              reserved = excluded.reserved, total = excluded.total, unit = excluded.unit,
@@ -347,19 +363,23 @@ begin
        where private.sync_source_wins(excluded.source_updated_at, i.source_updated_at)
       returning 1
     )
-    select pg_catalog.count(*), (select pg_catalog.count(*) from heal), pg_catalog.array_agg(x.key),
+    select pg_catalog.count(*) filter (where x.listed), (select pg_catalog.count(*) from heal),
+           case when lo is null then coalesce(pg_catalog.array_agg(x.key) filter (where x.listed), '{}') else '{}' end,
+           coalesce(pg_catalog.array_agg(x.key) filter (where not x.listed and (x.c).cached_at < run.started_at), '{}'),
            pg_catalog.jsonb_agg(private.sync_found(x.key, x.missing, x.older, pg_catalog.to_jsonb(x.c),
-                                                   pg_catalog.to_jsonb(x.s))) filter (where x.missing or x.differs)
+                                                   pg_catalog.to_jsonb(x.s)))
+             filter (where x.listed and (x.missing or x.differs))
       from cmp x
-      into checked, synced, keys, diffs;
+      into checked, synced, keys, gone, diffs;
 end
 $$;
-revoke all on function private.sync_inventory_apply(private.sync_runs, jsonb) from public;
+revoke all on function private.sync_inventory_apply(private.sync_runs, jsonb, text, text) from public;
 
 -- One page of warehouse orders, as sync_inventory_apply. The source is the truth for every field;
 -- our order learns the warehouse's id as the webhooks teach it (unless another order has it).
-create or replace function private.sync_wms_orders_apply(run private.sync_runs, items jsonb, out checked bigint,
-                                                         out synced bigint, out keys text[], out diffs jsonb)
+create or replace function private.sync_wms_orders_apply(run private.sync_runs, items jsonb, lo text, hi text,
+                                                         out checked bigint, out synced bigint, out keys text[],
+                                                         out gone text[], out diffs jsonb)
 language plpgsql volatile
 set search_path = ''
 as $$
@@ -372,22 +392,31 @@ begin
                      (e ->> 'updated_at')::timestamptz as source_updated_at
                 from pg_catalog.jsonb_array_elements(items) e) x
        order by x.wms_order_id collate "C", x.source_updated_at desc nulls last
+    ), cache as (
+      select w.* from public.wms_orders w
+       where lo is not null and w.org_id = run.org_id and w.wms_order_id >= lo and w.wms_order_id <= hi
+      union all
+      select c.* from src s
+        cross join lateral (select w.* from public.wms_orders w
+                             where w.org_id = run.org_id and w.wms_order_id = s.wms_order_id limit 1) c
+       where lo is null
     ), cmp as (
-      select s.wms_order_id as key, s, c, c.wms_order_id is null as missing,
+      select coalesce(l.wms_order_id, c.wms_order_id) as key, l.s, c, coalesce(l.listed, false) as listed,
+             c.wms_order_id is null as missing,
              (c.crm_customer_id, c.crm_order_id, c.status, c.lines, c.shipment, c.source_updated_at)
-               is distinct from (s.crm_customer_id, s.crm_order_id, s.status, s.lines, s.shipment, s.source_updated_at)
+               is distinct from ((l.s).crm_customer_id, (l.s).crm_order_id, (l.s).status, (l.s).lines,
+                                 (l.s).shipment, (l.s).source_updated_at)
                as differs,
-             not private.sync_source_wins(s.source_updated_at, c.source_updated_at) as older
-        from src s
-        left join lateral (select w.* from public.wms_orders w
-                            where w.org_id = run.org_id and w.wms_order_id = s.wms_order_id limit 1) c on true
+             not private.sync_source_wins((l.s).source_updated_at, c.source_updated_at) as older
+        from (select s, s.wms_order_id, true as listed from src s) l
+        full join cache c on c.wms_order_id = l.wms_order_id
     ), heal as (
       insert into public.wms_orders as w (org_id, wms_order_id, crm_customer_id, crm_order_id, status, lines, shipment,
                                           source_updated_at, cached_at)
       select run.org_id, (x.s).wms_order_id, (x.s).crm_customer_id, (x.s).crm_order_id, (x.s).status, (x.s).lines,
              (x.s).shipment, (x.s).source_updated_at, pg_catalog.now()
         from cmp x
-       where x.missing or (x.differs and not x.older)
+       where x.listed and (x.missing or (x.differs and not x.older))
       on conflict on constraint wms_orders_pkey do update
          set crm_customer_id = excluded.crm_customer_id, crm_order_id = excluded.crm_order_id,
              status = excluded.status, lines = excluded.lines, shipment = excluded.shipment,
@@ -401,18 +430,26 @@ begin
        where o.org_id = run.org_id and o.id = l.crm_order_id and o.wms_order_id is null
          and not exists (select from public.orders x where x.org_id = run.org_id and x.wms_order_id = l.wms_order_id)
     )
-    select pg_catalog.count(*), (select pg_catalog.count(*) from heal), pg_catalog.array_agg(x.key),
+    select pg_catalog.count(*) filter (where x.listed), (select pg_catalog.count(*) from heal),
+           case when lo is null then coalesce(pg_catalog.array_agg(x.key) filter (where x.listed), '{}') else '{}' end,
+           coalesce(pg_catalog.array_agg(x.key) filter (where not x.listed and (x.c).cached_at < run.started_at), '{}'),
            pg_catalog.jsonb_agg(private.sync_found(x.key, x.missing, x.older, pg_catalog.to_jsonb(x.c),
-                                                   pg_catalog.to_jsonb(x.s))) filter (where x.missing or x.differs)
+                                                   pg_catalog.to_jsonb(x.s)))
+             filter (where x.listed and (x.missing or x.differs))
       from cmp x
-      into checked, synced, keys, diffs;
+      into checked, synced, keys, gone, diffs;
 end
 $$;
-revoke all on function private.sync_wms_orders_apply(private.sync_runs, jsonb) from public;
+revoke all on function private.sync_wms_orders_apply(private.sync_runs, jsonb, text, text) from public;
 
--- One page of either cache: what it found (sync_page_result, the first `room` items) and its keys.
-create or replace function private.sync_apply(run private.sync_runs, items jsonb, room integer,
-                                              out result jsonb, out keys text[])
+-- One page of either cache: what it found (sync_page_result, the first `room` items), and what
+-- the run's end needs to find the extra rows. by_range: the page compared with the cache rows of
+-- its key range (lo, hi: its least and greatest key), which gives the range's cache rows it did not
+-- list (gone); that is for a page in key order, so a range holding far more cache rows than the
+-- page (a source not in key order) falls back to a probe per item, which gives its keys instead.
+create or replace function private.sync_apply(run private.sync_runs, items jsonb, room integer, by_range boolean,
+                                              out result jsonb, out keys text[], out lo text, out hi text,
+                                              out gone text[])
 language plpgsql volatile
 set search_path = ''
 as $$
@@ -420,16 +457,41 @@ declare
   checked bigint;
   synced bigint;
   diffs jsonb;
+  cap integer;
+  n integer;
 begin
+  if by_range then
+    select pg_catalog.min(e ->> k), pg_catalog.max(e ->> k), 2 * pg_catalog.count(*) + 100 into lo, hi, cap
+      from pg_catalog.jsonb_array_elements(items) e,
+           (select case run.sync_type when 'inventory' then 'sku' else 'wms_order_id' end) f(k);
+    if lo is not null then
+      if run.sync_type = 'inventory' then
+        select pg_catalog.count(*) into n from (select from public.inventory_items i
+                                                 where i.org_id = run.org_id and i.sku >= lo and i.sku <= hi
+                                                 limit cap) x;
+      else
+        select pg_catalog.count(*) into n from (select from public.wms_orders w
+                                                 where w.org_id = run.org_id and w.wms_order_id >= lo
+                                                   and w.wms_order_id <= hi
+                                                 limit cap) x;
+      end if;
+      if n >= cap then
+        lo := null;
+        hi := null;
+      end if;
+    end if;
+  end if;
   if run.sync_type = 'inventory' then
-    select a.* into checked, synced, keys, diffs from private.sync_inventory_apply(run, items) a;
+    select a.checked, a.synced, a.keys, a.gone, a.diffs into checked, synced, keys, gone, diffs
+      from private.sync_inventory_apply(run, items, lo, hi) a;
   else
-    select a.* into checked, synced, keys, diffs from private.sync_wms_orders_apply(run, items) a;
+    select a.checked, a.synced, a.keys, a.gone, a.diffs into checked, synced, keys, gone, diffs
+      from private.sync_wms_orders_apply(run, items, lo, hi) a;
   end if;
   result := private.sync_page_result(checked, synced, diffs, room);
 end
 $$;
-revoke all on function private.sync_apply(private.sync_runs, jsonb, integer) from public;
+revoke all on function private.sync_apply(private.sync_runs, jsonb, integer, boolean) from public;
 
 -- p_number: the page's number in the run (null: the next), the order of the report's items.
 drop function if exists private.sync_run_page(uuid, jsonb, text);
@@ -448,6 +510,9 @@ declare
   keys text[];
   one jsonb;
   one_keys text[];
+  lo text;
+  hi text;
+  gone text[];
   item jsonb;
   n integer := 0;
   checked integer := 0;
@@ -479,15 +544,20 @@ begin
   room := 500 - pg_catalog.jsonb_array_length(coalesce(run.discrepancies -> 'items', '[]'))
           - (select coalesce(pg_catalog.sum(pg_catalog.jsonb_array_length(s.found)), 0)
                from private.sync_run_seen s where s.run_id = run.id and s.page < v_number);
-  -- The fast path: the whole page in one statement.
+  -- The fast path: the whole page in one statement. By key range in a full pass only (a run of
+  -- changes only judges no extras, and its pages' ranges are sparse).
   begin
-    select a.result, a.keys into res, keys from private.sync_apply(run, items, room) a;
+    select a.result, a.keys, a.lo, a.hi, a.gone into res, keys, lo, hi, gone
+      from private.sync_apply(run, items, room, run.updated_since is null) a;
   exception when data_exception or integrity_constraint_violation or cardinality_violation
                  or invalid_parameter_value or datatype_mismatch then
     res := null;  -- some item is malformed: apply them one by one, count the bad ones
   end;
   if res is null then
     keys := '{}';
+    lo := null;
+    hi := null;
+    gone := '{}';
     for item in select x from pg_catalog.jsonb_array_elements(items) x loop
       n := n + 1;
       v_key := case when pg_catalog.jsonb_typeof(item) = 'object' then left(item ->> key_field, 200) end;
@@ -495,7 +565,8 @@ begin
         if nullif(v_key, '') is null then
           raise exception 'no %', key_field;
         end if;
-        select a.result, a.keys into one, one_keys from private.sync_apply(run, pg_catalog.jsonb_build_array(item), room) a;
+        select a.result, a.keys into one, one_keys
+          from private.sync_apply(run, pg_catalog.jsonb_build_array(item), room, false) a;
         checked := checked + 1;
         synced := synced + (one ->> 'synced')::integer;
         counts := private.jsonb_add_counts(counts, one -> 'counts');
@@ -517,9 +588,9 @@ begin
              'counts', private.jsonb_add_counts(counts, pg_catalog.jsonb_build_object('invalid', n - checked)),
              'fields', fields, 'items', found_items || invalid);
   end if;
-  if pg_catalog.cardinality(keys) > 0 or pg_catalog.jsonb_array_length(res -> 'items') > 0 then
-    insert into private.sync_run_seen (run_id, page, keys, found)
-    values (run.id, v_number, coalesce(keys, '{}'), res -> 'items');
+  if pg_catalog.cardinality(keys) > 0 or lo is not null or pg_catalog.jsonb_array_length(res -> 'items') > 0 then
+    insert into private.sync_run_seen (run_id, page, keys, found, lo, hi, gone)
+    values (run.id, v_number, coalesce(keys, '{}'), res -> 'items', lo, hi, coalesce(gone, '{}'));
   end if;
   -- The run's row stays small: counts and field tallies only (the items wait beside the keys).
   update private.sync_runs r
@@ -559,28 +630,66 @@ begin
   -- A complete pass: cache rows the source did not list are extra. Rows a webhook wrote since the
   -- run started are not judged (the source may have listed them before they existed). A run of
   -- changes only (updated_since) judges none.
-  -- The seen keys of a whole pass in one hash (100,000 keys: ~9 MB), not in batches on disk.
+  --
+  -- A page compared by key range (lo, hi) listed every cache row of its range except those in its
+  -- `gone`; a page compared key by key listed its `keys`. So a cache row no page listed is one that
+  -- every range holding it gave as gone, or one outside every range (an index range scan per gap
+  -- between the ranges: none for a source in key order), and in no page's keys. Whatever the
+  -- source's order, pages in key order cost a few small scans here.
+  -- The keys of pages compared key by key in one hash (100,000 keys: ~9 MB), not in batches on disk.
   perform pg_catalog.set_config('work_mem', '64MB', true);
   if run.updated_since is not null then
     extra := '{}';
-  elsif run.sync_type = 'inventory' then
-    with seen as (
-      select k as key from private.sync_run_seen s, pg_catalog.unnest(s.keys) k where s.run_id = run.id
-    ), gone as (
-      delete from public.inventory_items i
-       where i.org_id = run.org_id and i.cached_at < run.started_at
-         and not exists (select from seen where seen.key = i.sku)
-      returning i.sku)
-    select coalesce(pg_catalog.array_agg(g.sku order by g.sku), '{}') into extra from gone g;
   else
-    with seen as (
-      select k as key from private.sync_run_seen s, pg_catalog.unnest(s.keys) k where s.run_id = run.id
-    ), gone as (
-      delete from public.wms_orders w
-       where w.org_id = run.org_id and w.cached_at < run.started_at
-         and not exists (select from seen where seen.key = w.wms_order_id)
-      returning w.wms_order_id)
-    select coalesce(pg_catalog.array_agg(g.wms_order_id order by g.wms_order_id), '{}') into extra from gone g;
+    -- Once per run: one statement for both caches (%1$I the table, %2$I its key), planned here.
+    execute pg_catalog.format($q$
+      with seen as (
+        select s.lo, s.hi, s.gone, s.keys from private.sync_run_seen s where s.run_id = $1
+      ), keyed as (
+        select k as key from seen s, pg_catalog.unnest(s.keys) k
+      ), ranges as (
+        select s.lo, s.hi from seen s where s.lo is not null
+      ), merged as (
+        -- The ranges' union: overlapping ranges merged (a new one starts past the reach of those before).
+        select pg_catalog.min(x.lo) as lo, pg_catalog.max(x.hi) as hi
+          from (select y.lo, y.hi, pg_catalog.count(*) filter (where y.reach is null or y.lo > y.reach)
+                                     over (order by y.lo, y.hi rows between unbounded preceding and current row) as grp
+                  from (select r.lo, r.hi, pg_catalog.max(r.hi) over (order by r.lo, r.hi
+                                                                   rows between unbounded preceding and 1 preceding) as reach
+                          from ranges r) y) x
+         group by x.grp
+      ), gaps as (
+        select m.hi as after, pg_catalog.lead(m.lo) over (order by m.lo) as before from merged m
+      ), unlisted as (
+        -- outside every range: before the first, between two, after the last (or all, without ranges)
+        select i.%2$I as key from public.%1$I i
+         where i.org_id = $2 and i.%2$I < (select pg_catalog.min(m.lo) from merged m)
+        union all
+        select i.%2$I from public.%1$I i
+         where i.org_id = $2 and not exists (select from merged)
+        union all
+        select x.key from gaps g
+         cross join lateral (select i.%2$I as key from public.%1$I i
+                              where i.org_id = $2 and i.%2$I > g.after and i.%2$I < g.before offset 0) x
+         where g.before is not null
+        union all
+        select i.%2$I from public.%1$I i
+         where i.org_id = $2 and i.%2$I > (select pg_catalog.max(m.hi) from merged m)
+        union all
+        -- inside: gone from every range that holds it
+        select c.key from (select k as key, pg_catalog.count(*) as n from seen s, pg_catalog.unnest(s.gone) k
+                            group by k) c
+         where c.n = (select pg_catalog.count(*) from ranges r where c.key >= r.lo and c.key <= r.hi)
+      ), gone as (
+        delete from public.%1$I i
+         using unlisted u
+         where i.org_id = $2 and i.%2$I = u.key and i.cached_at < $3
+           and not exists (select from keyed where keyed.key = i.%2$I)
+        returning i.%2$I as key)
+      select coalesce(pg_catalog.array_agg(g.key order by g.key), '{}') from gone g
+    $q$, case run.sync_type when 'inventory' then 'inventory_items' else 'wms_orders' end,
+         case run.sync_type when 'inventory' then 'sku' else 'wms_order_id' end)
+    into extra using run.id, run.org_id, run.started_at;
   end if;
   return next private.sync_run_end(run, 'succeeded', null, null, extra);
 end

@@ -139,6 +139,74 @@ def test_10000_items_into_an_empty_cache_then_one_run_heals_exactly_the_drift(co
     assert {auth for _, _, auth in warehouse.requests} == {f"Bearer {API_KEY}"}
 
 
+@pytest.mark.parametrize("order", ["reversed", "overlapping"])
+def test_a_source_not_in_key_order_is_reconciled_exactly(conn, database, warehouse, wms, order):
+    # Pages by key range only help a source that pages in key order: "reversed" lists the keys by
+    # their reversed text (every page spans nearly the whole key space: compared key by key),
+    # "overlapping" moves every third key one page later (each page's range overlaps the next).
+    n = 2000
+    warehouse.inventory.order = {"reversed": lambda k: k[::-1],
+                                 "overlapping": lambda k: (int(k[4:9]) // 100 + (int(k[4:9]) % 3 == 0), k)}[order]
+    for i in range(n):
+        warehouse.inventory.put(item(i))
+    [fill] = reconciler(database, page_size=100).run(INVENTORY)["runs"]
+    assert fill["status"] == "succeeded", fill
+    assert fill["discrepancies"] == {"missing": n, "stale": 0, "extra": 0, "invalid": 0, "newer_in_cache": 0}
+    assert_cache_is_source(conn, wms["org"], warehouse)
+
+    changed, removed = list(range(0, n, 97)), [f"SKU-{i:05d}" for i in range(5, n, 211)]
+    for i in changed:
+        warehouse.inventory.put(item(i, T2, available=500 + i))
+    for sku in removed:
+        warehouse.inventory.remove(sku)
+    added = [f"SKU-{i:05d}" for i in range(n, n + 250, 50)] + ["SKU-00100a", "SKU-01999z"]
+    for sku in added:
+        warehouse.inventory.put(item(sku, T2))
+    [run] = reconciler(database, page_size=100).run(INVENTORY)["runs"]
+    assert run["status"] == "succeeded", run
+    assert run["discrepancies"] == {"missing": len(added), "stale": len(changed), "extra": len(removed),
+                                    "invalid": 0, "newer_in_cache": 0}
+    d = report(conn, run["id"])["discrepancies"]
+    assert {(x["key"], x["kind"]) for x in d["items"]} == (
+        {(f"SKU-{i:05d}", "stale") for i in changed} | {(s, "missing") for s in added}
+        | {(s, "extra") for s in removed})
+    assert_cache_is_source(conn, wms["org"], warehouse)
+    [again] = reconciler(database, page_size=100).run(INVENTORY)["runs"]
+    assert again["discrepancies"] == {"missing": 0, "stale": 0, "extra": 0, "invalid": 0, "newer_in_cache": 0}
+    assert conn.execute("select count(*) as n from private.sync_run_seen").fetchone()["n"] == 0
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_wms_orders_in_or_out_of_key_order_are_reconciled_exactly(conn, database, warehouse, wms, ordered):
+    def order(n: int, status: str, at: str = T0) -> dict:
+        return {"wms_order_id": f"W-{n:04d}", "crm_customer_id": None, "crm_order_id": None, "status": status,
+                "lines": [], "shipment": None, "updated_at": at}
+
+    if not ordered:
+        warehouse.orders.order = lambda k: k[::-1]
+    for n in range(0, 600, 2):
+        warehouse.orders.put(order(n, "created"))
+    [fill] = reconciler(database, page_size=50).run(WMS_ORDERS)["runs"]
+    assert fill["discrepancies"] == {"missing": 300, "stale": 0, "extra": 0, "invalid": 0, "newer_in_cache": 0}
+    for n in range(0, 600, 58):
+        warehouse.orders.put(order(n, "picking", T2))
+    gone = [f"W-{n:04d}" for n in (0, 2, 300, 302, 598)]
+    for k in gone:
+        warehouse.orders.remove(k)
+    for n in (1, 301, 599, 700):
+        warehouse.orders.put(order(n, "created", T2))
+    [run] = reconciler(database, page_size=50, full_pass_hours=0).run(WMS_ORDERS)["runs"]
+    assert run["status"] == "succeeded", run
+    stale = [f"W-{n:04d}" for n in range(0, 600, 58) if f"W-{n:04d}" not in gone]
+    assert run["discrepancies"] == {"missing": 4, "stale": len(stale), "extra": len(gone), "invalid": 0,
+                                    "newer_in_cache": 0}
+    rows = {r["wms_order_id"]: r["status"]
+            for r in conn.execute("select wms_order_id, status from public.wms_orders where org_id = %s",
+                                  (wms["org"],)).fetchall()}
+    assert set(rows) == set(warehouse.orders.rows)
+    assert all(rows[k] == warehouse.orders.get(k)["status"] for k in rows)
+
+
 @pytest.mark.parametrize("in_flight", [1, 2])
 def test_a_source_failing_on_page_3_fails_the_run_keeps_the_cache_consistent_and_the_next_run_completes(
         conn, database, warehouse, wms, in_flight):
