@@ -371,22 +371,19 @@ def wal_per_booking(url: str, org: intake.Org, counter: Counter, query: str, n: 
     meaningful on the private embedded server, where nothing else writes)."""
     template = sql_params(org, counter.next(), 0)
     with psycopg.connect(url, autocommit=True) as conn:
+        def book_then_stats(stats: str, *args) -> tuple:
+            conn.execute("set role service_role")
+            for _ in range(n):
+                conn.execute(query, booking_params(template, counter.next())).fetchone()
+            conn.execute("reset role")
+            conn.execute("select pg_stat_force_next_flush()")
+            conn.execute("select 1")  # the transaction that flushes this backend's WAL statistics
+            return conn.execute(stats, args).fetchone()
+
         conn.execute("checkpoint")
-        conn.execute("set role service_role")
-        for _ in range(n):
-            conn.execute(query, booking_params(template, counter.next())).fetchone()
-        conn.execute("reset role")
-        conn.execute("select pg_stat_force_next_flush()")
-        conn.execute("select 1")
-        start = conn.execute("select pg_current_wal_insert_lsn(), wal_records, wal_fpi from pg_stat_wal").fetchone()
-        conn.execute("set role service_role")
-        for _ in range(n):
-            conn.execute(query, booking_params(template, counter.next())).fetchone()
-        conn.execute("reset role")
-        conn.execute("select pg_stat_force_next_flush()")
-        conn.execute("select 1")
-        end = conn.execute("select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s), wal_records, wal_fpi"
-                           " from pg_stat_wal", (start[0],)).fetchone()
+        start = book_then_stats("select pg_current_wal_insert_lsn(), wal_records, wal_fpi from pg_stat_wal")
+        end = book_then_stats("select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s), wal_records, wal_fpi"
+                              " from pg_stat_wal", start[0])
     return {"bytes": float(end[0]) / n, "records": (end[1] - start[1]) / n, "fpi": (end[2] - start[2]) / n}
 
 
