@@ -70,7 +70,6 @@ declare
   v_secrets jsonb := coalesce(create_integration.secrets, '{}');
   generated jsonb := '{}';
   integ public.integrations;
-  refusal text;
   s record;
 begin
   perform hidden.org_admin_check(create_integration.org_id, 'integrations');
@@ -91,12 +90,6 @@ begin
     perform private.check_integration_secret(create_integration.kind, s.key, s.value);
   end loop;
   if create_integration.kind = 'wms' then
-    if v_settings ? 'base_url' then
-      refusal := private.webhook_url_refusal(v_settings ->> 'base_url', hidden.webhook_allow_loopback());
-      if refusal is not null then
-        raise sqlstate 'PT422' using message = 'base_url ' || refusal, detail = 'url_refused', hint = 'settings.base_url';
-      end if;
-    end if;
     if not v_secrets ? 'webhook_secret' then
       generated := pg_catalog.jsonb_build_object('webhook_secret', hidden.new_webhook_secret());
       v_secrets := v_secrets || generated;

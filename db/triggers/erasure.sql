@@ -70,7 +70,7 @@ begin
                   where a.org_id = target.org_id
                     and (a.customer_id = target.id or a.lead_id = any (leads) or a.order_id = any (orders))
                     and (e.event_id = a.data ->> 'event_id' or e.event_id = a.source_ref
-                         or e.event_id like a.source_ref || ':%'));
+                         or pg_catalog.starts_with(e.event_id, a.source_ref || ':')));
   update public.activities a set summary = 'Erased', data = '{}'
    where a.org_id = target.org_id
      and (a.customer_id = target.id or a.lead_id = any (leads) or a.order_id = any (orders))

@@ -581,6 +581,10 @@ def test_create_integration_rules(conn, org):
                          (org, json.dumps({"base_url": "https://wms.example.test/api"}))).fetchone()["i"]
         assert made["secrets"]["webhook_secret"].startswith("whsec_")
         assert "webhook_secret" not in json.dumps(made["settings"])
+        # The same URL rule holds for an admin changing settings directly (PostgREST PATCH), not only the RPC.
+        with pytest.raises(Exception, match="base_url names a private"):
+            c.execute("update public.integrations set settings = %s where id = %s",
+                      (json.dumps({"base_url": "https://10.0.0.1/api"}), made["id"]))
     for kind, settings, secrets, message in (
             ("ftp", {}, {}, "kind must be"),
             ("wms", {"base_url": "https://10.0.0.1/api"}, {}, "base_url names a private"),
