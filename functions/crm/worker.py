@@ -98,10 +98,12 @@ class Worker:
 
     def _every(self, job: jobs.Job) -> None:
         every = job.every_seconds or DEFAULT_EVERY
+        # A worker performs what it runs: a job with a dry run (`apply`) is run for real.
+        options = job.make_options({"apply": True} if "apply" in job.options.model_fields else None)
         while not self.stopping.is_set():
             started = time.monotonic()
             try:
-                summary = job.fn(self.db, job.options())
+                summary = job.fn(self.db, options)
                 if not self.quiet or any(v for k, v in summary.items() if k != "job" and isinstance(v, int)):
                     log.info("job %s: %s", job.name, summary)
             except ConfigError as exc:

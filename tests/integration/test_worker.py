@@ -19,8 +19,29 @@ from crm.worker import Worker
 from tests.helpers import wait_until
 
 
-def register(monkeypatch: pytest.MonkeyPatch, name: str, fn, *, every: float = 0.05, check=jobs.no_settings) -> None:
-    monkeypatch.setitem(jobs.REGISTRY, name, jobs.Job(name, fn, "a test job", every, check=check))
+def register(monkeypatch: pytest.MonkeyPatch, name: str, fn, *, every: float | None = 0.05, check=jobs.no_settings,
+             options: type[jobs.JobOptions] = jobs.JobOptions) -> None:
+    monkeypatch.setitem(jobs.REGISTRY, name, jobs.Job(name, fn, "a test job", every, options=options, check=check))
+
+
+def test_a_job_with_a_dry_run_is_performed_by_the_worker(database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`crm worker backfill-images` runs it for real (apply), as before typed options: never a dry run a minute."""
+    jobs.load_all()
+    seen: list[jobs.JobOptions] = []
+
+    def applies(db, options):
+        seen.append(options)
+        return {"job": "test-apply"}
+
+    register(monkeypatch, "test-apply", applies, every=None, options=jobs.ApplyOptions)
+    register(monkeypatch, "test-plain", lambda db, options: seen.append(options) or {"job": "test-plain"})
+    worker = Worker(database, ["test-apply", "test-plain"], strict=False).start()
+    try:
+        wait_until(lambda: {type(o) for o in seen} == {jobs.ApplyOptions, jobs.JobOptions}, 10, "both jobs ran")
+    finally:
+        worker.stop(timeout=10)
+    assert all(o.apply for o in seen if isinstance(o, jobs.ApplyOptions))
+    assert not any(o.progress for o in seen)
 
 
 def test_a_slow_job_holds_up_no_other(database, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,7 +63,7 @@ def test_a_slow_job_holds_up_no_other(database, monkeypatch: pytest.MonkeyPatch)
     register(monkeypatch, "test-fast", fast)
     worker = Worker(database, ["test-slow", "test-fast"], strict=False).start()
     try:
-        slow_started.wait(10)
+        assert slow_started.wait(10), "the slow job never started"
         wait_until(lambda: len(fast_runs) >= 5, 10, "the fast job ran again and again while the slow one ran")
         assert not release.is_set()
     finally:

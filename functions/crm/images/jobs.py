@@ -185,7 +185,7 @@ def _attempt(cache: ImageCache, url: str, attempts: int, settings: Settings) -> 
 @job("cache-images", every_seconds=3, options=LimitOptions, check=check_config,
      description="Cache the images of pending orders to first-party storage (retries with backoff).")
 def cache_images(db: Database, options: LimitOptions) -> dict[str, Any]:
-    summary: Counter[str] = Counter()
+    summary: Counter[str] = Counter(orders=0)  # a run that found its work claimed by another worker says 0
     with db.transaction("service_role") as s:
         if not s.fetch_one("images_has_work")["has_work"]:
             return {"job": "cache-images", "orders": 0}
