@@ -23,7 +23,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from crm.net import PostPolicy, SafePoster
 from crm.outbox.dispatch import Dispatcher, DispatchSettings
 from crm.sealing import SecretBox, generate_key, parse_key
-from tests.helpers import acting_as, make_org, make_staff
+from tests.helpers import acting_as, make_org, make_staff, wait_until
 from tests.integration.webhook_receiver import Receiver
 
 KEY = generate_key()
@@ -422,13 +422,6 @@ def wait_all_succeeded(conn, n: int, timeout: float = 180) -> None:
         time.sleep(0.1)
 
 
-def wait_until(predicate, what: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.05)
-
-
 def assert_never_in_flight_twice(conn, rx: Receiver) -> None:
     """A webhook-id received twice: the two requests never overlapped, and the first one's attempt is
     recorded as failed (a retry or a lease that ran out), never a second claim of a live one."""
@@ -513,7 +506,7 @@ def test_sigkill_mid_batch_loses_nothing(conn, db_url, org, admin, tmp_path):
             # Both workers are sending (two live lease tokens), so the one killed holds claims.
             wait_until(lambda: len(rx.requests) >= 300 and conn.execute(
                 "select count(distinct lease_token) as n from public.webhook_deliveries"
-                " where lease_token is not null").fetchone()["n"] == 2, "both workers sending")
+                " where lease_token is not null").fetchone()["n"] == 2, 180, "both workers sending")
             procs[0].kill()  # SIGKILL: its leased deliveries are mid-send
             procs[0].wait()
             killed_at = time.monotonic()

@@ -24,6 +24,7 @@ from tests.integration.test_webhooks_in import (
     slug_of,
     wms_post,
 )
+from tests.rls_world import make_customer
 
 API_KEY = "wms-api-key-" + uuid.uuid4().hex
 T0 = "2026-01-01T00:00:00+00:00"
@@ -299,8 +300,7 @@ def test_malformed_items_are_counted_failed_and_the_rest_is_healed(conn, databas
 
 def test_wms_orders_are_reconciled_and_our_order_learns_the_warehouse_id(conn, database, warehouse, wms):
     org = wms["org"]
-    customer = conn.execute("insert into public.customers (org_id, full_name, phone_e164)"
-                            " values (%s, 'Anna', '+4915100000001') returning id", (org,)).fetchone()["id"]
+    customer = make_customer(conn, org)
     order = make_order(conn, org, customer)
     conn.execute("insert into public.wms_orders (org_id, wms_order_id, status, source_updated_at, cached_at)"
                  " values (%s, 'W-GONE', 'created', %s, now() - interval '1 day'),"
