@@ -161,6 +161,7 @@ def main() -> None:
 
         def point_at(w: Warehouse) -> None:
             with psycopg.connect(url, autocommit=True) as c:
+                c.execute("set crm.webhook_allow_loopback = 'on'")  # the base_url trigger refuses loopback otherwise
                 c.execute("update public.integrations set settings = %s where id = %s",
                           (json.dumps({"base_url": w.url}), integ))
 
