@@ -11,9 +11,9 @@ the same background load on a shared machine:
 - HTTP: N clients POST over keep-alive loopback connections;
 - SQL: N psycopg connections call `public.create_booking`, one statement per booking as service_role,
   the physical limit of the write;
-- conn: the function's own database path without HTTP and validation (`crm.db` transaction: pool
-  checkout with its liveness check, role and claims, the call, commit), which splits the gap into
-  connector round trips and the web tier.
+- conn: the function's own database path without HTTP and validation (`crm.db` statement: pool
+  checkout with its liveness check; BEGIN with role and claims, the call and COMMIT in one round
+  trip), which splits the gap into the connector and the web tier.
 Every booking is a new customer with its own Idempotency-Key, from its client's own address
 (X-Forwarded-For behind one trusted proxy), so the abuse counter and the idempotency row are written
 on every path. Finally the HTTP path is driven at half its peak rate (open loop, latency counted from
@@ -318,8 +318,8 @@ def minimal_client(url: str, org: intake.Org, client_no: int, counter: Counter, 
 
 def connector_client(db: Database, org: intake.Org, client_no: int, counter: Counter, until: float,
                      out: list, errs: list) -> None:
-    """The function's own database path without HTTP and validation: `crm.db` transaction (pool
-    checkout with its liveness check, role and claims, the call, commit)."""
+    """The function's own database path without HTTP and validation: `crm.db` statement (pool
+    checkout with its liveness check; BEGIN with role and claims, the call and COMMIT in one round trip)."""
     latencies: list[float] = []
     errors = 0
     template = sql_params(org, counter.next(), client_no)
@@ -327,8 +327,7 @@ def connector_client(db: Database, org: intake.Org, client_no: int, counter: Cou
         params = booking_params(template, counter.next())
         begin = time.perf_counter()
         try:
-            with db.transaction("service_role") as session:
-                session.fetch_one("create_booking", params)
+            db.statement("service_role", "create_booking", params)
             latencies.append(time.perf_counter() - begin)
         except CrmError:
             errors += 1
@@ -583,7 +582,7 @@ def main() -> int:
             results.append(result)
             print(line, flush=True)
         connector.close()
-        print("(rates in bookings/s, latencies in ms; conn = crm.db transaction without HTTP; min = the same-shape\n"
+        print("(rates in bookings/s, latencies in ms; conn = crm.db statement without HTTP; min = the same-shape\n"
               " 5-insert transaction on plain tables, the physical limit; ckp = server checkpoints meanwhile,\n"
               " e.g. forced by other sessions' CREATE/DROP DATABASE on a shared server)")
 
