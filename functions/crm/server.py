@@ -138,7 +138,8 @@ class _Connection(asyncio.Protocol):
         self.in_body = False  # the head was parsed: a protocol error now is in the body
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.head_size = 0
+        self.head_size = 0  # of the head's parsed parts
+        self.head_received = 0  # bytes received while the head was incomplete
         self.parts: list[bytes] = []
         self.size = 0
         self.request: _Request | None = None  # the one being received, once its head is in
@@ -148,7 +149,6 @@ class _Connection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.refusal: _Refused | None = None  # to answer once the requests before it are answered
-        self.overdue = False  # the request being received missed its deadline while others ran
         self.continue_wanted = False
         self.no_more = False  # the last request of this connection has been received
         self.closed = False
@@ -211,7 +211,7 @@ class _Connection(asyncio.Protocol):
         self.in_body = False
         self.url = b""
         self.headers = []
-        self.head_size = 0
+        self.head_size = self.head_received = 0
         self.parts = []
         self.size = 0
         self.request = None
@@ -300,8 +300,8 @@ class _Connection(asyncio.Protocol):
                                 else _framing_refusal(str(exc)))
         if self.refusal is None and self.receiving and not self.in_body:
             # A head still incomplete: bounded (llhttp keeps no limit; httptools gathers each header).
-            self.head_size += len(data)
-            if self.head_size > HEAD_LIMIT:
+            self.head_received += len(data)
+            if self.head_received > HEAD_LIMIT:
                 self.refusal = _Refused(431, "The request head is too large.", "head_too_large")
         if self.refusal is not None:
             self.no_more = True
@@ -337,7 +337,9 @@ class _Connection(asyncio.Protocol):
     def _deadline_passed(self) -> None:
         self.deadline = None
         if self.running or self.ready:
-            self.overdue = True  # answered 408 after the requests before it
+            # Its bytes wait unread behind the requests before it (pipelined): not the client's
+            # fault; look again once those are answered.
+            self.deadline = self.loop.call_later(1.0, self._deadline_passed)
             return
         self._answer_overdue()
 
@@ -391,10 +393,10 @@ class _Connection(asyncio.Protocol):
             self._close()
         elif self.ready:
             self._next()
-        elif self.overdue:
-            self._answer_overdue()
         elif self.refusal is not None:
             self._refuse()
+        elif self.no_more:  # the client half-closed, or switched protocols: nothing more to answer
+            self._close()
         elif self.stash:
             data = b"".join(self.stash)
             self.stash = []

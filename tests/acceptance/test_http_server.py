@@ -261,11 +261,13 @@ def echo_server():
         server.server_close()
 
 
-def exchange(url: str, data: bytes) -> bytes:
-    """Send `data`, read until the server closes the connection."""
+def exchange(url: str, data: bytes, *, half_close: bool = False) -> bytes:
+    """Send `data` (then shut the sending side, if asked), read until the server closes the connection."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         received = b""
         while chunk := sock.recv(65536):
             received += chunk
@@ -310,3 +312,8 @@ def test_http_1_0_closes_after_its_answer(echo_server):
     answer = exchange(echo_server, b"GET /x HTTP/1.0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in answer.lower(), answer
     assert answer.endswith(b"GET /x 0 ")
+
+
+def test_a_half_closed_client_gets_its_answer_and_the_connection_closes(echo_server):
+    answer = exchange(echo_server, b"POST /h HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok", half_close=True)
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"POST /h 2 ok"), answer
