@@ -226,6 +226,27 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def writes_blocked(db_url: str, table: str, seconds: float) -> Iterator[None]:
+    """Writes to `table` wait for `seconds` (another transaction holds a SHARE lock, then commits): a
+    writer's statement in the block runs that long, as a big batch on a busy table would."""
+    locked = threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(db_url, autocommit=True) as c, c.transaction():
+            c.execute(f"lock table {table} in share mode")
+            locked.set()
+            c.execute("select pg_sleep(%s)", (seconds,))
+
+    holder = threading.Thread(target=hold, name="writes-blocked")
+    holder.start()
+    try:
+        assert locked.wait(10), f"could not lock {table}"
+        yield
+    finally:
+        holder.join()
+
+
 _DEV_URL = re.compile(r"crm dev is running on (http://\S+)")
 
 
