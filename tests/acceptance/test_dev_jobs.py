@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -14,7 +12,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from crm.db import REQUEST_STATEMENT_TIMEOUT_MS
-from tests.helpers import crm_dev_url, make_org, start_crm_dev, stop_crm_dev, wait_until, writes_blocked
+from tests.helpers import crm_cli, crm_dev_url, make_org, start_crm_dev, stop_crm_dev, wait_until, writes_blocked
 from tests.integration.image_fixtures import ImageServer, encoded, two_tone
 
 
@@ -96,7 +94,6 @@ def test_crm_dev_on_a_taken_port_is_one_line(db_url: str, tmp_path: Path) -> Non
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "crm.tools.cli", "dev", "--port", str(port), "--no-jobs"],
-                                env=dev_env(db_url, tmp_path), capture_output=True, text=True, timeout=60)
+        result = crm_cli("dev", "--port", str(port), "--no-jobs", env=dev_env(db_url, tmp_path))
     assert result.returncode == 1, result.stderr
     assert result.stderr.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
