@@ -14,10 +14,14 @@ Rules, the same under `functions-framework --target …` and `crm dev`:
 - ambiguous framing (two `Content-Length`s, `Content-Length` with `Transfer-Encoding`, a
   `Transfer-Encoding` other than `chunked`, folded header lines) → 400, and the connection closes;
   so does a malformed head (an HTTP/1.1 request without exactly one `Host` too);
-- a head over `HEAD_LIMIT` → 431; bodies up to `BUFFER_LIMIT` are read; a larger declared body is
-  not read at all (the app answers 413/415 from the headers) and the connection closes; a larger
-  chunked body → 413; `Expect: 100-continue` is answered before the body is read;
+- a head over `HEAD_LIMIT` → 431, and so are a chunked body's trailers and chunk-size lines over
+  `HEAD_LIMIT` more; bodies up to `BUFFER_LIMIT` are read; a larger declared body is not read at all
+  (the app answers 413/415 from the headers) and the connection closes; a larger chunked body → 413;
+  `Expect: 100-continue` is answered before the body is read, after the answers to earlier requests;
 - keep-alive for HTTP/1.1 unless `Connection: close`; pipelined requests are answered in order;
+  a connection idle `IDLE_TIMEOUT` seconds closes (bare CRLFs between requests do not count);
+- a client that reads too little of its answers to drain the send buffer within
+  `CRM_HTTP_BODY_TIMEOUT` seconds is cut off (one WARNING line);
 - a client that goes away mid-request → one WARNING line, no traceback;
 - every response carries `X-Request-Id`, and every error is problem+json, even when it comes from
   the framework (an unroutable path) rather than from our handlers.
@@ -139,7 +143,10 @@ class _Connection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0  # of the head's parsed parts
-        self.head_received = 0  # bytes received while the head was incomplete
+        self.received = 0  # bytes fed while this request was received (see _feed)
+        self.began = False  # during the current feed: a request began (and whose feed is counted)
+        self.count_begin_feed = False
+        self.ended = False  # during the current feed: a request ended
         self.parts: list[bytes] = []
         self.size = 0
         self.request: _Request | None = None  # the one being received, once its head is in
@@ -154,6 +161,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.deadline: asyncio.TimerHandle | None = None
         self.idle: asyncio.TimerHandle | None = None
+        self.stall: asyncio.TimerHandle | None = None  # the client reads nothing of what is written
 
     @property
     def busy(self) -> bool:
@@ -195,9 +203,14 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        if self.stall is None:
+            self.stall = self.loop.call_later(self.server.body_timeout, self._write_stalled)
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
         self._next()
 
     # -- parser callbacks ------------------------------------------------------------------------
@@ -208,10 +221,13 @@ class _Connection(asyncio.Protocol):
             self.idle.cancel()
             self.idle = None
         self.receiving = True
+        self.began = True
+        self.count_begin_feed = not self.ended  # this feed holds no earlier request's bytes
+        self.continue_wanted = False
         self.in_body = False
         self.url = b""
         self.headers = []
-        self.head_size = self.head_received = 0
+        self.head_size = self.received = 0
         self.parts = []
         self.size = 0
         self.request = None
@@ -287,9 +303,9 @@ class _Connection(asyncio.Protocol):
 
     # -- receiving -------------------------------------------------------------------------------
     def _feed(self, data: bytes) -> None:
-        if self.idle is not None:
-            self.idle.cancel()
-            self.idle = None
+        # The idle timer stops only when a request begins (on_message_begin): bytes that begin none
+        # (a bare CRLF between requests) keep no connection open.
+        self.began = self.ended = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -298,11 +314,19 @@ class _Connection(asyncio.Protocol):
             if self.refusal is None and not (self.no_more and isinstance(exc, httptools.HttpParserCallbackError)):
                 self.refusal = (_Refused(400, f"Malformed request: {exc}.", "malformed_body") if self.in_body
                                 else _framing_refusal(str(exc)))
-        if self.refusal is None and self.receiving and not self.in_body:
-            # A head still incomplete: bounded (llhttp keeps no limit; httptools gathers each header).
-            self.head_received += len(data)
-            if self.head_received > HEAD_LIMIT:
-                self.refusal = _Refused(431, "The request head is too large.", "head_too_large")
+        if self.refusal is None and self.receiving:
+            # Every byte of the request in progress is bounded: llhttp keeps no limit, and httptools
+            # gathers each header (and trailer) in memory. llhttp gives no positions, so a read where
+            # this request began after another ended is not counted (it holds the earlier one's bytes
+            # too): each bound then holds within one read.
+            if not self.began or self.count_begin_feed:
+                self.received += len(data)
+            if not self.in_body:
+                if self.received > HEAD_LIMIT:
+                    self.refusal = _Refused(431, "The request head is too large.", "head_too_large")
+            elif self.received - self.size > 2 * HEAD_LIMIT:  # head, chunk-size lines, trailers
+                self.refusal = _Refused(431, "The trailers (or chunk framing) of the request are too large.",
+                                        "head_too_large")
         if self.refusal is not None:
             self.no_more = True
             self._pause_reading()
@@ -311,13 +335,24 @@ class _Connection(asyncio.Protocol):
             else:
                 self._refuse()
             return
-        if self.continue_wanted and self.receiving and self.in_body and not self.size and not self.running:
-            self.transport.write(_CONTINUE)  # type: ignore[union-attr]
-        self.continue_wanted = False
+        self._continue()
         self._next()
+        if not self.busy and self.idle is None and not self.closed:
+            self.idle = self.loop.call_later(IDLE_TIMEOUT, self._idle_timeout)
+
+    def _continue(self) -> None:
+        """`Expect: 100-continue`: answered before the body, once every earlier request is answered."""
+        if not self.continue_wanted:
+            return
+        if not (self.receiving and self.in_body and self.request is not None) or self.size:
+            self.continue_wanted = False  # received, refused, or the client sent the body anyway
+        elif not (self.running or self.ready):
+            self.continue_wanted = False
+            self.transport.write(_CONTINUE)  # type: ignore[union-attr]
 
     def _received(self, request: _Request) -> None:
         self.receiving = False
+        self.ended = True
         self.request = None
         if self.deadline is not None:
             self.deadline.cancel()
@@ -348,6 +383,15 @@ class _Connection(asyncio.Protocol):
         log.info("request %s from %s: not received within %.0f s, answering 408",
                  request_id, self.peer[0], self.server.body_timeout)
         self._send_problem(408, "The request was not received in time.", "request_timeout", request_id)
+
+    def _write_stalled(self) -> None:
+        self.stall = None
+        log.warning("client %s read too little of its answers for %.0f s: connection dropped", self.peer[0],
+                    self.server.body_timeout)
+        self.receiving = False
+        self._close()
+        if self.transport is not None:
+            self.transport.abort()  # what is still buffered would never be read
 
     def _idle_timeout(self) -> None:
         self.idle = None
@@ -403,6 +447,7 @@ class _Connection(asyncio.Protocol):
             self._resume_reading()
             self._feed(data)
         else:
+            self._continue()
             self._resume_reading()
             if not self.receiving and self.idle is None:
                 self.idle = self.loop.call_later(IDLE_TIMEOUT, self._idle_timeout)
@@ -432,10 +477,10 @@ class _Connection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def _cancel_timers(self) -> None:
-        for timer in (self.deadline, self.idle):
+        for timer in (self.deadline, self.idle, self.stall):
             if timer is not None:
                 timer.cancel()
-        self.deadline = self.idle = None
+        self.deadline = self.idle = self.stall = None
 
     def _close(self) -> None:
         """Close after what was written has been sent."""
@@ -463,7 +508,11 @@ def _response_bytes(request: _Request, status: int, headers: list[tuple[bytes, b
         lines.append(name + b": " + value + b"\r\n")
     no_body = status < 200 or status in (204, 304)
     if not no_body:
-        lines.append(b"content-length: %d\r\n" % len(body))
+        length = len(body)
+        if request.method == "HEAD":  # the app's Content-Length: the length a GET would have
+            declared = next((v for k, v in headers if k == b"content-length"), b"")
+            length = int(declared) if declared.isdigit() else length
+        lines.append(b"content-length: %d\r\n" % length)
     if close:
         lines.append(b"connection: close\r\n")
     lines.append(b"\r\n")

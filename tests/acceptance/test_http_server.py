@@ -2,6 +2,7 @@
 body not received in time is a 408, a client that goes away is one WARNING line, ambiguous framing is
 a 400, and every answer — unroutable paths too — is problem+json with X-Request-Id."""
 
+import contextlib
 import json
 import os
 import socket
@@ -237,17 +238,32 @@ def test_function_apps_answer_unroutable_paths_as_problems_under_any_server(monk
         assert response.headers["X-Request-Id"], path
 
 
+BIG = 4 * 1024 * 1024  # the body of GET /big: more than the socket buffers hold
+
+
 @pytest.fixture
-def echo_server():
-    """crm.server in this process with a WSGI app that echoes method, path and body (no database)."""
+def echo_server(monkeypatch):
+    """crm.server in this process with a WSGI app that echoes method, path and body (no database);
+    /slow answers after 0.5 s, /big with BIG bytes, /sized with a Content-Length and no body for HEAD."""
     import threading
 
     from crm.server import Server
 
     def app(environ, start_response):
         body = environ["wsgi.input"].read()
+        path = environ["PATH_INFO"]
+        if path == "/slow":
+            time.sleep(0.5)
+        if path == "/big":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"b" * BIG]
+        if path == "/sized":
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "11")])
+            return [] if environ["REQUEST_METHOD"] == "HEAD" else [b"hello world"]
         start_response("200 OK", [("Content-Type", "text/plain")])
-        return [f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']} {len(body)} {body.decode()}".encode()]
+        return [f"{environ['REQUEST_METHOD']} {path} {len(body)} {body.decode()}".encode()]
+
+    monkeypatch.setenv("CRM_HTTP_BODY_TIMEOUT", str(BODY_TIMEOUT))
 
     server = Server(app, "127.0.0.1", 0, threads=2)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -317,3 +333,130 @@ def test_http_1_0_closes_after_its_answer(echo_server):
 def test_a_half_closed_client_gets_its_answer_and_the_connection_closes(echo_server):
     answer = exchange(echo_server, b"POST /h HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok", half_close=True)
     assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"POST /h 2 ok"), answer
+
+
+def connect(url: str, *, timeout: float = 10, rcvbuf: int | None = None) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:  # before connecting, so the window stays small
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect((host, int(port)))
+    return sock
+
+
+def read_until(sock: socket.socket, marker: bytes, received: bytes = b"") -> bytes:
+    while marker not in received:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def statuses(answer: bytes) -> list[bytes]:
+    return [part.split(b"\r\n", 1)[0] for part in answer.split(b"HTTP/1.1 ")[1:]]
+
+
+def test_a_read_ending_mid_head_counts_only_that_head(echo_server):
+    # One read holds a whole 40 KB request and the start of the next head: not a 431.
+    with connect(echo_server) as sock:
+        sock.sendall(b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 40000\r\n\r\n" + b"x" * 40_000
+                     + b"GET /two HTTP/1.1\r\nHo")
+        time.sleep(0.3)
+        sock.sendall(b"st: x\r\nConnection: close\r\n\r\n")
+        answer = read_until(sock, b"<never>")
+    assert statuses(answer) == [b"200 OK", b"200 OK"], answer[-300:]
+    assert answer.endswith(b"GET /two 0 "), answer[-300:]
+    # Pipelined requests with 30 KB heads, each under the limit.
+    request = b"GET /" + b"p" * 30_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = exchange(echo_server, request * 4 + b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert statuses(answer) == [b"200 OK"] * 5, answer[-300:]
+
+
+def test_a_head_over_the_limit_across_reads_is_still_431(echo_server):
+    with connect(echo_server) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while sent < 200_000:
+                sock.sendall(b"a" * 8192)
+                sent += 8192
+                time.sleep(0.005)
+        answer = read_until(sock, b"}")
+    assert statuses(answer) == [b"431 Request Header Fields Too Large"], answer
+    assert sent < 200_000
+
+
+@pytest.mark.parametrize("before", [b"", b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"])
+def test_a_bare_crlf_does_not_hold_an_idle_connection(echo_server, monkeypatch, before):
+    import crm.server
+
+    monkeypatch.setattr(crm.server, "IDLE_TIMEOUT", 0.5)
+    with connect(echo_server, timeout=5) as sock:
+        if before:
+            sock.sendall(before)
+            read_until(sock, b"GET /a 0 ")
+        sock.sendall(b"\r\n")
+        started = time.monotonic()
+        assert read_until(sock, b"<never>").count(b"HTTP/1.1 ") == 0  # closed, not timed out
+        assert time.monotonic() - started < 3
+
+
+def test_endless_chunked_trailers_are_refused(echo_server):
+    with connect(echo_server) as sock:
+        sock.sendall(b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: ")
+        sent = 0
+        started = time.monotonic()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while sent < 8 * 1024 * 1024 and time.monotonic() - started < BODY_TIMEOUT - 0.5:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        answer = read_until(sock, b"}")
+    assert sent < 8 * 1024 * 1024, sent  # what the socket buffers took before the refusal
+    assert statuses(answer) == [b"431 Request Header Fields Too Large"], answer
+    assert b"head_too_large" in answer
+
+
+def test_a_client_that_never_reads_is_cut_off(echo_server):
+    with connect(echo_server, rcvbuf=4096) as sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        time.sleep(BODY_TIMEOUT + 1.5)
+        received = 0
+        outcome = "eof"
+        sock.settimeout(3)
+        try:
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            outcome = "reset"
+        except TimeoutError:
+            outcome = "still open"
+    assert outcome != "still open" and received < 3 * BIG, (outcome, received)
+
+
+def test_100_continue_waits_for_earlier_answers(echo_server):
+    expect = b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    slow = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+    for pause in (None, 0.2):  # pipelined in one write; or sent while /slow runs
+        with connect(echo_server) as sock:
+            if pause is None:
+                sock.sendall(slow + expect)
+            else:
+                sock.sendall(slow)
+                time.sleep(pause)
+                sock.sendall(expect)
+            answer = read_until(sock, b"100 Continue\r\n\r\n")
+            assert statuses(answer) == [b"200 OK", b"100 Continue"], (pause, answer)
+            assert answer.endswith(b"GET /slow 0 HTTP/1.1 100 Continue\r\n\r\n"), (pause, answer)
+            sock.sendall(b"abc")
+            answer = read_until(sock, b"POST /e 3 abc")
+            assert statuses(answer) == [b"200 OK"] and answer.endswith(b"POST /e 3 abc"), (pause, answer)
+
+
+def test_head_keeps_the_apps_content_length(echo_server):
+    answer = exchange(echo_server, b"HEAD /sized HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert statuses(answer) == [b"200 OK"] and b"content-length: 11\r\n" in answer.lower(), answer
+    assert answer.endswith(b"\r\n\r\n"), answer
+    answer = exchange(echo_server, b"HEAD /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert b"content-length: 10\r\n" in answer.lower() and answer.endswith(b"\r\n\r\n"), answer
