@@ -157,6 +157,7 @@ class _Connection(asyncio.Protocol):
         self.writing_paused = False
         self.refusal: _Refused | None = None  # to answer once the requests before it are answered
         self.continue_wanted = False
+        self.continue_deferred = False  # its 100 waits for the answers to earlier requests
         self.no_more = False  # the last request of this connection has been received
         self.closed = False
         self.deadline: asyncio.TimerHandle | None = None
@@ -223,7 +224,7 @@ class _Connection(asyncio.Protocol):
         self.receiving = True
         self.began = True
         self.count_begin_feed = not self.ended  # this feed holds no earlier request's bytes
-        self.continue_wanted = False
+        self.continue_wanted = self.continue_deferred = False
         self.in_body = False
         self.url = b""
         self.headers = []
@@ -346,9 +347,16 @@ class _Connection(asyncio.Protocol):
             return
         if not (self.receiving and self.in_body and self.request is not None) or self.size:
             self.continue_wanted = False  # received, refused, or the client sent the body anyway
-        elif not (self.running or self.ready):
+        elif self.running or self.ready:
+            self.continue_deferred = True
+        else:
             self.continue_wanted = False
             self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+            if self.continue_deferred and self.deadline is not None:
+                # The client is asked for the body only now: its deadline starts again.
+                self.continue_deferred = False
+                self.deadline.cancel()
+                self.deadline = self.loop.call_later(self.server.body_timeout, self._deadline_passed)
 
     def _received(self, request: _Request) -> None:
         self.receiving = False

@@ -244,7 +244,7 @@ BIG = 4 * 1024 * 1024  # the body of GET /big: more than the socket buffers hold
 @pytest.fixture
 def echo_server(monkeypatch):
     """crm.server in this process with a WSGI app that echoes method, path and body (no database);
-    /slow answers after 0.5 s, /big with BIG bytes, /sized with a Content-Length and no body for HEAD."""
+    /slow answers after 1 s, /big with BIG bytes, /sized with a Content-Length and no body for HEAD."""
     import threading
 
     from crm.server import Server
@@ -253,7 +253,7 @@ def echo_server(monkeypatch):
         body = environ["wsgi.input"].read()
         path = environ["PATH_INFO"]
         if path == "/slow":
-            time.sleep(0.5)
+            time.sleep(1.0)
         if path == "/big":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"b" * BIG]
@@ -449,6 +449,7 @@ def test_100_continue_waits_for_earlier_answers(echo_server):
             answer = read_until(sock, b"100 Continue\r\n\r\n")
             assert statuses(answer) == [b"200 OK", b"100 Continue"], (pause, answer)
             assert answer.endswith(b"GET /slow 0 HTTP/1.1 100 Continue\r\n\r\n"), (pause, answer)
+            time.sleep(BODY_TIMEOUT - 0.5)  # past the deadline counted from the head: it restarted with the 100
             sock.sendall(b"abc")
             answer = read_until(sock, b"POST /e 3 abc")
             assert statuses(answer) == [b"200 OK"] and answer.endswith(b"POST /e 3 abc"), (pause, answer)
