@@ -55,3 +55,14 @@ $$;
 alter table private.outbox
   drop constraint outbox_payload_standard_webhook,
   add constraint outbox_payload_standard_webhook check (hidden.is_standard_webhook_body(payload, event_type));
+
+-- private.outbox_fanout loses its foreign key to the outbox. Its rows are written by one trigger
+-- only (hidden.tg_outbox__dispatch: the ids of the outbox rows just inserted; no role may insert),
+-- so the key's check found every time what the trigger had just written, at one SPI query and one
+-- row lock (a WAL record) per event: three per booking. Its cascade is not needed either: purge-outbox
+-- never deletes an event still queued, and a queued id whose event is gone (its organization
+-- deleted) is taken off the queue by the next fan-out like any other, with no delivery (the
+-- fan-out joins the outbox).
+alter table private.outbox_fanout drop constraint outbox_fanout_outbox_id_fkey;
+comment on table private.outbox_fanout is
+  'Outbox events dispatch-outbox has not fanned out yet (filled by trigger with the ids of new outbox rows, emptied in the transaction that creates their deliveries; an id whose event is gone is dropped without one). Normally near empty.';
