@@ -66,3 +66,10 @@ alter table private.outbox
 alter table private.outbox_fanout drop constraint outbox_fanout_outbox_id_fkey;
 comment on table private.outbox_fanout is
   'Outbox events dispatch-outbox has not fanned out yet (filled by trigger with the ids of new outbox rows, emptied in the transaction that creates their deliveries; an id whose event is gone is dropped without one). Normally near empty.';
+
+-- create_booking (db/functions/booking.sql) writes an Idempotency-Key once, complete, at the claim:
+-- the response's order and lead ids (the lead's id is chosen before it is inserted); a replay reads
+-- order_code and customer_id from the order (immutable columns). The UPDATE that added the response
+-- at the end of every keyed booking re-ran the key's CHECKs and both its foreign-key checks.
+comment on column private.idempotency_keys.response is
+  'The first 201 body minus tracking_token (re-derived, never stored); since 0020 without order_code and customer_id, which a replay reads from the order (neither ever changes).';
