@@ -13,8 +13,11 @@ for information). Then the source drifts by `--drift` (0.01: 80 % of it changed 
   (pages handed to the database unparsed, two applied side by side: the job's defaults).
 Both in this run, bare before and after (the machine is shared: their mean is the reference); pages
 of 1000, the job's default.
-Ratio = bare / reconcile (goal >= 0.5). Peak RSS of this process during the reconcile run is sampled
-every 5 ms from /proc (goal < 200 MB). A scratch database is created and dropped at the end.
+Ratio = bare / reconcile (goal >= 0.5); also the CPU seconds of each (this process, the warehouse
+process and, for reconcile, the database's backends), which on a shared machine move far less than
+wall clock (a change is judged by them). Peak RSS of this process during
+the reconcile run is sampled every 5 ms from /proc (goal < 200 MB). A scratch database is created
+and dropped at the end.
 """
 
 from __future__ import annotations
@@ -103,28 +106,31 @@ class PeakRss(threading.Thread):
             self.peak = max(self.peak, rss_mb())
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def backend_cpu(url: str, dbname: str) -> float:
-    """CPU seconds (user + system) used so far by the server processes of `dbname` (same host)."""
+    """CPU seconds used so far by the server processes of `dbname` (same host)."""
     with psycopg.connect(url, autocommit=True) as c:
         pids = [r[0] for r in c.execute("select pid from pg_stat_activity"
                                         " where datname = %s and pid <> pg_backend_pid()", (dbname,)).fetchall()]
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(proc_cpu(pid) for pid in pids)
 
 
-def bare(url: str) -> tuple[float, int]:
-    started = time.perf_counter()
+def bare(w: Warehouse) -> tuple[float, int, float]:
+    """Seconds, items, and CPU seconds of this process and the warehouse's."""
+    started, cpu = time.perf_counter(), time.process_time() + proc_cpu(w.proc.pid)
     n = 0
-    with WarehouseClient(url, API_KEY, allow_loopback=True) as client:
+    with WarehouseClient(w.url, API_KEY, allow_loopback=True) as client:
         for page in client.inventory(limit=PAGE):
             n += len(page.items)
-    return time.perf_counter() - started, n
+    return time.perf_counter() - started, n, time.process_time() + proc_cpu(w.proc.pid) - cpu
 
 
 def main() -> None:
@@ -176,28 +182,32 @@ def main() -> None:
 
         w = Warehouse(args.items, args.drift)
         point_at(w)
-        bare1, n = bare(w.url)
+        bare1, n, bare_cpu1 = bare(w)
         sampler = PeakRss()
         before = sampler.peak
         sampler.start()
-        cpu = backend_cpu(url, name)
+        cpu, py_cpu, wh_cpu = backend_cpu(url, name), time.process_time(), proc_cpu(w.proc.pid)
         started = time.perf_counter()
         [run] = rec.run(INVENTORY)["runs"]
         reconcile_s = time.perf_counter() - started
+        py_cpu, wh_cpu = time.process_time() - py_cpu, proc_cpu(w.proc.pid) - wh_cpu
         cpu = backend_cpu(url, name) - cpu
         sampler.stopping.set()
         sampler.join()
-        bare2, _ = bare(w.url)
+        bare2, _, bare_cpu2 = bare(w)
         w.close()
         assert run["status"] == "succeeded", run
         reference = (bare1 + bare2) / 2
         print(f"source: {n} items, {run['pages']} pages of {PAGE}; discrepancies {run['discrepancies']}")
         print(f"bare paging (same client, no database): {bare1:.2f} s / {bare2:.2f} s (mean {reference:.2f} s,"
-              f" {n / reference:,.0f} items/s)")
+              f" {n / reference:,.0f} items/s; CPU {bare_cpu1:.2f} s / {bare_cpu2:.2f} s: this process and the"
+              " warehouse)")
         print(f"reconcile-inventory: {reconcile_s:.2f} s ({run['records_checked'] / reconcile_s:,.0f} items/s),"
               f" healed {run['records_synced']}")
-        print(f"postgres CPU during the run: {cpu:.2f} s (the pool's backends)")
-        print(f"ratio bare/reconcile: {reference / reconcile_s:.2f}x (goal >= 0.5x)")
+        print(f"CPU during the run: postgres {cpu:.2f} s (the pool's backends), this process {py_cpu:.2f} s,"
+              f" the warehouse {wh_cpu:.2f} s")
+        print(f"ratio bare/reconcile: {reference / reconcile_s:.2f}x (goal >= 0.5x); of their CPU seconds"
+              f" {(bare_cpu1 + bare_cpu2) / 2 / (cpu + py_cpu + wh_cpu):.2f}x")
         print(f"peak RSS during the run: {sampler.peak:.0f} MB (before: {before:.0f} MB; goal < 200 MB)")
     finally:
         if db is not None:

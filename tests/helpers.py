@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +226,39 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def writes_blocked(db_url: str, table: str, seconds: float) -> Iterator[None]:
+    """Writes to `table` wait for `seconds` (another transaction holds a SHARE lock, then commits): a
+    writer's statement in the block runs that long, as a big batch on a busy table would."""
+    locked = threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(db_url, autocommit=True) as c, c.transaction():
+            c.execute(f"lock table {table} in share mode")
+            locked.set()
+            c.execute("select pg_sleep(%s)", (seconds,))
+
+    holder = threading.Thread(target=hold, name="writes-blocked")
+    holder.start()
+    try:
+        assert locked.wait(10), f"could not lock {table}"
+        yield
+    finally:
+        holder.join()
+
+
+#: `crm` as a test runs it: the CLI of this checkout, by the interpreter running the tests.
+CRM_CLI = (sys.executable, "-m", "crm.tools.cli")
+
+
+def crm_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60,
+            **settings: str) -> subprocess.CompletedProcess:
+    """`crm ARGS` in a subprocess, its output captured as text, with the test's environment (already
+    scrubbed, conftest) or exactly `env`, plus `settings` (e.g. `DATABASE_URL=url`)."""
+    return subprocess.run([*CRM_CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**(os.environ if env is None else env), **settings})
+
+
 _DEV_URL = re.compile(r"crm dev is running on (http://\S+)")
 
 
@@ -233,7 +266,7 @@ def start_crm_dev(args: list[str], env: dict[str, str], log: Path) -> subprocess
     """`crm dev --port 0 ARGS` in a subprocess: the server takes a free port itself (no race for a
     port picked beforehand) and prints it; `crm_dev_url` reads it. Output goes to `log`."""
     with log.open("w") as out:
-        return subprocess.Popen([sys.executable, "-m", "crm.tools.cli", "dev", "--port", "0", *args],
+        return subprocess.Popen([*CRM_CLI, "dev", "--port", "0", *args],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
 
 

@@ -57,6 +57,11 @@ declare
 begin
   if pg_catalog.current_setting('role') = 'none' then
     return;  -- the migrations owner (CLI, tests): no API role
+  elsif pg_catalog.current_setting('role') = 'service_role' then
+    -- Supabase's server key (BYPASSRLS, SPEC 6.1): manages any organization that exists.
+    if not exists (select from public.organizations o where o.id = org) then
+      raise sqlstate 'PT404' using message = missing || ' not found', detail = 'not_found';
+    end if;
   elsif role is null then
     raise sqlstate 'PT404' using message = missing || ' not found', detail = 'not_found';
   elsif role <> 'admin' then
@@ -65,5 +70,5 @@ begin
 end
 $$;
 comment on function hidden.org_admin_check(uuid, text, text) is
-  'PT404 "<missing> not found" when the caller is not staff of the org (nothing to see), PT403 "only admins manage <managed>" when staff but not admin; the owner passes.';
+  'PT404 "<missing> not found" when the caller is not staff of the org (nothing to see), PT403 "only admins manage <managed>" when staff but not admin; the owner passes, and service_role (the server key) for an org that exists.';
 revoke all on function hidden.org_admin_check(uuid, text, text) from public;

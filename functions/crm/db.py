@@ -66,6 +66,11 @@ REQUEST_DEADLINE = 3.5  # seconds, from asking the pool for a connection to COMM
 TCP_SETTINGS = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
                 "tcp_user_timeout": 5_000}
 API_ROLES = frozenset({"anon", "authenticated", "service_role"})
+# Jobs (`crm jobs run`, `crm worker`, `POST /reconcile`, the jobs of `crm dev`) run on no caller's
+# clock: a reconciliation page or a retention sweep may take longer than a request may wait, and the
+# request deadlines would cancel it. Their own pool, so a long job never holds a request's connection.
+JOB_STATEMENT_TIMEOUT_MS = 60_000
+JOB_POOL_SIZE = 4  # connections of a job run on demand (its pages, its progress)
 
 #: SQLSTATE → the project's exception: the one table, for the functions and the CLI alike. A key is an
 #: exact SQLSTATE or a class prefix ("22", "08", "57P"); the longest key that matches wins. `PT<status>`
@@ -455,12 +460,20 @@ def direct(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection
         yield conn
 
 
+def job_database(url: str, *, max_size: int = JOB_POOL_SIZE, pooler: str | None = None) -> Database:
+    """A pool for jobs: the job deadlines (`JOB_STATEMENT_TIMEOUT_MS`), not the request ones."""
+    return Database(url, min_size=1, max_size=max_size, statement_timeout_ms=JOB_STATEMENT_TIMEOUT_MS,
+                    pooler=pooler)
+
+
 _default: Database | None = None
+_jobs: Database | None = None
+_jobs_made_here = False  # `get_job_database()` made it: closed when `set_database` replaces it
 _default_lock = threading.Lock()
 
 
 def get_database() -> Database:
-    """The process-wide database, created on first use from `DATABASE_URL`."""
+    """The process-wide database of requests, created on first use from `DATABASE_URL`."""
     global _default
     with _default_lock:
         if _default is None:
@@ -471,8 +484,27 @@ def get_database() -> Database:
         return _default
 
 
-def set_database(db: Database | None) -> None:
-    """Install (or clear) the process-wide database; used by `crm dev` and tests."""
-    global _default
+def get_job_database() -> Database:
+    """The process-wide database of jobs run on request (`POST /reconcile`), with the job deadlines;
+    created on first use, on the request database's URL if one is installed, else `DATABASE_URL`."""
+    global _jobs, _jobs_made_here
     with _default_lock:
-        _default = db
+        if _jobs is None:
+            if _default is not None:
+                db = job_database(_default.url, pooler=_default.pooler)
+            else:
+                db = job_database(config.database_url(), pooler=config.pooler_mode())
+            db.open()
+            _jobs, _jobs_made_here = db, True
+        return _jobs
+
+
+def set_database(db: Database | None, *, jobs: Database | None = None) -> None:
+    """Install (or clear) the process-wide databases, for requests and (`jobs`) for jobs; without
+    `jobs`, the first job gets one of its own. Used by `crm dev` and tests."""
+    global _default, _jobs, _jobs_made_here
+    with _default_lock:
+        made_here = _jobs if _jobs_made_here else None
+        _default, _jobs, _jobs_made_here = db, jobs, False
+    if made_here is not None:
+        made_here.close()

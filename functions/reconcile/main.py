@@ -1,7 +1,8 @@
 """`POST /reconcile/{name}`: run one scheduled job (SPEC §8), for an external scheduler.
 
 Authenticated by `X-Cron-Secret` (constant-time comparison); the job runs through the same
-registry as `crm jobs run NAME` (its transactions as service_role, SPEC §6.1) and returns its JSON
+registry as `crm jobs run NAME` (its transactions as service_role, SPEC §6.1), on the job
+deadlines and a pool of its own (`get_job_database`), not on the request ones, and returns its JSON
 summary. The deployment serves `CRM_RECONCILE_JOBS` (comma-separated; default every job) and
 checks at import every setting those jobs declare, and no other job's, so a misconfigured
 deployment refuses to start with a message naming the variable instead of answering 500 on each
@@ -14,7 +15,7 @@ import flask
 import functions_framework
 
 from crm import config, jobs
-from crm.db import get_database
+from crm.db import get_job_database
 from crm.errors import BadRequest, CronSecretRefused, NotFound
 from crm.http import endpoint, json_response, prepare_deployment, require_method
 
@@ -46,4 +47,4 @@ def reconcile(request: flask.Request) -> flask.Response:
         options = job.make_options({**args, "progress": False})
     except jobs.OptionsError as exc:
         raise BadRequest(str(exc)) from None
-    return json_response(job.fn(get_database(), options))
+    return json_response(job.fn(get_job_database(), options))

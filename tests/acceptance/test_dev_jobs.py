@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 
-from tests.helpers import crm_dev_url, make_org, start_crm_dev, stop_crm_dev, wait_until
+from crm.db import REQUEST_STATEMENT_TIMEOUT_MS
+from tests.helpers import crm_cli, crm_dev_url, make_org, start_crm_dev, stop_crm_dev, wait_until, writes_blocked
 from tests.integration.image_fixtures import ImageServer, encoded, two_tone
 
 
@@ -75,12 +74,26 @@ def test_crm_dev_creates_the_demo_org_without_no_demo(db_url: str, conn: psycopg
     assert "Created organization 'demo'" in out
 
 
+def test_crm_dev_runs_a_reconcile_job_on_the_job_deadlines(db_url: str, tmp_path: Path) -> None:
+    """POST /reconcile under crm dev: a statement longer than a request may take still finishes."""
+    log = tmp_path / "dev.log"
+    proc = start_crm_dev(["--no-demo", "--no-jobs"], dev_env(db_url, tmp_path, CRM_CRON_SECRET="dev-cron"), log)
+    try:
+        url = crm_dev_url(proc, log)
+        with writes_blocked(db_url, "private.idempotency_keys", REQUEST_STATEMENT_TIMEOUT_MS / 1000 + 0.7):
+            done = httpx.post(f"{url}/reconcile/purge-booking-state", headers={"X-Cron-Secret": "dev-cron"},
+                              timeout=30)
+        assert done.status_code == 200, done.text
+        assert done.elapsed.total_seconds() > REQUEST_STATEMENT_TIMEOUT_MS / 1000
+    finally:
+        stop_crm_dev(proc, log)
+
+
 def test_crm_dev_on_a_taken_port_is_one_line(db_url: str, tmp_path: Path) -> None:
     with socket.socket() as busy:  # held open and listening: nobody else can take it meanwhile
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "crm.tools.cli", "dev", "--port", str(port), "--no-jobs"],
-                                env=dev_env(db_url, tmp_path), capture_output=True, text=True, timeout=60)
+        result = crm_cli("dev", "--port", str(port), "--no-jobs", env=dev_env(db_url, tmp_path))
     assert result.returncode == 1, result.stderr
     assert result.stderr.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr

@@ -4,14 +4,13 @@ the demo org, answers /healthz, lets a second terminal use the same server, and 
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import jwt
 import pytest
 
-from tests.helpers import crm_dev_url, embedded_data_dir, start_crm_dev, stop_crm_dev
+from tests.helpers import crm_cli, crm_dev_url, embedded_data_dir, start_crm_dev, stop_crm_dev
 
 
 def newcomer_env(data_dir: Path) -> dict[str, str]:
@@ -53,12 +52,10 @@ def test_crm_dev_newcomer_path(tmp_path, data_dir):
 
         # A second terminal: no DATABASE_URL, same CRM_DATA_DIR → the same embedded server.
         env = newcomer_env(data_dir)
-        added = subprocess.run([sys.executable, "-m", "crm.tools.cli", "staff", "add", "--org", "demo",
-                                "--email", "manager@demo.test", "--role", "manager"],
-                               env=env, capture_output=True, text=True, timeout=60)
+        added = crm_cli("staff", "add", "--org", "demo", "--email", "manager@demo.test", "--role", "manager",
+                        env=env)
         assert added.returncode == 0, added.stderr
-        token = subprocess.run([sys.executable, "-m", "crm.tools.cli", "token", "--user", added.stdout.strip()],
-                               env=env, capture_output=True, text=True, timeout=60)
+        token = crm_cli("token", "--user", added.stdout.strip(), env=env)
         assert token.returncode == 0, token.stderr
         secret = json.loads((data_dir / "secrets.json").read_text())["CRM_JWT_SECRET"]
         claims = jwt.decode(token.stdout.strip(), secret, algorithms=["HS256"], audience="authenticated")

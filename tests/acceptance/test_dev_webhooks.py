@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import httpx
 
-from tests.helpers import BOOKING_EXAMPLE, crm_dev_url, start_crm_dev, stop_crm_dev
+from tests.helpers import BOOKING_EXAMPLE, crm_cli, crm_dev_url, start_crm_dev, stop_crm_dev
 from tests.integration.webhook_receiver import Receiver
 
 
@@ -23,8 +21,7 @@ def test_crm_dev_delivers_a_booking_signed(tmp_path, db_url):
         url = crm_dev_url(proc, log)
         with Receiver() as rx:
             # A second terminal, configured only by what crm dev left in CRM_DATA_DIR.
-            added = subprocess.run([sys.executable, "-m", "crm.tools.cli", "webhooks", "add", "--org", "demo",
-                                    "--url", rx.url + "/hook"], env=env, capture_output=True, text=True, timeout=60)
+            added = crm_cli("webhooks", "add", "--org", "demo", "--url", rx.url + "/hook", env=env)
             assert added.returncode == 0, added.stderr
             secret = json.loads(added.stdout)["secret"]
             booked = httpx.post(f"{url}/booking", json=BOOKING_EXAMPLE, timeout=30)

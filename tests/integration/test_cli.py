@@ -1,40 +1,34 @@
 """The `crm` CLI as scripts use it: ids on stdout, one-line errors on stderr, exit codes 0/1/2."""
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 
 import jwt
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.helpers import make_org, refused_port
+from tests.helpers import crm_cli, make_org, refused_port
 from tests.integration.image_fixtures import ImageServer, encoded, two_tone
 
 
-def crm(*args: str, url: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "crm.tools.cli", *args], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "DATABASE_URL": url, **env})
-
-
 def test_org_staff_token_round_trip(db_url, conn):
-    org = crm("org", "create", "acme", "--name", "Acme Bikes", "--country", "at", url=db_url)
+    org = crm_cli("org", "create", "acme", "--name", "Acme Bikes", "--country", "at", DATABASE_URL=db_url)
     assert org.returncode == 0, org.stderr
     org_id = uuid.UUID(org.stdout.strip())
     row = conn.execute("select slug, name, default_country from organizations where id = %s", (org_id,)).fetchone()
     assert row == {"slug": "acme", "name": "Acme Bikes", "default_country": "AT"}
 
-    added = crm("staff", "add", "--org", "acme", "--email", "Boss@Acme.test", "--role", "manager", url=db_url)
+    added = crm_cli("staff", "add", "--org", "acme", "--email", "Boss@Acme.test", "--role", "manager",
+                    DATABASE_URL=db_url)
     assert added.returncode == 0, added.stderr
     user_id = uuid.UUID(added.stdout.strip())
-    again = crm("staff", "add", "--org", "acme", "--email", "boss@acme.test", "--role", "admin", url=db_url)
+    again = crm_cli("staff", "add", "--org", "acme", "--email", "boss@acme.test", "--role", "admin",
+                    DATABASE_URL=db_url)
     assert uuid.UUID(again.stdout.strip()) == user_id
     assert conn.execute("select role::text from staff where user_id = %s", (user_id,)).fetchone()["role"] == "admin"
 
     secret = "s3cret-for-tests-at-least-32-bytes-long"
-    token = crm("token", "--user", str(user_id), "--ttl", "120", url=db_url, CRM_JWT_SECRET=secret)
+    token = crm_cli("token", "--user", str(user_id), "--ttl", "120", DATABASE_URL=db_url, CRM_JWT_SECRET=secret)
     assert token.returncode == 0, token.stderr
     claims = jwt.decode(token.stdout.strip(), secret, algorithms=["HS256"], audience="authenticated")
     assert claims["sub"] == str(user_id)
@@ -55,7 +49,7 @@ def test_org_staff_token_round_trip(db_url, conn):
     ],
 )
 def test_errors_are_one_line_with_exit_codes(db_url, args, code, needle):
-    result = crm(*args, url=db_url, CRM_JWT_SECRET="x")
+    result = crm_cli(*args, DATABASE_URL=db_url, CRM_JWT_SECRET="x")
     assert result.returncode == code, result.stderr
     assert result.stdout == ""
     lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("usage:")]
@@ -63,14 +57,14 @@ def test_errors_are_one_line_with_exit_codes(db_url, args, code, needle):
 
 
 def test_duplicate_org_is_a_clear_error(db_url):
-    assert crm("org", "create", "twice", "--name", "One", url=db_url).returncode == 0
-    result = crm("org", "create", "twice", "--name", "Two", url=db_url)
+    assert crm_cli("org", "create", "twice", "--name", "One", DATABASE_URL=db_url).returncode == 0
+    result = crm_cli("org", "create", "twice", "--name", "Two", DATABASE_URL=db_url)
     assert result.returncode == 1 and "already exists" in result.stderr
 
 
 def test_unreachable_database_is_one_line(tmp_path):
     with refused_port() as port:
-        result = crm("db", "status", url=f"postgresql://postgres@127.0.0.1:{port}/none")
+        result = crm_cli("db", "status", DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/none")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "cannot connect" in result.stderr
 
@@ -80,9 +74,9 @@ def test_a_database_outage_is_one_line_naming_the_database_whichever_path_met_it
     as the same exception class (`DatabaseUnavailable`, from the connector's table): one line, exit 1."""
     with refused_port() as port:
         url = f"postgresql://postgres@127.0.0.1:{port}/none"
-        direct = [crm("org", "create", "acme", "--name", "Acme", url=url),
-                  crm("webhooks", "retry", str(uuid.uuid4()), url=url)]
-        pooled = crm("jobs", "run", "purge-booking-state", url=url)
+        direct = [crm_cli("org", "create", "acme", "--name", "Acme", DATABASE_URL=url),
+                  crm_cli("webhooks", "retry", str(uuid.uuid4()), DATABASE_URL=url)]
+        pooled = crm_cli("jobs", "run", "purge-booking-state", DATABASE_URL=url)
     for result in direct:
         assert (result.returncode, result.stdout) == (1, ""), result.stderr
         assert result.stderr.count("\n") == 1, result.stderr
@@ -127,9 +121,9 @@ def test_jobs_run_cache_images_prints_its_summary_and_honours_limit(db_url, conn
                 (org, customer, f"listing-{i}", Jsonb({"external_ref": f"listing-{i}", "title": "Bike",
                                                        "images": [url], "images_state": "pending"}))
             ).fetchone()["id"])
-        first = crm("jobs", "run", "cache-images", "--limit", "1", url=db_url, **env)
-        second = crm("jobs", "run", "cache-images", url=db_url, **env)
-        third = crm("jobs", "run", "cache-images", url=db_url, **env)
+        first = crm_cli("jobs", "run", "cache-images", "--limit", "1", DATABASE_URL=db_url, **env)
+        second = crm_cli("jobs", "run", "cache-images", DATABASE_URL=db_url, **env)
+        third = crm_cli("jobs", "run", "cache-images", DATABASE_URL=db_url, **env)
     for result in (first, second, third):
         assert result.returncode == 0, result.stderr
     assert json.loads(first.stdout) == {"job": "cache-images", "orders": 1, "cached": 1, "images_cached": 1,
@@ -156,10 +150,10 @@ def test_jobs_run_backfill_images_dry_run_report_then_apply(db_url, conn, tmp_pa
             (org, customer, Jsonb({"external_ref": "listing-old", "title": "Bike", "images": [url]}))
         ).fetchone()["id"]
         report = tmp_path / "plan.json"
-        dry = crm("jobs", "run", "backfill-images", "--report", str(report), url=db_url, **env)
+        dry = crm_cli("jobs", "run", "backfill-images", "--report", str(report), DATABASE_URL=db_url, **env)
         assert dry.returncode == 0, dry.stderr
         assert images.seen == []  # a dry run downloads nothing
-        applied = crm("jobs", "run", "backfill-images", "--apply", url=db_url, **env)
+        applied = crm_cli("jobs", "run", "backfill-images", "--apply", DATABASE_URL=db_url, **env)
         assert applied.returncode == 0, applied.stderr
     summary = json.loads(dry.stdout)
     assert (summary["mode"], summary["orders"], summary["report"]) == ("dry_run", 1, str(report))
@@ -176,7 +170,7 @@ def test_jobs_run_purge_booking_state_deletes_only_what_expired(db_url, conn):
                      " values (%s, %s, %s, now() - %s::interval)", (org, key, b"\0" * 32, age))
     conn.execute("insert into private.booking_rate_counters (client, window_start, hits)"
                  " values ('192.0.2.1', now() - interval '3 days', 5), ('192.0.2.2', now(), 1)")
-    result = crm("jobs", "run", "purge-booking-state", url=db_url)
+    result = crm_cli("jobs", "run", "purge-booking-state", DATABASE_URL=db_url)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"job": "purge-booking-state", "idempotency_keys": 1, "rate_counters": 1}
     assert [r["key"] for r in conn.execute("select key from private.idempotency_keys")] == ["fresh-key"]
@@ -185,11 +179,11 @@ def test_jobs_run_purge_booking_state_deletes_only_what_expired(db_url, conn):
 
 
 def test_jobs_run_refuses_options_the_job_does_not_take_and_checks_only_its_own_settings(db_url):
-    refused = crm("jobs", "run", "purge-booking-state", "--apply", url=db_url)
+    refused = crm_cli("jobs", "run", "purge-booking-state", "--apply", DATABASE_URL=db_url)
     assert refused.returncode == 2 and "purge-booking-state: apply" in refused.stderr
-    assert crm("jobs", "run", "cache-images", "--limit", "0", url=db_url).returncode == 2
+    assert crm_cli("jobs", "run", "cache-images", "--limit", "0", DATABASE_URL=db_url).returncode == 2
     # A malformed image setting stops the image job, naming it, and no other job.
-    bad = crm("jobs", "run", "cache-images", url=db_url, CRM_IMAGE_TIMEOUT="soon")
+    bad = crm_cli("jobs", "run", "cache-images", DATABASE_URL=db_url, CRM_IMAGE_TIMEOUT="soon")
     assert bad.returncode == 1 and "CRM_IMAGE_TIMEOUT" in bad.stderr
-    fine = crm("jobs", "run", "purge-booking-state", url=db_url, CRM_IMAGE_TIMEOUT="soon")
+    fine = crm_cli("jobs", "run", "purge-booking-state", DATABASE_URL=db_url, CRM_IMAGE_TIMEOUT="soon")
     assert fine.returncode == 0, fine.stderr

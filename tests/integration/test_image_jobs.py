@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -285,6 +286,31 @@ def test_jobs_write_as_service_role_with_its_claims(env, server, shop, database,
     writes = conn.execute("select * from public.job_writes").fetchall()
     assert {w["tbl"] for w in writes} == {"image_cache_queue", "image_cache_images", "orders"}
     assert {(w["writer"], w["claimed_role"]) for w in writes} == {("service_role", "service_role")}
+
+
+class _HourAhead(datetime):
+    """An application server whose clock runs an hour ahead of the database's."""
+
+    @classmethod
+    def now(cls, tz=None):  # noqa: ANN001, ANN206
+        return datetime.now(tz or UTC) + timedelta(hours=1)
+
+
+def test_retries_are_scheduled_on_the_database_clock(env, server, shop, database, monkeypatch) -> None:
+    """The work queue judges due-ness by the database's now(); the image cache schedules by it too, with
+    the shared private.queue_backoff (deliveries and the inbox use it), whatever the worker's clock says."""
+    monkeypatch.setattr(image_jobs, "datetime", _HourAhead, raising=False)
+    server.routes["/down.jpg"] = lambda h: send(h, 503, b"busy", "text/plain")
+    down = shop.order([server.url + "/down.jpg"])
+    image_jobs.cache_images(database, {})
+    first = shop.records(down)[0]
+    assert first["state"] == "retrying"
+    assert first["next_attempt_at"] - first["last_attempt_at"] == timedelta(seconds=60)
+    assert shop.queued(down)["available_at"] == first["next_attempt_at"]
+    # Due for the queue again, but not for the image: the worker's clock does not make it due.
+    shop.conn.execute("update private.image_cache_queue set available_at = now()")
+    image_jobs.cache_images(database, {})
+    assert requests_for(server)["/down.jpg"] == 1 and shop.records(down)[0]["attempts"] == 1
 
 
 def test_transient_failures_are_retried_with_backoff(env, server, shop, database, monkeypatch) -> None:

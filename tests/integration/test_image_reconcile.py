@@ -69,7 +69,8 @@ def test_reconcile_starts_with_the_deployed_settings(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("setting", "value"), [
-    ("CRM_IMAGE_MAX_PER_ORDER", "50"), ("CRM_IMAGE_MAX_ATTEMPTS", "0"), ("CRM_IMAGE_RETRY_SECONDS", "-1"),
+    ("CRM_IMAGE_MAX_PER_ORDER", "50"), ("CRM_IMAGE_MAX_ATTEMPTS", "0"), ("CRM_IMAGE_MAX_ATTEMPTS", "101"),
+    ("CRM_IMAGE_RETRY_SECONDS", "-1"),
     ("CRM_IMAGE_FORMAT", "gif"), ("CRM_IMAGE_MAX_PIXELS", "0"), ("CRM_IMAGE_MAX_BYTES", "ten"),
     ("CRM_IMAGE_CONNECT_TIMEOUT", "0"), ("CRM_IMAGE_ALLOWED_PORTS", ","), ("CRM_CATALOG_URL", "https://x/{sku}"),
     ("SUPABASE_URL", "not a url"),

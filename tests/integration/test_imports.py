@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
 from crm.tools.cli import main
-from tests.helpers import make_org
+from tests.helpers import CRM_CLI, crm_cli, make_org
 from tests.integration.json_server import JsonServer
 
 LONG_NAME = "A" * 10_000
@@ -269,11 +268,6 @@ def test_orders_from_the_catalog_and_archived_when_it_forgot_the_item(conn, org,
         "bike-1", "bike-gone", "bike-gone-too"]
 
 
-def run_cli(db_url, *args):
-    return subprocess.run([sys.executable, "-m", "crm.tools.cli", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "DATABASE_URL": db_url})
-
-
 def test_cli_errors_are_one_line_with_exit_codes(conn, org, tmp_path, db_url):
     good = tmp_path / "a.csv"
     good.write_text("legacy_id,email\n1,a@example.com\n")
@@ -288,11 +282,11 @@ def test_cli_errors_are_one_line_with_exit_codes(conn, org, tmp_path, db_url):
         (("import", "leads", str(broken), "--org", org["slug"]), 1, "line 2: not JSON"),
     ]
     for args, code, needle in cases:
-        result = run_cli(db_url, *args)
+        result = crm_cli(*args, DATABASE_URL=db_url)
         assert result.returncode == code, (args, result.stderr)
         lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("usage:")]
         assert len(lines) == 1 and needle in lines[0], (args, result.stderr)
-    ok = run_cli(db_url, "import", "leads", str(good), "--org", org["slug"])
+    ok = crm_cli("import", "leads", str(good), "--org", org["slug"], DATABASE_URL=db_url)
     assert ok.returncode == 0 and ok.stderr == ""  # no progress bar when stderr is not a terminal
     assert json.loads(ok.stdout)["created"] == 1
 
@@ -305,7 +299,7 @@ def test_ctrl_c_leaves_whole_batches_and_a_rerun_resumes(conn, org, tmp_path, db
     path = tmp_path / "many.csv"
     path.write_text("legacy_id,full_name,email\n"
                     + "".join(f"{n},Person {n},p{n}@example.com\n" for n in range(1, rows + 1)))
-    proc = subprocess.Popen([sys.executable, "-m", "crm.tools.cli", "import", "leads", str(path), "--org", org["slug"],
+    proc = subprocess.Popen([*CRM_CLI, "import", "leads", str(path), "--org", org["slug"],
                              "--apply"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "DATABASE_URL": db_url})
     deadline = time.monotonic() + 60
@@ -321,7 +315,7 @@ def test_ctrl_c_leaves_whole_batches_and_a_rerun_resumes(conn, org, tmp_path, db
     # Nothing half-written: every committed lead has its customer and its import activity.
     assert conn.execute("select count(*) n from customers").fetchone()["n"] == done
     assert conn.execute("select count(*) n from activities where kind = 'import'").fetchone()["n"] == done
-    rerun = run_cli(db_url, "import", "leads", str(path), "--org", org["slug"], "--apply")
+    rerun = crm_cli("import", "leads", str(path), "--org", org["slug"], "--apply", DATABASE_URL=db_url)
     assert rerun.returncode == 0, rerun.stderr
     report = json.loads(rerun.stdout)
     assert (report["created"], report["skipped"]) == (rows - done, done)
@@ -351,7 +345,7 @@ def test_progress_bar_on_a_terminal(conn, org, tmp_path, db_url):
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
     try:
-        result = subprocess.run([sys.executable, "-m", "crm.tools.cli", "import", "leads", str(path), "--org",
+        result = subprocess.run([*CRM_CLI, "import", "leads", str(path), "--org",
                                  org["slug"]], stdout=subprocess.PIPE, stderr=secondary, timeout=60,
                                 env={**os.environ, "DATABASE_URL": db_url})
         os.close(secondary)
@@ -379,7 +373,7 @@ def test_two_imports_of_one_file_at_once_write_each_row_once(conn, org, tmp_path
     path = tmp_path / "same.csv"
     path.write_text("legacy_id,full_name,phone\n"
                     + "".join(f"{n},Person {n},+49151{n:08d}\n" for n in range(1, rows + 1)))
-    args = [sys.executable, "-m", "crm.tools.cli", "import", "leads", str(path), "--org", org["slug"], "--apply"]
+    args = [*CRM_CLI, "import", "leads", str(path), "--org", org["slug"], "--apply"]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "DATABASE_URL": db_url}) for _ in range(2)]
     reports = []
@@ -466,7 +460,7 @@ def test_a_booking_creating_the_same_customer_during_an_import_meets_it_on_one_r
                 "window": 600}).fetchone()
             # The booking's customer is inserted, not committed: the import's insert of the same
             # phone number waits for it.
-            proc = subprocess.Popen([sys.executable, "-m", "crm.tools.cli", "import", "leads", str(path), "--org",
+            proc = subprocess.Popen([*CRM_CLI, "import", "leads", str(path), "--org",
                                      org["slug"], "--apply"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     env={**os.environ, "DATABASE_URL": db_url})
             deadline = time.monotonic() + 60

@@ -8,8 +8,6 @@ different server connections — where a statement psycopg prepared does not exi
 import copy
 import os
 import re
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
@@ -21,7 +19,7 @@ from crm.booking import intake as booking
 from crm.db import Database
 from crm.tools.sqlsplit import split
 from tests import pgcluster
-from tests.helpers import BOOKING_EXAMPLE, make_org
+from tests.helpers import BOOKING_EXAMPLE, crm_cli, make_org
 
 
 @pytest.fixture
@@ -66,9 +64,7 @@ def test_bookings_through_pgbouncer_in_transaction_mode_never_fail(bouncer_url, 
 
 def test_crm_db_migrate_refuses_a_transaction_pooler_in_one_line(bouncer_url):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CRM_"))}
-    env.update({"DATABASE_URL": bouncer_url, "CRM_DB_POOLER": "transaction"})
-    result = subprocess.run([sys.executable, "-m", "crm.tools.cli", "db", "migrate"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = crm_cli("db", "migrate", env=env, DATABASE_URL=bouncer_url, CRM_DB_POOLER="transaction")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1, result.stderr
     assert "direct connection" in result.stderr and "CRM_DB_POOLER=transaction" in result.stderr

@@ -4,12 +4,14 @@ query parameters are validated by the job's options model."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import LiveServer, assert_refuses_to_start, function_app, start_function
+from crm import db as crm_db
+from tests.helpers import LiveServer, assert_refuses_to_start, function_app, start_function, writes_blocked
 
 CRON_SECRET = "cron-secret-for-the-reconcile-tests"
 NOT_IMAGE_JOBS = "purge-booking-state,mark-no-shows"
@@ -65,3 +67,16 @@ def test_query_parameters_are_the_jobs_typed_options(housekeeping: httpx.Client)
     refused = housekeeping.post("/reconcile/purge-booking-state?limit=5", headers=secret)
     assert refused.status_code == 400 and "limit" in refused.json()["detail"]  # this job takes no limit
     assert housekeeping.post("/reconcile/mark-no-shows?apply=1", headers=secret).status_code == 400
+
+
+def test_a_job_statement_longer_than_a_request_may_take_still_finishes(housekeeping: httpx.Client, db_url: str) -> None:
+    """A job runs on the job deadlines, not on the request ones it would overrun (a big page, a sweep)."""
+    wait = crm_db.REQUEST_STATEMENT_TIMEOUT_MS / 1000 + 0.7  # past the request statement timeout
+    with writes_blocked(db_url, "private.idempotency_keys", wait):
+        started = time.monotonic()
+        done = housekeeping.post("/reconcile/purge-booking-state", headers={"X-Cron-Secret": CRON_SECRET})
+        took = time.monotonic() - started
+    assert done.status_code == 200, done.text
+    assert took > crm_db.REQUEST_STATEMENT_TIMEOUT_MS / 1000, took  # its statement did wait that long
+    # Requests keep theirs.
+    assert crm_db.get_database().statement_timeout == f"{crm_db.REQUEST_STATEMENT_TIMEOUT_MS}ms"

@@ -3,16 +3,13 @@ admin API (SPEC §4), here a local stand-in that, like Supabase Auth, writes `au
 
 import datetime
 import json
-import os
-import subprocess
-import sys
 import uuid
 
 import psycopg
 import werkzeug
 
 from crm.supabase_auth import AuthAdmin
-from tests.helpers import LiveServer, make_org
+from tests.helpers import LiveServer, crm_cli, make_org
 
 SERVICE_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJl"
 
@@ -60,19 +57,13 @@ class AuthStandIn:
         return [json.dumps(body).encode()]
 
 
-def crm(*args: str, url: str, **env: str) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("CRM_", "SUPABASE_"))}
-    return subprocess.run([sys.executable, "-m", "crm.tools.cli", *args], capture_output=True, text=True,
-                          timeout=60, env={**base, "DATABASE_URL": url, **env})
-
-
 def test_staff_add_creates_the_user_through_the_admin_api_and_reuses_it(db_url, conn):
     make_org(conn, "acme")
     stand_in = AuthStandIn(db_url)
     with LiveServer(stand_in) as auth:
         env = {"SUPABASE_URL": auth.url, "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY}
-        first = crm("staff", "add", "--org", "acme", "--email", "Boss@Acme.test", "--role", "manager",
-                    url=db_url, **env)
+        first = crm_cli("staff", "add", "--org", "acme", "--email", "Boss@Acme.test", "--role", "manager",
+                        DATABASE_URL=db_url, **env)
         assert first.returncode == 0, first.stderr
         user_id = first.stdout.strip()
         assert ("POST", "/auth/v1/admin/users", f"Bearer {SERVICE_KEY}") in stand_in.calls
@@ -82,8 +73,8 @@ def test_staff_add_creates_the_user_through_the_admin_api_and_reuses_it(db_url, 
             "manager")
 
         posts = sum(1 for c in stand_in.calls if c[0] == "POST")
-        again = crm("staff", "add", "--org", "acme", "--email", "boss@acme.test", "--role", "admin",
-                    url=db_url, **env)
+        again = crm_cli("staff", "add", "--org", "acme", "--email", "boss@acme.test", "--role", "admin",
+                        DATABASE_URL=db_url, **env)
         assert again.returncode == 0, again.stderr
         assert again.stdout.strip() == user_id
         assert sum(1 for c in stand_in.calls if c[0] == "POST") == posts  # reused, not created twice
@@ -106,8 +97,8 @@ def test_an_existing_auth_user_is_found_by_listing_users_not_created_again(db_ur
 def test_staff_add_with_a_wrong_service_key_is_one_line(db_url, conn):
     make_org(conn, "acme")
     with LiveServer(AuthStandIn(db_url)) as auth:
-        result = crm("staff", "add", "--org", "acme", "--email", "x@acme.test", "--role", "agent", url=db_url,
-                     SUPABASE_URL=auth.url, SUPABASE_SERVICE_ROLE_KEY=SERVICE_KEY + "x")
+        result = crm_cli("staff", "add", "--org", "acme", "--email", "x@acme.test", "--role", "agent",
+                         DATABASE_URL=db_url, SUPABASE_URL=auth.url, SUPABASE_SERVICE_ROLE_KEY=SERVICE_KEY + "x")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "Supabase Auth" in result.stderr, result.stderr
     assert conn.execute("select count(*) as n from staff").fetchone()["n"] == 0
@@ -115,6 +106,7 @@ def test_staff_add_with_a_wrong_service_key_is_one_line(db_url, conn):
 
 def test_staff_add_without_supabase_inserts_an_explicit_id(db_url, conn):
     make_org(conn, "acme")
-    result = crm("staff", "add", "--org", "acme", "--email", "solo@acme.test", "--role", "agent", url=db_url)
+    result = crm_cli("staff", "add", "--org", "acme", "--email", "solo@acme.test", "--role", "agent",
+                     DATABASE_URL=db_url)
     assert result.returncode == 0, result.stderr
     assert uuid.UUID(result.stdout.strip())

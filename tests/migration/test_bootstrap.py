@@ -4,8 +4,6 @@ A database migrated with the released 0001 still migrates and shows a clean stat
 
 import secrets
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
@@ -13,6 +11,7 @@ import pytest
 
 from crm.tools.migrate import DB_DIR, EQUIVALENT_EARLIER_CHECKSUMS, Migrator, SqlFile
 from tests.conftest import SUPABASE_MODE, create_database, drop_database
+from tests.helpers import crm_cli
 
 RELEASED_0001 = Path(__file__).parent / "data" / "0001_supabase_bootstrap.released.sql"
 
@@ -108,11 +107,9 @@ def test_crm_org_create_and_staff_add_work_on_supabase(supabase_db):
     with psycopg.connect(supabase_db, autocommit=True) as conn:
         Migrator(conn).migrate()
     env = {"DATABASE_URL": supabase_db, "PATH": "/usr/bin:/bin"}
-    crm = [sys.executable, "-m", "crm.tools.cli"]
-    org = subprocess.run([*crm, "org", "create", "acme", "--name", "Acme"], env=env, capture_output=True, text=True)
+    org = crm_cli("org", "create", "acme", "--name", "Acme", env=env)
     assert org.returncode == 0, org.stderr
-    added = subprocess.run([*crm, "staff", "add", "--org", "acme", "--email", "boss@acme.test", "--role", "manager"],
-                           env=env, capture_output=True, text=True)
+    added = crm_cli("staff", "add", "--org", "acme", "--email", "boss@acme.test", "--role", "manager", env=env)
     assert added.returncode == 0, added.stderr
     with psycopg.connect(supabase_db) as conn:
         assert conn.execute("select email from auth.users where id = %s", (added.stdout.strip(),)).fetchone() == (
@@ -134,8 +131,7 @@ def test_a_database_migrated_with_the_released_0001_still_migrates_cleanly(fresh
         assert Migrator(conn).migrate() == []
         entries = Migrator(conn).plan()
         assert {e.state for e in entries} == {"applied"}
-    status = subprocess.run([sys.executable, "-m", "crm.tools.cli", "db", "status"], env={"DATABASE_URL": url},
-                            capture_output=True, text=True)
+    status = crm_cli("db", "status", env={"DATABASE_URL": url})
     assert status.returncode == 0, status.stderr
     assert "equivalent earlier text" in status.stdout
 

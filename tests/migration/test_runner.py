@@ -1,7 +1,5 @@
 """The migration runner against a real Postgres: order, checksums, repeatables, rollback, locking."""
 
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -9,6 +7,7 @@ import psycopg
 import pytest
 
 from crm.tools.migrate import MigrationError, Migrator
+from tests.helpers import crm_cli
 
 
 def write(root: Path, rel: str, text: str) -> Path:
@@ -134,30 +133,23 @@ def test_bad_file_names_are_refused(fresh_database, db_dir):
         m.plan()
 
 
-def crm(*args: str, url: str) -> subprocess.CompletedProcess:
-    import os
-
-    return subprocess.run([sys.executable, "-m", "crm.tools.cli", *args], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "DATABASE_URL": url})
-
-
 def test_cli_status_exits_1_naming_an_edited_migration(fresh_database, tmp_path, monkeypatch):
     """Through the real CLI against the real db/ files: migrate twice, then tamper with a record."""
     url = fresh_database("cli")
-    first = crm("db", "migrate", url=url)
+    first = crm_cli("db", "migrate", DATABASE_URL=url, timeout=120)
     assert first.returncode == 0, first.stderr
     assert "applied migration 0001_supabase_bootstrap.sql" in first.stdout
-    second = crm("db", "migrate", url=url)
+    second = crm_cli("db", "migrate", DATABASE_URL=url, timeout=120)
     assert second.returncode == 0 and "nothing to apply" in second.stdout
-    status = crm("db", "status", url=url)
+    status = crm_cli("db", "status", DATABASE_URL=url, timeout=120)
     assert status.returncode == 0 and "pending" not in status.stdout
     # Simulate an edit of a released file: the recorded checksum no longer matches the file.
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("update private.schema_migrations set checksum = 'x' where version = 2")
-    status = crm("db", "status", url=url)
+    status = crm_cli("db", "status", DATABASE_URL=url, timeout=120)
     assert status.returncode == 1
     assert "0002_organizations_staff.sql" in status.stderr and len(status.stderr.strip().splitlines()) == 1
-    refused = crm("db", "migrate", url=url)
+    refused = crm_cli("db", "migrate", DATABASE_URL=url, timeout=120)
     assert refused.returncode == 1 and "0002_organizations_staff.sql" in refused.stderr
 
 

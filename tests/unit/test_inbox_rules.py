@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from urllib.parse import urlencode
 
 import pytest
+from twilio.request_validator import RequestValidator
 
 from crm import contacts
 from crm.errors import BadRequest
 from crm.http import parse_form
-from crm.inbox.sources import Integration, meta_handshake, meta_lead, meta_signature_ok
+from crm.imports.pull import twilio_call_event
+from crm.inbox.sources import Integration, meta_handshake, meta_lead, meta_signature_ok, twilio_events
 
 
 @pytest.mark.parametrize("raw", ["+49 151 23456789", "0151 23456789", "0049151 23456789", "+49 (0151) 234-567-89",
@@ -66,3 +69,28 @@ def test_a_graph_lead_becomes_contact_fields():
     assert (lead["full_name"], lead["phone_e164"], lead["email"], lead["form_id"]) == (
         "Jana Nováková", "+4915123456789", "j@x.cz", "9")
     assert lead["created_time"] == "2026-12-01T08:00:00+00:00" and "bad" not in lead["fields"]
+
+
+@pytest.mark.parametrize("ended", ["Tue, 01 Dec 2026 08:00:42 +0000", "Tue, 01 Dec 2026 08:00:42 -0000"])
+@pytest.mark.parametrize("direction", ["inbound", "outbound-api"])
+def test_a_call_pulled_from_the_log_is_the_event_its_status_callback_stores(ended, direction):
+    """One call, by webhook and by pull-leads: the same event id, fields and reading (crm), but `pulled`."""
+    token, url, sid = "twilio-token", "https://crm.example.com/webhooks/twilio/acme", "CA" + "5" * 32
+    integ = Integration("i", "o", "twilio", True, {}, "DE", {"auth_token": [token]})
+    form = {"CallSid": sid, "AccountSid": "AC" + "1" * 32, "CallStatus": "completed", "From": "0151 23456789",
+            "To": "+4930123456", "Direction": direction, "CallDuration": "42", "Timestamp": ended}
+    headers = {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, form)}
+    [pushed] = twilio_events(integ, urlencode(form).encode(), headers, url)
+    log_row = {"sid": sid, "account_sid": form["AccountSid"], "status": "completed", "from": form["From"],
+               "to": form["To"], "direction": direction, "duration": 42,
+               "start_time": "Tue, 01 Dec 2026 08:00:00 +0000", "end_time": ended}
+    pulled = twilio_call_event(log_row, "DE")
+    assert (pulled["event_id"], pulled["event_type"]) == (pushed.event_id, pushed.event_type) == (
+        f"{sid}:completed", "call.completed")
+    crm_pulled = dict(pulled["payload"].pop("crm"))
+    assert crm_pulled.pop("pulled") is True
+    crm_pushed = pushed.payload.pop("crm")
+    assert crm_pulled == crm_pushed
+    assert crm_pushed["occurred_at"] == "2026-12-01T08:00:42+00:00"  # -0000 (zone unknown) read as UTC
+    assert crm_pushed["caller_e164"] == ("+4915123456789" if direction == "inbound" else "+4930123456")
+    assert pulled["payload"] == pushed.payload

@@ -6,7 +6,8 @@ db/functions/000_work_queue.sql: FOR UPDATE SKIP LOCKED plus a lease), downloads
 with no transaction open, then writes each order's result in another short transaction that first
 checks the claim is still its own (`queue_hold`). Failures are recorded per image in
 private.image_cache_images; transient ones are retried with exponential backoff up to
-CRM_IMAGE_MAX_ATTEMPTS, then the image counts as failed.
+CRM_IMAGE_MAX_ATTEMPTS, then the image counts as failed. The retry times come from the database's
+clock, by the work queue's own `private.queue_backoff`, as the queue judges due-ness by that clock.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ log = logging.getLogger("crm.images.jobs")
 
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
 MAX_BACKOFF_SECONDS = 6 * 3600
+MAX_ATTEMPTS = 100  # 6 h apart at the cap: weeks of retries; the schedule travels with each write
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,8 @@ class Settings:
         if not 0 <= max_per_order <= 20:
             raise ConfigError(f"CRM_IMAGE_MAX_PER_ORDER must be between 0 and 20, got {max_per_order}")
         max_attempts = config.env_int("CRM_IMAGE_MAX_ATTEMPTS", 4)
-        if max_attempts < 1:
-            raise ConfigError(f"CRM_IMAGE_MAX_ATTEMPTS must be at least 1, got {max_attempts}")
+        if not 1 <= max_attempts <= MAX_ATTEMPTS:
+            raise ConfigError(f"CRM_IMAGE_MAX_ATTEMPTS must be between 1 and {MAX_ATTEMPTS}, got {max_attempts}")
         retry_seconds = config.env_int("CRM_IMAGE_RETRY_SECONDS", 60)
         if retry_seconds < 0:
             raise ConfigError(f"CRM_IMAGE_RETRY_SECONDS must not be negative, got {retry_seconds}")
@@ -65,9 +67,12 @@ class Settings:
         return cls(max_per_order=max_per_order, max_attempts=max_attempts, retry_base_seconds=retry_seconds,
                    lease_seconds=lease)
 
-    def backoff(self, attempts: int) -> float:
-        """Seconds before attempt `attempts + 1`: base, 4x base, 16x base, … capped at 6 hours."""
-        return min(self.retry_base_seconds * 4 ** (attempts - 1), MAX_BACKOFF_SECONDS)
+    def retry_schedule(self) -> list[timedelta]:
+        """The waits after failed attempts 1, 2, …: base, 4x base, 16x base, … capped at 6 hours, and
+        none after the last attempt (`private.queue_backoff`'s schedule; no jitter: retries of one
+        run are spread by the downloads themselves, and an operator's base is taken as given)."""
+        return [timedelta(seconds=min(self.retry_base_seconds * 4 ** (n - 1), MAX_BACKOFF_SECONDS))
+                for n in range(1, self.max_attempts)]
 
 
 def check_config() -> None:
@@ -107,7 +112,6 @@ def cache_order(db: Database, cache: ImageCache, order: dict[str, Any], token: u
     with db.transaction("service_role") as s:
         records = {r["position"]: r for r in s.fetch_all("images_order_records", {"order_id": order_id})}
     sources = sources_of(order, records, settings, cache.storage.url_prefix)
-    now = datetime.now(UTC)
     attempted: list[dict[str, Any]] = []
     final: dict[int, dict[str, Any]] = {}
     for position, url in enumerate(sources):
@@ -115,7 +119,7 @@ def cache_order(db: Database, cache: ImageCache, order: dict[str, Any], token: u
         if record is not None and record["source_url"] != url:
             record = None
         if record is not None and (record["state"] in ("cached", "failed") or (
-                record["state"] == "retrying" and record["next_attempt_at"] > now)):
+                record["state"] == "retrying" and record["waiting"])):
             final[position] = record
             continue
         attempts = (record["attempts"] if record else 0) + 1
@@ -140,8 +144,11 @@ def cache_order(db: Database, cache: ImageCache, order: dict[str, Any], token: u
             log.warning("image cache: lost the claim on order %s; its result is dropped", order_id)
             return {"order_id": str(order_id), "result": "lost_claim"}
         if attempted:
-            s.execute("images_record", {"order_id": order_id, "org_id": order["org_id"],
-                                        "records": json.dumps(attempted, default=str)})
+            scheduled = s.fetch_all("images_record", {"order_id": order_id, "org_id": order["org_id"],
+                                                      "records": json.dumps(attempted, default=str),
+                                                      "retry_schedule": settings.retry_schedule()})
+            for row in scheduled:
+                final[row["position"]]["next_attempt_at"] = row["next_attempt_at"]
         s.execute("images_write_snapshot", {"order_id": order_id, "cached_images": json.dumps(cached),
                                             "images_state": state})
         if retrying:
@@ -169,9 +176,7 @@ def _attempt(cache: ImageCache, url: str, attempts: int, settings: Settings) -> 
         retry = exc.retryable and attempts < settings.max_attempts
         entry.update(state="retrying" if retry else "failed", reason=exc.reason, detail=exc.detail,
                      http_status=exc.status)
-        if retry:
-            entry["next_attempt_at"] = datetime.now(UTC) + timedelta(seconds=settings.backoff(attempts))
-        return entry
+        return entry  # a retry's time: by the database, as the record is written
     except Exception as exc:  # noqa: BLE001 - one poisonous image must not stop the queue
         log.exception("image cache: unexpected failure on %s", url)
         entry.update(state="failed", reason="internal_error", detail=f"{type(exc).__name__}: {exc}")

@@ -42,7 +42,8 @@ select o.id as order_id, o.org_id, o.order_code,
  where o.id = any (%(order_ids)s::uuid[])
 
 -- images_order_records --
-select position, source_url, state, cached_url, thumb_url, attempts, next_attempt_at
+select position, source_url, state, cached_url, thumb_url, attempts, next_attempt_at,
+       coalesce(next_attempt_at > now(), false) as waiting
   from private.image_cache_images
  where order_id = %(order_id)s
  order by position
@@ -52,22 +53,26 @@ select position, source_url, state, cached_url, thumb_url, attempts, next_attemp
 select private.queue_hold('image_cache', %(order_id)s::text, %(token)s) as held
 
 -- images_record --
+-- A retrying image waits its step of the schedule (private.queue_backoff, on the database clock, no
+-- jitter); the write returns when, for the order's place in the queue.
 insert into private.image_cache_images as i (
   order_id, org_id, position, source_url, state, cached_url, thumb_url, sha256, width, height,
   reason, detail, http_status, attempts, next_attempt_at, first_attempt_at, last_attempt_at)
 select %(order_id)s, %(org_id)s, r.position, r.source_url, r.state, r.cached_url, r.thumb_url, r.sha256,
-       r.width, r.height, r.reason, left(r.detail, 2000), r.http_status, r.attempts, r.next_attempt_at,
+       r.width, r.height, r.reason, left(r.detail, 2000), r.http_status, r.attempts,
+       case when r.state = 'retrying'
+            then now() + private.queue_backoff(r.attempts, %(retry_schedule)s::interval[], 0) end,
        now(), now()
   from jsonb_to_recordset(%(records)s::jsonb) as r(
          position smallint, source_url text, state text, cached_url text, thumb_url text, sha256 text,
-         width integer, height integer, reason text, detail text, http_status integer, attempts integer,
-         next_attempt_at timestamptz)
+         width integer, height integer, reason text, detail text, http_status integer, attempts integer)
 on conflict (order_id, position) do update
    set source_url = excluded.source_url, state = excluded.state, cached_url = excluded.cached_url,
        thumb_url = excluded.thumb_url, sha256 = excluded.sha256, width = excluded.width,
        height = excluded.height, reason = excluded.reason, detail = excluded.detail,
        http_status = excluded.http_status, attempts = excluded.attempts,
        next_attempt_at = excluded.next_attempt_at, last_attempt_at = now()
+returning position, next_attempt_at
 
 -- images_write_snapshot --
 -- Only cached_images and images_state change: the orders trigger refuses anything else.

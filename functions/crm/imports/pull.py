@@ -13,7 +13,6 @@ The cursor moves only after a stream was read to its end; no transaction is open
 from __future__ import annotations
 
 import base64
-import email.utils
 import json
 import logging
 import re
@@ -21,12 +20,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from crm import config, contacts
+from crm import config
 from crm.db import Database
 from crm.errors import NotFound
 from crm.inbox.jobs import graph_url
 from crm.inbox.receive import load_integration
-from crm.inbox.sources import Integration, meta_lead
+from crm.inbox.sources import Integration, call_event, meta_lead, rfc2822_time
 from crm.jobs import JobOptions, job
 from crm.net import PostPolicy, SafePoster
 from crm.sealing import SecretBox, check_key, check_key_if_set
@@ -58,16 +57,6 @@ def lookback() -> timedelta:
         return timedelta(hours=1)
 
 
-def _twilio_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
 def _iso_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -80,20 +69,11 @@ def _iso_time(value: Any) -> datetime | None:
 
 def twilio_call_event(call: dict[str, Any], country: str | None) -> dict[str, Any]:
     """A call of the call log as the status callback of its final status would have stored it."""
-    direction = str(call.get("direction") or "inbound").lower()
-    inbound = direction == "inbound"
-    caller = call.get("from") if inbound else call.get("to")
-    when = _twilio_time(call.get("end_time")) or _twilio_time(call.get("start_time"))
     fields = {"CallSid": call["sid"], "AccountSid": call.get("account_sid"), "CallStatus": call["status"],
               "From": call.get("from"), "To": call.get("to"), "Direction": call.get("direction"),
               "CallDuration": None if call.get("duration") is None else str(call["duration"]),
               "Timestamp": call.get("end_time") or call.get("start_time")}
-    fields = {k: v for k, v in fields.items() if v is not None}
-    fields["crm"] = {"caller": caller, "caller_e164": contacts.phone_e164(caller, country),
-                     "direction": "inbound" if inbound else "outbound",
-                     "occurred_at": when.isoformat() if when else None, "pulled": True}
-    return {"event_id": f"{call['sid']}:{call['status']}", "event_type": f"call.{call['status']}"[:100],
-            "payload": fields}
+    return call_event({k: v for k, v in fields.items() if v is not None}, country, pulled=True).as_json()
 
 
 class Puller:
@@ -175,7 +155,7 @@ class Puller:
             for call in page.get("calls") or []:
                 if not isinstance(call, dict) or not call.get("sid") or not call.get("status"):
                     continue
-                started = _twilio_time(call.get("start_time")) or _twilio_time(call.get("date_created"))
+                started = rfc2822_time(call.get("start_time")) or rfc2822_time(call.get("date_created"))
                 if call["status"] not in FINAL_CALL_STATUSES:
                     if started and (unfinished is None or started < unfinished):
                         unfinished = started

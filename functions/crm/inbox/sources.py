@@ -13,7 +13,7 @@ import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from standardwebhooks.webhooks import Webhook
@@ -101,17 +101,31 @@ def twilio_events(integ: Integration, raw: bytes, headers: Mapping[str, str], ur
     sid, status = fields.get("CallSid", ""), fields.get("CallStatus", "")
     if not sid or not status or not _EVENT_ID.match(f"{sid}:{status}"):
         raise BadRequest("A call status callback carries CallSid and CallStatus.", code="malformed_event")
-    direction = (fields.get("Direction") or "inbound").lower()
+    return [call_event(fields, integ.country)]
+
+
+def rfc2822_time(value: Any) -> datetime | None:
+    """Twilio's times (`Tue, 01 Dec 2026 08:00:00 +0000`); a zone given as unknown (-0000) is UTC."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def call_event(fields: dict[str, Any], country: str | None, **reading: Any) -> Event:
+    """A Twilio call as the inbox stores it, whether its status callback brought it or pull-leads read
+    it from the call log: the callback's fields (`CallSid`, `CallStatus`, `From`, `To`, `Direction`,
+    `Timestamp`, ...) and, under `crm`, what the CRM reads from them, plus `reading` (`pulled=True`)."""
+    sid, status = fields["CallSid"], fields["CallStatus"]
+    direction = "inbound" if str(fields.get("Direction") or "inbound").lower() == "inbound" else "outbound"
     caller = fields.get("From") if direction == "inbound" else fields.get("To")
-    occurred = None
-    if fields.get("Timestamp"):
-        try:
-            occurred = email.utils.parsedate_to_datetime(fields["Timestamp"]).isoformat()
-        except (TypeError, ValueError):
-            occurred = None
-    fields["crm"] = {"caller": caller, "caller_e164": contacts.phone_e164(caller, integ.country),
-                     "direction": "inbound" if direction == "inbound" else "outbound", "occurred_at": occurred}
-    return [Event(f"{sid}:{status}", f"call.{status}"[:100], fields)]
+    when = rfc2822_time(fields.get("Timestamp"))
+    crm = {"caller": caller, "caller_e164": contacts.phone_e164(caller, country), "direction": direction,
+           "occurred_at": when.isoformat() if when else None, **reading}
+    return Event(f"{sid}:{status}", f"call.{status}"[:100], {**fields, "crm": crm})
 
 
 # -- meta: X-Hub-Signature-256, one event per leadgen change ------------------------------------------

@@ -172,7 +172,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 # -- jobs ----------------------------------------------------------------------------------------
 def cmd_jobs_run(args: argparse.Namespace) -> int:
     from crm import jobs
-    from crm.db import Database
+    from crm.db import job_database
     from crm.tools.embedded import apply_dev_settings
 
     apply_dev_settings()  # a second terminal next to `crm dev` uses its image store and public URL
@@ -189,8 +189,7 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     job.check_settings()  # every setting this job reads, and none of the others'
     with database_url() as url:
-        # Run by hand or by a scheduler, not on a caller's clock: a longer statement budget.
-        db = Database(url, min_size=1, max_size=4, statement_timeout_ms=60_000)
+        db = job_database(url)  # run by hand or by a scheduler: the job deadlines
         db.open()
         try:
             summary = job.fn(db, options)
@@ -204,15 +203,14 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import signal
 
-    from crm.db import Database
+    from crm.db import job_database
     from crm.tools.embedded import apply_dev_settings
     from crm.worker import Worker, default_jobs
 
     apply_dev_settings()
     with database_url() as url:
-        # Not on a caller's clock: the request deadline (3.5 s) would cut a slow batch mid-way.
-        # A connection for each job's thread at once, and two more for dispatch-outbox's.
-        db = Database(url, min_size=1, max_size=len(args.jobs or default_jobs()) + 2, statement_timeout_ms=60_000)
+        # The job deadlines; a connection for each job's thread at once, and two more for dispatch-outbox's.
+        db = job_database(url, max_size=len(args.jobs or default_jobs()) + 2)
         db.open()
         try:
             try:

@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from crm import ROOT, config
-from crm.db import Database, set_database
+from crm.db import JOB_POOL_SIZE, Database, job_database, set_database
 from crm.errors import NotFound
 from crm.http import endpoint, framework_error, problem_response, require_method
 from crm.orgs import accounts
@@ -178,6 +178,7 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
 
     embedded = None
     db: Database | None = None
+    job_db: Database | None = None
     runner = None
     try:
         url = config.env("DATABASE_URL")
@@ -196,19 +197,21 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
 
         from crm.worker import Worker, default_jobs
 
-        # The jobs' threads get connections of their own, so requests never wait for a job's.
-        job_connections = len(default_jobs()) + 2 if jobs else 0
-        db = Database(url, max_size=config.env_int("CRM_DB_POOL_SIZE", 10) + job_connections,
-                      pooler=config.pooler_mode())
+        # Requests on the request deadlines; the jobs (the scheduler's threads and POST /reconcile)
+        # on the job deadlines, in a pool of their own, so requests never wait for a job's connection.
+        db = Database(url, max_size=config.env_int("CRM_DB_POOL_SIZE", 10), pooler=config.pooler_mode())
         db.open()
-        set_database(db)
+        job_connections = len(default_jobs()) + 2 if jobs else 0  # a thread each, dispatch-outbox two
+        job_db = job_database(url, max_size=job_connections + JOB_POOL_SIZE, pooler=config.pooler_mode())
+        job_db.open()
+        set_database(db, jobs=job_db)
 
         server.app = build_app(Path(os.environ["CRM_STORAGE_DIR"]))
 
         if jobs:
             # Every scheduled job in a thread of its own (one slow run holds up no other), and
             # dispatch-outbox woken by NOTIFY; a job missing a setting is logged and stays off.
-            runner = Worker(db, strict=False, quiet=True).start()
+            runner = Worker(job_db, strict=False, quiet=True).start()
 
         def stop(signum, frame):  # noqa: ARG001
             server.shutdown()
@@ -223,8 +226,9 @@ def run_dev(*, port: int, host: str, jobs: bool, demo: bool) -> int:
         if runner is not None:
             runner.stop(timeout=20)
         server.server_close()
-        if db is not None:
-            set_database(None)
-            db.close()
+        set_database(None)
+        for pool in (db, job_db):
+            if pool is not None:
+                pool.close()
         if embedded is not None:
             embedded.stop()
