@@ -11,9 +11,9 @@ the same background load on a shared machine:
 - HTTP: N clients POST over keep-alive loopback connections;
 - SQL: N psycopg connections call `public.create_booking`, one statement per booking as service_role,
   the physical limit of the write;
-- conn: the function's own database path without HTTP and validation (`crm.db` transaction: pool
-  checkout with its liveness check, role and claims, the call, commit), which splits the gap into
-  connector round trips and the web tier.
+- conn: the function's own database path without HTTP and validation (`crm.db` statement: pool
+  checkout with its liveness check; BEGIN with role and claims, the call and COMMIT in one round
+  trip), which splits the gap into the connector and the web tier.
 Every booking is a new customer with its own Idempotency-Key, from its client's own address
 (X-Forwarded-For behind one trusted proxy), so the abuse counter and the idempotency row are written
 on every path. Finally the HTTP path is driven at half its peak rate (open loop, latency counted from
@@ -187,8 +187,16 @@ end
 """
 
 
-def run_wrk(port: int, clients: int, seconds: float, counter: Counter, workdir: Path) -> dict:
-    """`clients` keep-alive connections from wrk for `seconds`; bookings numbered from a fresh range."""
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used: robust where wall-clock rates are not (a
+    machine shared with other work slows every path, but a request still costs the CPU it costs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(port: int, clients: int, seconds: float, counter: Counter, workdir: Path, pid: int | None = None) -> dict:
+    """`clients` keep-alive connections from wrk for `seconds` (whole, at least 1); bookings numbered
+    from a fresh range. With `pid` (the function's process), also its CPU seconds meanwhile."""
     base = counter.next() + 10**9
     for _ in range(clients * 20_000):  # reserve numbers for this run (the counter is shared)
         counter.next()
@@ -197,9 +205,11 @@ def run_wrk(port: int, clients: int, seconds: float, counter: Counter, workdir: 
     template = json.dumps(doc).replace('"', '\\"')
     script = workdir / "booking.lua"
     script.write_text(f'BASE = {base}\nTEMPLATE = "{template}"\n' + WRK_SCRIPT)
+    cpu = process_cpu(pid) if pid else 0.0
     out = subprocess.run(["wrk", "-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{max(1, round(seconds))}s",
                           "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
                          capture_output=True, text=True, check=True).stdout
+    cpu = process_cpu(pid) - cpu if pid else float("nan")
 
     def field(prefix: str, index: int = 1) -> str:
         return next((line.split()[index] for line in out.splitlines() if line.strip().startswith(prefix)), "nan")
@@ -210,8 +220,20 @@ def run_wrk(port: int, clients: int, seconds: float, counter: Counter, workdir: 
                 return float(value[: -len(unit)]) * scale
         return float("nan")
     errors = int(field("Non-2xx", -1)) if "Non-2xx" in out else 0
+    done = next((line.split() for line in out.splitlines() if " requests in " in line), ["0", "", "", "nans,"])
     return {"rate": float(field("Requests/sec:")), "p50_ms": ms(field("50%")), "p99_ms": ms(field("99%")),
-            "errors": errors}
+            "errors": errors, "requests": int(done[0]), "seconds": ms(done[3].rstrip(",")) / 1000, "cpu": cpu}
+
+
+def merge_wrk(parts: list[dict]) -> dict:
+    """wrk slices as one run: rate over all of them, the median slice's p50, the worst slice's p99,
+    server CPU per booking."""
+    requests = sum(p["requests"] for p in parts)
+    seconds = sum(p["seconds"] for p in parts)
+    return {"rate": requests / seconds if seconds else float("nan"),
+            "p50_ms": statistics.median(p["p50_ms"] for p in parts), "p99_ms": max(p["p99_ms"] for p in parts),
+            "errors": sum(p["errors"] for p in parts), "requests": requests,
+            "cpu_us": sum(p["cpu"] for p in parts) / requests * 1e6 if requests else float("nan")}
 
 
 # -- direct SQL ------------------------------------------------------------------------------------
@@ -318,8 +340,8 @@ def minimal_client(url: str, org: intake.Org, client_no: int, counter: Counter, 
 
 def connector_client(db: Database, org: intake.Org, client_no: int, counter: Counter, until: float,
                      out: list, errs: list) -> None:
-    """The function's own database path without HTTP and validation: `crm.db` transaction (pool
-    checkout with its liveness check, role and claims, the call, commit)."""
+    """The function's own database path without HTTP and validation: `crm.db` statement (pool
+    checkout with its liveness check; BEGIN with role and claims, the call and COMMIT in one round trip)."""
     latencies: list[float] = []
     errors = 0
     template = sql_params(org, counter.next(), client_no)
@@ -327,8 +349,7 @@ def connector_client(db: Database, org: intake.Org, client_no: int, counter: Cou
         params = booking_params(template, counter.next())
         begin = time.perf_counter()
         try:
-            with db.transaction("service_role") as session:
-                session.fetch_one("create_booking", params)
+            db.statement("service_role", "create_booking", params)
             latencies.append(time.perf_counter() - begin)
         except CrmError:
             errors += 1
@@ -583,7 +604,7 @@ def main() -> int:
             results.append(result)
             print(line, flush=True)
         connector.close()
-        print("(rates in bookings/s, latencies in ms; conn = crm.db transaction without HTTP; min = the same-shape\n"
+        print("(rates in bookings/s, latencies in ms; conn = crm.db statement without HTTP; min = the same-shape\n"
               " 5-insert transaction on plain tables, the physical limit; ckp = server checkpoints meanwhile,\n"
               " e.g. forced by other sessions' CREATE/DROP DATABASE on a shared server)")
 
@@ -591,13 +612,21 @@ def main() -> int:
             import tempfile
 
             with tempfile.TemporaryDirectory(prefix="bench-booking-wrk-") as workdir:
-                print(f"\nHTTP driven by wrk (its own process), {args.seconds:.0f} s per level, beside this run's SQL:")
+                print(f"\nHTTP driven by wrk (its own process), {args.seconds:.0f} s per level, in slices alternating "
+                      "with SQL slices of the same length (same background load):")
                 for r in results:
-                    w = run_wrk(port, r["clients"], args.seconds, counter, Path(workdir))
+                    n = r["clients"]
+                    slices: dict[str, list[dict]] = {"wrk": [], "sql": []}
+                    for _ in range(args.rounds):
+                        slices["wrk"].append(run_wrk(port, n, args.seconds / args.rounds, counter, Path(workdir),
+                                                     pid=proc.pid))
+                        slices["sql"].append(run_sql(url, org, n, max(1, round(args.seconds / args.rounds)), counter))
+                    w, s = merge_wrk(slices["wrk"]), merge(slices["sql"])
                     r["wrk"] = w
-                    print(f"  N={r['clients']:>2}: {w['rate']:.0f} bookings/s, p50 {w['p50_ms']:.1f} ms, "
-                          f"p99 {w['p99_ms']:.1f} ms, non-201 {w['errors']}; "
-                          f"wrk HTTP÷SQL {w['rate'] / r['sql']['rate']:.2f}")
+                    r["wrk_ratio"] = w["rate"] / s["rate"] if s["rate"] else float("nan")
+                    print(f"  N={n:>2}: {w['rate']:.0f} bookings/s, p50 {w['p50_ms']:.1f} ms, "
+                          f"p99 {w['p99_ms']:.1f} ms, non-201 {w['errors']}; SQL beside it {s['rate']:.0f}/s; "
+                          f"wrk HTTP÷SQL {r['wrk_ratio']:.2f}; server CPU {w['cpu_us']:.0f} µs per booking")
         peak = max(r["http"]["rate"] for r in results)
         # The saturated runs leave autovacuum and the checkpointer minutes of catch-up work (tens of
         # thousands of bookings in a minute); do it now, so this run measures the steady state.

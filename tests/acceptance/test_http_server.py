@@ -235,3 +235,85 @@ def test_function_apps_answer_unroutable_paths_as_problems_under_any_server(monk
         assert response.status_code == 404, path
         assert response.headers["Content-Type"] == "application/problem+json", path
         assert response.headers["X-Request-Id"], path
+
+
+@pytest.fixture
+def echo_server():
+    """crm.server in this process with a WSGI app that echoes method, path and body (no database)."""
+    import threading
+
+    from crm.server import Server
+
+    def app(environ, start_response):
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']} {len(body)} {body.decode()}".encode()]
+
+    server = Server(app, "127.0.0.1", 0, threads=2)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    assert server.wait_ready()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.shutdown()
+        thread.join(15)
+        server.server_close()
+
+
+def exchange(url: str, data: bytes, *, half_close: bool = False) -> bytes:
+    """Send `data` (then shut the sending side, if asked), read until the server closes the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_pipelined_requests_are_answered_in_order_then_the_bad_one(echo_server):
+    answer = exchange(echo_server,
+                      b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                      b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\n"
+                      b"GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+    parts = answer.split(b"HTTP/1.1 ")[1:]
+    assert [p.split(b"\r\n", 1)[0] for p in parts] == [b"200 OK", b"200 OK", b"400 Bad Request"], answer
+    assert parts[0].endswith(b"POST /a 3 abc") and parts[1].endswith(b"POST /b 2 xy"), answer
+    assert b"ambiguous_framing" in parts[2] and b"connection: close" in parts[2].lower()
+
+
+def test_expect_100_continue_is_answered_before_the_body(echo_server):
+    host, port = echo_server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"abc")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"POST / 3 abc"), answer
+
+
+@pytest.mark.parametrize(("request_bytes", "expected", "code"), [
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n", 431, "head_too_large"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000, 431, "head_too_large"),  # never ends
+    (b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n", 400, "malformed_request"),  # no Host
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n", 400, "ambiguous_framing"),
+    (b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n", 400, "malformed_request"),
+])
+def test_bad_heads_are_problems_and_close(echo_server, request_bytes, expected, code):
+    status, headers, body = raw(echo_server, request_bytes)
+    assert assert_problem(status, headers, body, expected)["code"] == code
+    assert headers["connection"] == "close"
+
+
+def test_http_1_0_closes_after_its_answer(echo_server):
+    answer = exchange(echo_server, b"GET /x HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in answer.lower(), answer
+    assert answer.endswith(b"GET /x 0 ")
+
+
+def test_a_half_closed_client_gets_its_answer_and_the_connection_closes(echo_server):
+    answer = exchange(echo_server, b"POST /h HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok", half_close=True)
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"POST /h 2 ok"), answer
