@@ -23,6 +23,7 @@
 \ir migrations/0017_work_queues.sql
 \ir migrations/0018_booking_speed.sql
 \ir migrations/0019_sync_run_ranges.sql
+\ir migrations/0020_booking_speed_checks.sql
 \ir functions/000_work_queue.sql
 \ir functions/booking.sql
 \ir functions/class_sessions.sql

@@ -36,10 +36,9 @@ declare
   v_phone text := nullif(pg_catalog.btrim(p_customer ->> 'phone'), '');
   v_email text := nullif(pg_catalog.lower(pg_catalog.btrim(p_customer ->> 'email')), '');
   v_customer uuid;
-  v_lead uuid;
+  v_lead uuid := pg_catalog.gen_random_uuid();
   v_order uuid;
   v_code text;
-  v_response jsonb;
 begin
   if p_org ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
     select o.id into v_org from public.organizations o where o.id = p_org::uuid;
@@ -68,27 +67,35 @@ begin
       raise sqlstate 'PT422' using message = 'An Idempotency-Key needs the request hash.',
         detail = 'request_hash_missing', hint = 'Idempotency-Key';
     end if;
-    -- The key names its order from the start (the order's id is the caller's; the foreign key is
-    -- checked at commit), so the response written last changes no indexed column (a HOT update).
-    insert into private.idempotency_keys as k (org_id, key, request_hash, order_id)
-    values (v_org, p_idempotency_key, p_request_hash, p_order_id)
+    -- The key is written once, complete: it names its order from the start (the order's id is the
+    -- caller's; the foreign key is checked at commit) and holds the response's lead id, chosen here
+    -- for the lead inserted below. The rest of the response is the order's own and immutable
+    -- (order_code, customer_id: no role may update them), so a replay reads it from the order.
+    -- (An UPDATE adding the response at the end re-ran the key's CHECKs and foreign-key checks.)
+    insert into private.idempotency_keys as k (org_id, key, request_hash, order_id, response)
+    values (v_org, p_idempotency_key, p_request_hash, p_order_id,
+            pg_catalog.jsonb_build_object('order_id', p_order_id, 'status', 'pending_manager', 'lead_id', v_lead))
     on conflict on constraint idempotency_keys_pkey do update
-       set request_hash = excluded.request_hash, order_id = excluded.order_id, response = null,
+       set request_hash = excluded.request_hash, order_id = excluded.order_id, response = excluded.response,
            created_at = pg_catalog.now()
      where k.created_at < pg_catalog.now() - interval '24 hours'
     returning true into v_claimed;
     if v_claimed is null then
-      select k.request_hash, k.response into v_key
+      select k.request_hash, k.response, o.order_code, o.customer_id into v_key
         from private.idempotency_keys k
+        left join public.orders o on o.id = k.order_id
        where k.org_id = v_org and k.key = p_idempotency_key;
       if v_key.request_hash is distinct from p_request_hash then
         raise sqlstate 'PT422' using
           message = 'This Idempotency-Key was already used with a different request body.',
           detail = 'idempotency_key_reused', hint = 'Idempotency-Key';
       end if;
-      return query select (v_key.response ->> 'order_id')::uuid, v_key.response ->> 'order_code',
+      -- Keys written before 0020 hold the whole response.
+      return query select (v_key.response ->> 'order_id')::uuid,
+                          coalesce(v_key.response ->> 'order_code', v_key.order_code),
                           (v_key.response ->> 'status')::public.order_status,
-                          (v_key.response ->> 'lead_id')::uuid, (v_key.response ->> 'customer_id')::uuid, true;
+                          (v_key.response ->> 'lead_id')::uuid,
+                          coalesce((v_key.response ->> 'customer_id')::uuid, v_key.customer_id), true;
       return;
     end if;
   end if;
@@ -111,9 +118,8 @@ begin
   select f.customer_id into v_customer
     from private.find_or_create_customer(v_org, v_phone, v_email, p_customer ->> 'full_name', p_customer) f;
 
-  insert into public.leads as l (org_id, customer_id, source, item_snapshot, external_item_ref, notes)
-  values (v_org, v_customer, 'website_booking', p_item_snapshot, p_item_snapshot ->> 'external_ref', p_notes)
-  returning l.id into v_lead;
+  insert into public.leads as l (id, org_id, customer_id, source, item_snapshot, external_item_ref, notes)
+  values (v_lead, v_org, v_customer, 'website_booking', p_item_snapshot, p_item_snapshot ->> 'external_ref', p_notes);
 
   -- new_order_code() skips codes in use; ON CONFLICT covers the race between two new codes.
   for attempt in 1..5 loop
@@ -143,14 +149,6 @@ begin
       raise sqlstate 'PT429' using message = 'Too many bookings from this address; try again later.',
         detail = 'rate_limited', hint = v_retry_after::text;
     end if;
-  end if;
-
-  v_response := pg_catalog.jsonb_build_object('order_id', v_order, 'order_code', v_code,
-                                              'status', 'pending_manager', 'lead_id', v_lead,
-                                              'customer_id', v_customer);
-  if p_idempotency_key is not null then
-    update private.idempotency_keys k set response = v_response
-     where k.org_id = v_org and k.key = p_idempotency_key;
   end if;
 
   return query select v_order, v_code, 'pending_manager'::public.order_status, v_lead, v_customer, false;

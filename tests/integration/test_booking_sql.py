@@ -152,6 +152,25 @@ def test_same_key_other_body_is_pt422_and_same_body_replays(conn):
     assert exc.value.sqlstate == "PT422" and exc.value.diag.message_hint == "Idempotency-Key"
 
 
+def test_replay_answers_the_first_lead_after_the_order_moved_and_reads_keys_written_before_0020(conn):
+    org = make_org(conn)
+    first = commit_call(conn, org, key="k1", request=b"one")
+    stored = conn.execute("select response from private.idempotency_keys where key = 'k1'").fetchone()["response"]
+    assert stored == {"order_id": str(first["order_id"]), "status": "pending_manager", "lead_id": str(first["lead_id"])}
+    # The order's lead may change afterwards (lead_id is updatable): the replay answers the first one.
+    lead = conn.execute("insert into public.leads (org_id, customer_id, source) values (%s, %s, 'manual')"
+                        " returning id", (org, first["customer_id"])).fetchone()["id"]
+    conn.execute("update public.orders set lead_id = %s where id = %s", (lead, first["order_id"]))
+    replay = commit_call(conn, org, key="k1", request=b"one")
+    assert (replay["lead_id"], replay["order_code"], replay["customer_id"], replay["replayed"]) == (
+        first["lead_id"], first["order_code"], first["customer_id"], True)
+    # A key written before 0020 holds the whole response; it is answered as stored.
+    conn.execute("update private.idempotency_keys set response = response || jsonb_build_object("
+                 "'order_code', 'BK-OLDFORM2', 'customer_id', %s::text) where key = 'k1'", (uuid.uuid4(),))
+    legacy = commit_call(conn, org, key="k1", request=b"one")
+    assert legacy["order_code"] == "BK-OLDFORM2" and legacy["customer_id"] != first["customer_id"]
+
+
 def test_key_is_kept_a_day_then_claimed_afresh(conn):
     org = make_org(conn)
     old = commit_call(conn, org, key="old", request=b"one")

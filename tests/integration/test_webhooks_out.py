@@ -390,6 +390,21 @@ def test_purge_keeps_unfinished_work(conn, database, org, admin):
     assert err.value.sqlstate == "42501"
 
 
+def test_queued_event_of_a_deleted_org_leaves_the_queue_without_a_delivery(conn, database, org, admin):
+    """outbox_fanout has no foreign key (0020): an id whose event is gone is simply taken off."""
+    other = make_org(conn)
+    with Receiver(lambda r: (200, {})) as rx:
+        endpoint, _ = create_endpoint(conn, org, admin, rx.url)
+        add_customers(conn, other, 2)
+        add_customers(conn, org, 1, start=10)
+        conn.execute("delete from public.organizations where id = %s", (other,))
+        assert conn.execute("select count(*) as n from private.outbox_fanout").fetchone()["n"] == 3
+        dispatch(database)
+        assert conn.execute("select count(*) as n from private.outbox_fanout").fetchone()["n"] == 0
+        [d] = deliveries(conn, endpoint)
+        assert d["status"] == "succeeded"
+
+
 # -- workers ----------------------------------------------------------------------------------------
 def test_serving_worker_wakes_on_notify(conn, database, org, admin):
     with Receiver() as rx:

@@ -4,26 +4,20 @@ running leases keep running (under a token nobody holds) and the image queue kee
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from pathlib import Path
 
 import psycopg
 from psycopg.rows import dict_row
 
-from crm.tools.migrate import DB_DIR, Migrator, versioned_files
+from crm.tools.migrate import DB_DIR, Migrator
+from tests.migration.upgrade import migration_named, schema_before
 
-QUEUE = next(f.path.name for f in versioned_files() if f.path.name.endswith("_work_queues.sql"))
+QUEUE = migration_named("_work_queues.sql")
 
 
 def test_rows_queued_before_the_work_queue_migrate(fresh_database, tmp_path: Path) -> None:
-    old = tmp_path / "db"
-    (old / "migrations").mkdir(parents=True)
-    for sub in ("functions", "policies", "triggers"):
-        (old / sub).mkdir()
-    for f in versioned_files():
-        if f.path.name < QUEUE:
-            shutil.copy(f.path, old / "migrations" / f.path.name)
+    old = schema_before(tmp_path, QUEUE)
     url = fresh_database("queue_upgrade")
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
         Migrator(conn, old, log=lambda m: None).migrate()
