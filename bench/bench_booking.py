@@ -627,22 +627,28 @@ def main() -> int:
                     print(f"  N={n:>2}: {w['rate']:.0f} bookings/s, p50 {w['p50_ms']:.1f} ms, "
                           f"p99 {w['p99_ms']:.1f} ms, non-201 {w['errors']}; SQL beside it {s['rate']:.0f}/s; "
                           f"wrk HTTP÷SQL {r['wrk_ratio']:.2f}; server CPU {w['cpu_us']:.0f} µs per booking")
-        peak = max(r["http"]["rate"] for r in results)
+        peak_level = max(results, key=lambda r: r["http"]["rate"])
+        peak, peak_clients = peak_level["http"]["rate"], peak_level["clients"]
         # The saturated runs leave autovacuum and the checkpointer minutes of catch-up work (tens of
         # thousands of bookings in a minute); do it now, so this run measures the steady state.
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("vacuum analyze")
             conn.execute("checkpoint")
         before = checkpoints(url)
-        half = run_http(port, min(levels), args.seconds, counter, rate=peak / 2)
-        print(f"\nHTTP at half its peak ({peak / 2:.0f}/s offered, {min(levels)} clients, open loop): "
+        # As many clients as reached the peak: fewer would each be asked for more than one client can do
+        # (one client at half the 8-client peak is at its own peak), and measure their queue instead.
+        half = run_http(port, peak_clients, args.seconds, counter, rate=peak / 2)
+        print(f"\nHTTP at half its peak ({peak / 2:.0f}/s offered, {peak_clients} clients, open loop): "
               f"{half['rate']:.0f}/s, p50 {half['p50_ms']:.1f} ms, p99 {half['p99_ms']:.1f} ms, "
               f"errors {half['errors']}; checkpoints meanwhile: {checkpoints(url) - before}")
-        best = max(results, key=lambda r: r["ratio"])
         print("create_booking ÷ minimal transaction: " + ", ".join(
             f"{r['sql_over_minimal']:.2f} at N={r['clients']}" for r in results) + "  (goal ≥ 0.33)")
-        print(f"best ratio HTTP÷SQL {best['ratio']:.2f} at N={best['clients']}  (goal ≥ 0.6 at N=8); "
-              f"p99 at half peak {half['p99_ms']:.1f} ms (goal ≤ 25 ms)")
+        # The goal's HTTP÷SQL is wrk's (a load generator that does not share this interpreter with the
+        # Python clients' own CPU); without wrk, the Python clients' ratio stands in.
+        key = "wrk_ratio" if all("wrk_ratio" in r for r in results) else "ratio"
+        print(f"HTTP÷SQL ({'wrk' if key == 'wrk_ratio' else 'Python clients'}): " + ", ".join(
+            f"{r[key]:.2f} at N={r['clients']}" for r in results) + "  (goal ≥ 0.6 at N=8); "
+            f"p99 at half peak {half['p99_ms']:.1f} ms (goal ≤ 25 ms)")
         with psycopg.connect(url) as conn:
             orders = conn.execute("select count(*) from public.orders").fetchone()[0]
             print(f"orders written: {orders}")
