@@ -15,7 +15,8 @@ Rules, the same under `functions-framework --target …` and `crm dev`:
   `Transfer-Encoding` other than `chunked`, folded header lines) → 400, and the connection closes;
   so does a malformed head (an HTTP/1.1 request without exactly one `Host` too);
 - a head over `HEAD_LIMIT` → 431, and so are a chunked body's trailers and chunk-size lines over
-  `HEAD_LIMIT` more; bodies up to `BUFFER_LIMIT` are read; a larger declared body is not read at all
+  `FRAMING_LIMIT` (a 256 KiB webhook body in 16-byte chunks is 96 KiB of them); bodies up to
+  `BUFFER_LIMIT` are read; a larger declared body is not read at all
   (the app answers 413/415 from the headers) and the connection closes; a larger chunked body → 413;
   `Expect: 100-continue` is answered before the body is read, after the answers to earlier requests;
 - keep-alive for HTTP/1.1 unless `Connection: close`; pipelined requests are answered in order;
@@ -59,6 +60,7 @@ log = logging.getLogger("crm.server")
 
 BUFFER_LIMIT = 1024 * 1024  # above every function's body limit (64 KiB, webhooks 256 KiB)
 HEAD_LIMIT = 32 * 1024
+FRAMING_LIMIT = BUFFER_LIMIT  # a chunked request's bytes beyond its body: head, chunk-size lines, trailers
 IDLE_TIMEOUT = 30.0  # seconds a kept-alive connection may sit idle between requests
 SHUTDOWN_GRACE = 10.0
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{8,128}$")
@@ -325,7 +327,7 @@ class _Connection(asyncio.Protocol):
             if not self.in_body:
                 if self.received > HEAD_LIMIT:
                     self.refusal = _Refused(431, "The request head is too large.", "head_too_large")
-            elif self.received - self.size > 2 * HEAD_LIMIT:  # head, chunk-size lines, trailers
+            elif self.received - self.size > FRAMING_LIMIT:  # head, chunk-size lines, trailers
                 self.refusal = _Refused(431, "The trailers (or chunk framing) of the request are too large.",
                                         "head_too_large")
         if self.refusal is not None:

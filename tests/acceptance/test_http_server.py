@@ -418,6 +418,17 @@ def test_endless_chunked_trailers_are_refused(echo_server):
     assert b"head_too_large" in answer
 
 
+def test_a_webhook_sized_body_in_small_chunks_is_read(echo_server):
+    # 256 KiB (the webhooks' limit) in 16-byte chunks: 96 KiB of chunk framing, a legitimate body.
+    body = b"y" * (256 * 1024)
+    framed = b"".join(b"10\r\n" + body[i:i + 16] + b"\r\n" for i in range(0, len(body), 16)) + b"0\r\n\r\n"
+    with connect(echo_server) as sock:
+        sock.sendall(b"POST /small HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + framed)
+        answer = read_until(sock, b"y" * 16 + b"y" * (len(body) - 16))
+    assert statuses(answer) == [b"200 OK"], answer[:200]
+    assert f"POST /small {len(body)} ".encode() in answer
+
+
 def test_a_client_that_never_reads_is_cut_off(echo_server):
     with connect(echo_server, rcvbuf=4096) as sock:
         sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
